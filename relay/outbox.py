@@ -1,0 +1,581 @@
+"""The SQLite outbox: durable events, delivery claims and the attempt log. All SQL lives here.
+
+Writes go through one writer task that groups whatever is queued into a single transaction
+(group commit): a burst of concurrent ingests costs one fsync, and each caller is answered
+only after the commit that holds its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import structlog
+
+from relay.errors import OutboxError, OutboxUnavailable
+from relay.events import Event
+from relay.schema import migrate
+
+log = structlog.get_logger("relay.outbox")
+T = TypeVar("T")
+Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+# Columns of an event as the API and CLI show it (the body is decoded separately).
+_EVENT_COLUMNS = (
+    "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
+    "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
+    "state, finished_at, body"
+)
+_GROUP_MAX = 512  # queued writes folded into one transaction at most
+_DISK_CHECK_EVERY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One outbox row as operators and the dispatcher see it."""
+
+    id: int
+    server_id: str
+    token: str
+    event: str
+    server_event_id: str
+    test: bool
+    status: str
+    outcome: str | None
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_error: str | None
+    last_http_status: int | None
+    response: str | None
+    referral_id: str | None
+    state: str | None
+    finished_at: float | None
+    body: bytes
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> EventRecord:
+        values = list(row)
+        values[5] = bool(values[5])
+        return cls(*values)
+
+    def as_json(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__ if name != "body"}
+        if self.status in ("delivered", "dead"):
+            out["next_attempt_at"] = None
+        out["body"] = self.body.decode("utf-8")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What became of one event handed to ``Outbox.add``."""
+
+    id: int
+    status: str
+    created: bool  # False: the key was already there
+    conflict: bool  # the existing row's client payload differs
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One row of the delivery log."""
+
+    event_id: int
+    started_at: float
+    duration_ms: float
+    http_status: int | None
+    outcome: str
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt decided for its event; written by ``Outbox.finish``."""
+
+    status: str  # pending (retry), delivered or dead
+    outcome: str | None = None
+    next_attempt_at: float = 0.0
+    error: str | None = None
+    http_status: int | None = None
+    response: str | None = None
+    referral_id: str | None = None
+    state: str | None = None
+
+
+class Outbox:
+    """The outbox file: one writer connection behind a group-commit queue, one reader."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        lock_fd: int,
+        *,
+        min_free_bytes: int,
+    ) -> None:
+        self.path = path
+        self._db = writer
+        self._reader = reader
+        self._lock_fd = lock_fd
+        self._min_free_bytes = min_free_bytes
+        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._disk_checked_at = 0.0
+        self._disk_ok = True
+        self.closing = False
+        # Set after every commit that added events, so the dispatcher sends them at once.
+        self.new_events = asyncio.Event()
+
+    @classmethod
+    async def open(cls, path: Path, *, min_free_bytes: int = 0) -> Outbox:
+        """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(path)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            writer = await _connect(path)
+            try:
+                await migrate(writer)
+                reader = await _connect(path)
+            except BaseException:
+                await writer.close()
+                raise
+        except sqlite3.Error as exc:
+            os.close(lock_fd)
+            raise OutboxError(
+                f"cannot open the outbox {path}: {exc}; check the path and its permissions."
+            ) from exc
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        outbox = cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes)
+        outbox._writer_task = asyncio.create_task(outbox._write_loop(), name="outbox-writer")
+        return outbox
+
+    async def close(self) -> None:
+        """Finish queued writes, then close both connections and release the file."""
+        self.closing = True
+        if self._writer_task is not None:
+            await self._queue.join()
+            self._writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer_task
+        await self._reader.close()
+        await self._db.close()
+        os.close(self._lock_fd)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def add(self, events: Sequence[Event], now: float) -> list[Added]:
+        """Store events durably in one transaction; an existing key is reported, not stored."""
+        if self.closing:
+            raise OutboxUnavailable(
+                "the relay is shutting down; send again in a few seconds "
+                "(another instance may be starting)."
+            )
+        await self._check_disk()
+
+        async def insert(db: aiosqlite.Connection) -> list[Added]:
+            results = []
+            for ev in events:
+                rows = await db.execute_fetchall(
+                    "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
+                    " body, fingerprint, created_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                    (
+                        ev.server_id,
+                        ev.token,
+                        ev.event,
+                        ev.server_event_id,
+                        ev.rank,
+                        ev.test,
+                        ev.body,
+                        ev.fingerprint,
+                        now,
+                        now,
+                    ),
+                )
+                if rows:
+                    results.append(
+                        Added(
+                            id=next(iter(rows))[0], status="pending", created=True, conflict=False
+                        )
+                    )
+                    continue
+                found = await db.execute_fetchall(
+                    "SELECT id, status, fingerprint FROM events WHERE token = ? AND server_id = ?"
+                    " AND event = ? AND server_event_id = ?",
+                    (ev.token, ev.server_id, ev.event, ev.server_event_id),
+                )
+                row = next(iter(found))
+                results.append(
+                    Added(
+                        id=row[0], status=row[1], created=False, conflict=row[2] != ev.fingerprint
+                    )
+                )
+            return results
+
+        results: list[Added] = await self._write(insert)
+        if any(r.created for r in results):
+            self.new_events.set()
+        return results
+
+    async def requeue_in_flight(self, now: float, *, expired_only: bool) -> int:
+        """Make in-flight rows pending again; returns how many.
+
+        At start-up all of them (a crash left them there), later only those whose lease ran
+        out (an attempt that died without recording its outcome).
+        """
+        lease_clause = " AND next_attempt_at <= ?" if expired_only else ""
+        params = (now, now) if expired_only else (now,)
+
+        async def recover(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE events SET status = 'pending', next_attempt_at = ?"
+                f" WHERE status = 'in_flight'{lease_clause}",
+                params,
+            )
+            return cursor.rowcount
+
+        count: int = await self._write(recover)
+        return count
+
+    async def claim(
+        self,
+        now: float,
+        limit: int,
+        *,
+        lease_s: float,
+        max_age_s: float,
+        skip_servers: Iterable[str] = (),
+        only_server: str | None = None,
+    ) -> list[EventRecord]:
+        """Lease up to ``limit`` due events that may be sent now, oldest due first.
+
+        Per-referral order is decided here: a due event whose (server, token) has an earlier
+        event still undelivered is not claimed but deferred until that one is due, and one
+        whose predecessor is dead is dead-lettered too, naming it, so a replay of the
+        predecessor can bring both back. Expired events are dead-lettered on the way.
+        """
+        skip = tuple(skip_servers)
+        where = "status = 'pending' AND next_attempt_at <= ?"
+        params: list[Any] = [now]
+        if only_server is not None:
+            where += " AND server_id = ?"
+            params.append(only_server)
+        if skip:
+            where += f" AND server_id NOT IN ({', '.join('?' * len(skip))})"
+            params.extend(skip)
+
+        async def claim(db: aiosqlite.Connection) -> list[EventRecord]:
+            candidates = await db.execute_fetchall(
+                "SELECT e.id, e.created_at, b.id, b.status, b.next_attempt_at"
+                " FROM (SELECT id, token, server_id, rank, created_at, next_attempt_at FROM events"
+                f"       WHERE {where} ORDER BY next_attempt_at LIMIT ?) AS e"
+                " LEFT JOIN events AS b ON b.id = ("
+                "   SELECT p.id FROM events AS p WHERE p.token = e.token"
+                "   AND p.server_id = e.server_id AND p.status != 'delivered'"
+                "   AND (p.rank < e.rank OR (p.rank = e.rank AND p.id < e.id))"
+                "   ORDER BY p.status = 'dead' DESC, p.rank, p.id LIMIT 1)"
+                " ORDER BY e.next_attempt_at",
+                (*params, limit),
+            )
+            ready: list[int] = []
+            for event_id, created_at, blocker, blocker_status, blocker_due in candidates:
+                if created_at + max_age_s <= now:
+                    await _finish_row(
+                        db,
+                        event_id,
+                        Outcome(
+                            status="dead",
+                            outcome="expired",
+                            error=f"not delivered within max_age_s={max_age_s:g} of ingest",
+                        ),
+                        now,
+                    )
+                elif blocker is None:
+                    ready.append(event_id)
+                elif blocker_status == "dead":
+                    await _finish_row(
+                        db,
+                        event_id,
+                        Outcome(
+                            status="dead",
+                            outcome="predecessor_dead",
+                            error=f"held back: event {blocker} for this token is dead; replay it "
+                            "and this one follows",
+                        ),
+                        now,
+                    )
+                else:
+                    # Sleep until the predecessor is due; finishing it wakes this one sooner.
+                    await db.execute(
+                        "UPDATE events SET next_attempt_at = ? WHERE id = ?",
+                        (max(blocker_due, now), event_id),
+                    )
+            if not ready:
+                return []
+            rows = await db.execute_fetchall(
+                "UPDATE events SET status = 'in_flight', attempts = attempts + 1,"
+                f" next_attempt_at = ? WHERE id IN ({', '.join('?' * len(ready))})"
+                f" RETURNING {_EVENT_COLUMNS}",
+                (now + lease_s, *ready),
+            )
+            return sorted((EventRecord.from_row(r) for r in rows), key=lambda r: ready.index(r.id))
+
+        claimed: list[EventRecord] = await self._write(claim)
+        return claimed
+
+    async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None:
+        """Record one attempt and what it decided; a finished event wakes its followers."""
+
+        async def finish(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO attempts (event_id, started_at, duration_ms, http_status, outcome,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    attempt.event_id,
+                    attempt.started_at,
+                    attempt.duration_ms,
+                    attempt.http_status,
+                    attempt.outcome,
+                    attempt.detail,
+                ),
+            )
+            await _finish_row(db, record.id, outcome, attempt.started_at)
+            if outcome.status in ("delivered", "dead"):
+                await db.execute(
+                    "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
+                    " AND status = 'pending' AND attempts = 0 AND id != ?",
+                    (time.time(), record.token, record.server_id, record.id),
+                )
+
+        await self._write(finish)
+        if outcome.status in ("delivered", "dead"):
+            self.new_events.set()
+
+    async def release(self, records: Iterable[EventRecord], now: float) -> None:
+        """Hand leased events back as pending (shutdown cancelled their attempt)."""
+        ids = [r.id for r in records]
+        if not ids:
+            return
+
+        async def release(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                f"UPDATE events SET status = 'pending', next_attempt_at = ? WHERE id IN"
+                f" ({', '.join('?' * len(ids))}) AND status = 'in_flight'",
+                (now, *ids),
+            )
+
+        await self._write(release)
+
+    async def prune(self, before: float) -> tuple[int, int]:
+        """Delete delivered events finished and attempt rows started before ``before``."""
+
+        async def prune(db: aiosqlite.Connection) -> tuple[int, int]:
+            events = await db.execute(
+                "DELETE FROM events WHERE finished_at < ? AND status = 'delivered'", (before,)
+            )
+            attempts = await db.execute("DELETE FROM attempts WHERE started_at < ?", (before,))
+            return events.rowcount, attempts.rowcount
+
+        pruned: tuple[int, int] = await self._write(prune)
+        return pruned
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, event_id: int) -> EventRecord | None:
+        rows = await self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
+        return EventRecord.from_row(rows[0]) if rows else None
+
+    async def find(
+        self, *, server_event_id: str | None = None, token: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """Events by ``server_event_id`` or ``token``, newest first."""
+        column, value = (
+            ("server_event_id", server_event_id) if server_event_id else ("token", token)
+        )
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {column} = ? ORDER BY id DESC LIMIT ?",
+            (value, limit),
+        )
+        return [EventRecord.from_row(r) for r in rows]
+
+    async def attempts(self, event_id: int, limit: int = 50) -> list[Attempt]:
+        """The delivery log of one event, newest first."""
+        rows = await self._read(
+            "SELECT event_id, started_at, duration_ms, http_status, outcome, detail FROM attempts"
+            " WHERE event_id = ? ORDER BY id DESC LIMIT ?",
+            (event_id, limit),
+        )
+        return [Attempt(*r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """How many events are in each status."""
+        rows = await self._read("SELECT status, COUNT(*) FROM events GROUP BY status", ())
+        out = dict.fromkeys(("pending", "in_flight", "delivered", "dead"), 0)
+        out.update({status: count for status, count in rows})
+        return out
+
+    async def next_due(self, skip_servers: Iterable[str] = ()) -> float | None:
+        """When the earliest pending event falls due, or None when nothing is pending."""
+        skip = tuple(skip_servers)
+        sql = "SELECT MIN(next_attempt_at) FROM events WHERE status = 'pending'"
+        if skip:
+            sql += f" AND server_id NOT IN ({', '.join('?' * len(skip))})"
+        rows = await self._read(sql, skip)
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    async def oldest_pending_created(self) -> float | None:
+        rows = await self._read(
+            "SELECT MIN(created_at) FROM events WHERE status IN ('pending', 'in_flight')", ()
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise OutboxError(f"reading the outbox failed: {exc}.") from exc
+
+    async def _write(self, job: Job) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((job, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < _GROUP_MAX and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                await self._commit_group(group)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+    async def _commit_group(self, group: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+        results: list[Any] = []
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for job, _ in group:
+                    results.append(await job(self._db))
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        except sqlite3.Error as exc:
+            error = _unavailable(exc)
+            log.error("outbox.write_failed", error=str(exc), writes=len(group))
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except Exception as exc:  # a bug in a job: fail its callers, keep the writer alive
+            log.exception("outbox.write_crashed", writes=len(group))
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(OutboxError(f"outbox write failed: {exc!r}"))
+            return
+        for (_, future), result in zip(group, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _check_disk(self) -> None:
+        now = time.monotonic()
+        if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
+            self._disk_checked_at = now
+            usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
+            self._disk_ok = usage.free >= self._min_free_bytes
+        if not self._disk_ok:
+            raise OutboxUnavailable(
+                f"the disk holding the outbox has less than {self._min_free_bytes} bytes free; "
+                "the relay takes no new events until space is freed. Retry later.",
+                retry_after_s=30,
+            )
+
+    async def free_bytes(self) -> int:
+        usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
+        return usage.free
+
+
+async def _finish_row(
+    db: aiosqlite.Connection, event_id: int, outcome: Outcome, now: float
+) -> None:
+    finished = now if outcome.status in ("delivered", "dead") else None
+    await db.execute(
+        "UPDATE events SET status = ?, outcome = ?, next_attempt_at = ?, last_error = ?,"
+        " last_http_status = COALESCE(?, last_http_status), response = COALESCE(?, response),"
+        " referral_id = COALESCE(?, referral_id), state = COALESCE(?, state), finished_at = ?"
+        " WHERE id = ?",
+        (
+            outcome.status,
+            outcome.outcome,
+            outcome.next_attempt_at or now,
+            outcome.error,
+            outcome.http_status,
+            outcome.response,
+            outcome.referral_id,
+            outcome.state,
+            finished,
+            event_id,
+        ),
+    )
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    # WAL lets the reader run beside the writer; FULL makes each commit survive power loss.
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute("PRAGMA busy_timeout = 5000")
+    return db
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise OutboxError(
+            f"another relay is already using the outbox {path}; stop it or point "
+            "MMOLOVE_RELAY_DB at another file."
+        ) from exc
+    return fd
+
+
+def _unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
+    text = str(exc)
+    if "full" in text:
+        return OutboxUnavailable(
+            "the disk holding the outbox is full; the event was not stored. Retry later.",
+            retry_after_s=30,
+        )
+    if "locked" in text or "busy" in text:
+        return OutboxUnavailable(
+            "the outbox is locked by another process; the event was not "
+            "stored. Retry in a few seconds.",
+            retry_after_s=2,
+        )
+    return OutboxUnavailable(
+        f"the outbox could not store the event ({text}); it was not stored. Retry later.",
+        retry_after_s=5,
+    )

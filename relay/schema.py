@@ -1,0 +1,74 @@
+"""The outbox schema and its migrations; ``PRAGMA user_version`` holds the applied version.
+
+To change the schema, append a migration: never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from relay.errors import OutboxError
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: events with their canonical body bytes, and the delivery log of attempts.
+    """
+    CREATE TABLE events (
+        id               INTEGER PRIMARY KEY,
+        server_id        TEXT    NOT NULL,
+        token            TEXT    NOT NULL,
+        event            TEXT    NOT NULL,
+        server_event_id  TEXT    NOT NULL,
+        rank             INTEGER NOT NULL,  -- registered 0, qualified 1, reversed 2
+        test             INTEGER NOT NULL,
+        body             BLOB    NOT NULL,  -- the exact bytes signed and sent
+        fingerprint      TEXT    NOT NULL,  -- digest of what the client sent
+        status           TEXT    NOT NULL DEFAULT 'pending'
+                         CHECK (status IN ('pending', 'in_flight', 'delivered', 'dead')),
+        outcome          TEXT,              -- accepted/duplicate/ignored/test, or why it died
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        created_at       REAL    NOT NULL,
+        next_attempt_at  REAL    NOT NULL,  -- for in_flight rows: when the lease runs out
+        last_error       TEXT,
+        last_http_status INTEGER,
+        response         TEXT,              -- MMOLove's last answer, trimmed
+        referral_id      TEXT,
+        state            TEXT,
+        finished_at      REAL,
+        -- Token first, so the same index serves lookups by token and the ordering check.
+        UNIQUE (token, server_id, event, server_event_id)
+    );
+    CREATE INDEX events_due ON events (status, next_attempt_at);
+    CREATE INDEX events_server_event_id ON events (server_event_id);
+    CREATE INDEX events_finished ON events (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE attempts (
+        id          INTEGER PRIMARY KEY,
+        event_id    INTEGER NOT NULL,
+        started_at  REAL    NOT NULL,
+        duration_ms REAL    NOT NULL,
+        http_status INTEGER,
+        outcome     TEXT    NOT NULL,
+        detail      TEXT
+    );
+    CREATE INDEX attempts_event ON attempts (event_id, id);
+    CREATE INDEX attempts_started ON attempts (started_at);
+    """,
+)
+
+
+async def migrate(db: aiosqlite.Connection) -> int:
+    """Apply pending migrations in one transaction each; returns the schema version."""
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise OutboxError(
+            f"the outbox has schema version {version}, newer than this relay knows "
+            f"({len(MIGRATIONS)}); run the newer relay or restore a matching outbox."
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits first, so wrap the migration and its version in one script.
+        await db.executescript(
+            f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+        )
+        version = number
+    return version
