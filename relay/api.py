@@ -1,0 +1,263 @@
+"""The ingest HTTP API: thin aiohttp handlers over validation and the outbox.
+
+Every error answers ``{"error": {"code", "message", "field"}}``; no input yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from relay.config import Settings
+from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
+from relay.events import Event, parse_json, validate
+from relay.outbox import Added, Outbox
+
+log = structlog.get_logger("relay.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OUTBOX = web.AppKey("outbox", Outbox)
+StateProvider = Callable[[], dict[str, Any]]
+DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
+SETTINGS = web.AppKey("settings", Settings)
+DRAINING = web.AppKey("draining", list)  # a one-item list so shutdown can flip it in place
+_PUBLIC_PATHS = ("/healthz",)
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def make_app(
+    outbox: Outbox, settings: Settings, delivery_state: Callable[[], dict[str, Any]]
+) -> web.Application:
+    """The ingest app; ``delivery_state`` reports the breaker and per-server pauses."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
+    app[OUTBOX] = outbox
+    app[SETTINGS] = settings
+    app[DRAINING] = [False]
+    app[DELIVERY_STATE] = delivery_state
+    app.router.add_post("/v1/events", post_event)
+    app.router.add_post("/v1/events/batch", post_batch)
+    app.router.add_get("/v1/events", find_events)
+    app.router.add_get("/v1/events/{id}", get_event)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **extra: Any
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, "field": field}, **extra}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InvalidEvent as exc:
+        return web.json_response(exc.as_json(), status=exc.status)
+    except OutboxUnavailable as exc:
+        response = error_response(503, "unavailable", str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason
+        if exc.status == 413:
+            message = (
+                f"the body is larger than {request.app[SETTINGS].max_body_bytes} bytes; "
+                "send fewer events per batch."
+            )
+        return error_response(exc.status, code, message)
+    except OutboxError as exc:
+        log.error("api.outbox_error", error=str(exc), path=request.path)
+        response = error_response(503, "unavailable", str(exc))
+        response.headers["Retry-After"] = "5"
+        return response
+    except Exception:
+        # A bug, not bad input: say so in JSON, and keep the daemon serving.
+        log.exception("api.crashed", path=request.path)
+        return error_response(
+            500,
+            "internal_error",
+            "the relay failed on this request; it "
+            "is logged. Retry later; if it persists, report the log line.",
+        )
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SETTINGS].ingest_token
+    if token is not None and request.path not in _PUBLIC_PATHS:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.reveal().encode()):
+            return error_response(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token; send "
+                "Authorization: Bearer <MMOLOVE_RELAY_INGEST_TOKEN>.",
+            )
+    return await handler(request)
+
+
+async def _read_json(request: web.Request) -> Any:
+    if request.app[DRAINING][0]:
+        raise OutboxUnavailable(
+            "the relay is shutting down; send again in a few seconds.", retry_after_s=2
+        )
+    if request.content_type != "application/json":
+        raise InvalidEvent(
+            415,
+            "unsupported_media_type",
+            "send the event with Content-Type: "
+            f"application/json (got {request.content_type or 'none'}).",
+        )
+    return parse_json(await request.read())
+
+
+def _validate(request: web.Request, data: Any, now: float) -> Event:
+    settings = request.app[SETTINGS]
+    return validate(
+        data,
+        server_ids=[s.server_id for s in settings.servers],
+        allow_extra_fields=settings.allow_extra_fields,
+        now=now,
+    )
+
+
+def _conflict(added: Added) -> InvalidEvent:
+    return InvalidEvent(
+        409,
+        "conflict",
+        f"an event with this token, event and server_event_id "
+        f"was already stored as #{added.id} with a different payload; give a "
+        "new event a new server_event_id, or resend the original payload.",
+        "server_event_id",
+    )
+
+
+async def post_event(request: web.Request) -> web.Response:
+    now = time.time()
+    event = _validate(request, await _read_json(request), now)
+    outbox = request.app[OUTBOX]
+    added = (await outbox.add([event], now))[0]
+    if added.conflict:
+        exc = _conflict(added)
+        return web.json_response({**exc.as_json(), "id": added.id}, status=409)
+    if not added.created:
+        record = await outbox.get(added.id)
+        existing = record.as_json() if record else {"id": added.id, "status": added.status}
+        return web.json_response({**existing, "duplicate": True}, status=200)
+    log.debug(
+        "outbox.enqueued",
+        outbox_id=added.id,
+        event_type=event.event,
+        server_event_id=event.server_event_id,
+    )
+    return web.json_response(
+        {"id": added.id, "status": added.status, "duplicate": False}, status=202
+    )
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Store the valid items of an array in one transaction; answer per item."""
+    now = time.time()
+    items = await _read_json(request)
+    limit = request.app[SETTINGS].max_batch
+    if not isinstance(items, list) or not items:
+        raise InvalidEvent(422, "not_an_array", "a batch is a non-empty JSON array of events.")
+    if len(items) > limit:
+        raise InvalidEvent(
+            413,
+            "batch_too_large",
+            f"the batch has {len(items)} events; the limit is {limit}. Split it.",
+        )
+    results: list[dict[str, Any]] = [{} for _ in items]
+    valid: list[tuple[int, Event]] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, _validate(request, item, now)))
+        except InvalidEvent as exc:
+            results[index] = {"index": index, "status": exc.status, **exc.as_json()}
+    added = await request.app[OUTBOX].add([event for _, event in valid], now)
+    for (index, _), result in zip(valid, added, strict=True):
+        if result.conflict:
+            results[index] = {
+                "index": index,
+                "status": 409,
+                "id": result.id,
+                **_conflict(result).as_json(),
+            }
+        else:
+            results[index] = {
+                "index": index,
+                "status": 202 if result.created else 200,
+                "id": result.id,
+                "duplicate": not result.created,
+            }
+    return web.json_response({"results": results})
+
+
+async def get_event(request: web.Request) -> web.Response:
+    text = request.match_info["id"]
+    if not text.isdigit():
+        raise InvalidEvent(
+            404,
+            "not_found",
+            f"{text!r} is not an outbox id; ids are numbers. "
+            "Look up by ?server_event_id= or ?token= instead.",
+        )
+    outbox = request.app[OUTBOX]
+    record = await outbox.get(int(text))
+    if record is None:
+        raise InvalidEvent(
+            404,
+            "not_found",
+            f"no event #{text} in the outbox (delivered events "
+            "are pruned after the retention period).",
+        )
+    attempts = await outbox.attempts(record.id)
+    log_rows = [asdict(a) for a in attempts]
+    return web.json_response({**record.as_json(), "delivery_log": log_rows})
+
+
+async def find_events(request: web.Request) -> web.Response:
+    query = request.query
+    if not (query.get("server_event_id") or query.get("token")):
+        raise InvalidEvent(
+            422,
+            "missing_field",
+            "look events up with ?server_event_id= or ?token=.",
+            "server_event_id",
+        )
+    records = await request.app[OUTBOX].find(
+        server_event_id=query.get("server_event_id"), token=query.get("token")
+    )
+    return web.json_response({"events": [r.as_json() for r in records]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def status(request: web.Request) -> web.Response:
+    """What is pending, what died, when the next retry is and whether delivery is paused."""
+    outbox = request.app[OUTBOX]
+    now = time.time()
+    oldest = await outbox.oldest_pending_created()
+    next_due = await outbox.next_due()
+    body = {
+        "counts": await outbox.counts(),
+        "oldest_pending_age_s": round(now - oldest, 1) if oldest is not None else None,
+        "next_attempt_in_s": round(max(0.0, next_due - now), 1) if next_due else None,
+        **request.app[DELIVERY_STATE](),
+    }
+    return web.json_response(body)

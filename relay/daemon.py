@@ -1,0 +1,159 @@
+"""The composition root: opens the outbox, wires ingest and delivery, and closes in order.
+
+``run(settings, shutdown=...)`` is the daemon; the CLI adds signals, tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from relay import __version__
+from relay.api import DRAINING, make_app
+from relay.config import Settings
+from relay.dispatcher import Dispatcher
+from relay.outbox import Outbox
+from relay.sender import Sender
+
+log = structlog.get_logger("relay.daemon")
+HOUSEKEEPING_EVERY_S = 60.0
+# Changing these needs a restart; SIGHUP reloads servers (secrets, kids) only.
+_RESTART_ONLY = ("endpoint", "listen", "db_path", "ingest_token", "concurrency", "ca_file")
+
+
+@dataclass
+class RunningRelay:
+    """A handle on a started relay, given to ``on_ready``."""
+
+    url: str  # base URL of ingest, e.g. http://127.0.0.1:8787 (or unix:/path)
+    settings: Settings
+    dispatcher: Dispatcher
+    outbox: Outbox
+    _app: web.Application = field(repr=False)
+
+    def reload(self, settings: Settings) -> None:
+        """Apply new secrets and kids now; name any setting that only a restart applies."""
+        needs_restart = [
+            name
+            for name in _RESTART_ONLY
+            if getattr(settings, name) != getattr(self.settings, name)
+        ]
+        self.dispatcher.reload(settings)
+        self.settings = settings
+        log.info(
+            "relay.reloaded",
+            servers=[s.server_id for s in settings.servers],
+            needs_restart=needs_restart or None,
+        )
+
+
+async def run(
+    settings: Settings,
+    *,
+    shutdown: asyncio.Event,
+    on_ready: Callable[[RunningRelay], None] | None = None,
+) -> None:
+    """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
+        stack.push_async_callback(outbox.close)
+        requeued = await outbox.requeue_in_flight(time.time(), expired_only=False)
+        if requeued:
+            log.warning("outbox.recovered_in_flight", events=requeued)
+
+        sender = Sender(
+            settings.endpoint,
+            concurrency=settings.concurrency,
+            connect_timeout_s=settings.connect_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
+            ca_file=settings.ca_file,
+        )
+        stack.push_async_callback(sender.close)
+        dispatcher = Dispatcher(outbox, sender, settings)
+        stop_dispatch = asyncio.Event()
+        dispatch_task = asyncio.create_task(dispatcher.run(stop_dispatch), name="dispatcher")
+        stack.push_async_callback(_finish, dispatch_task, stop_dispatch)
+        chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
+        stack.push_async_callback(_cancel, chores)
+
+        app = make_app(outbox, settings, dispatcher.snapshot)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_timeout_s)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site: web.BaseSite
+        if settings.listen.path is not None:
+            site = web.UnixSite(runner, str(settings.listen.path))
+        else:
+            site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
+        await site.start()
+        url = _bound_url(runner, settings)
+        relay = RunningRelay(
+            url=url, settings=settings, dispatcher=dispatcher, outbox=outbox, _app=app
+        )
+        log.info(
+            "relay.ready",
+            version=__version__,
+            listen=url,
+            outbox=str(settings.db_path),
+            endpoint=settings.endpoint,
+            servers=[s.server_id for s in settings.servers],
+            startup_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        if on_ready is not None:
+            on_ready(relay)
+
+        await shutdown.wait()
+        # Stop taking events first: a late POST gets 503 + Retry-After, never a silent drop.
+        log.info("relay.stopping")
+        app[DRAINING][0] = True
+        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
+        # within its budget), HTTP client, outbox.
+    log.info("relay.stopped")
+
+
+async def _finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    stop.set()
+    await task
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
+    """Requeue rows whose lease ran out and prune what retention allows, once a minute."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_EVERY_S)
+        now = time.time()
+        try:
+            requeued = await outbox.requeue_in_flight(now, expired_only=True)
+            events, attempts = await outbox.prune(now - settings.retention_s)
+        except Exception as exc:  # the next round may succeed; never kill the daemon
+            log.error("outbox.housekeeping_failed", error=str(exc))
+            continue
+        if requeued or events or attempts:
+            log.info(
+                "outbox.housekeeping",
+                requeued=requeued,
+                pruned_events=events,
+                pruned_attempts=attempts,
+            )
+
+
+def _bound_url(runner: web.AppRunner, settings: Settings) -> str:
+    if settings.listen.path is not None:
+        return f"unix:{settings.listen.path}"
+    host, port = runner.addresses[0][:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

@@ -1,0 +1,454 @@
+"""Claim → sign → send → record: the delivery loop, its circuit breaker and per-server pauses.
+
+Retries live in the outbox (``next_attempt_at``), not in memory, so a restart resumes the
+same schedule; this module decides when to claim, how many at once and what each answer
+means for the event and for the server it belongs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from relay.config import ServerConfig, Settings, reread_secret
+from relay.errors import (
+    ConfigError,
+    DeliveryError,
+    PermanentDelivery,
+    RetryableDelivery,
+    SenderPaused,
+)
+from relay.outbox import Attempt, EventRecord, Outbox, Outcome
+from relay.sender import Delivered, Sender
+from relay.signing import signature_header
+
+log = structlog.get_logger("relay.dispatcher")
+
+# A measured skew above this is corrected when signing; MMOLove's window is ±300 s.
+SKEW_CORRECTION_S = 30.0
+_IDLE_WAIT_S = 30.0  # re-check the outbox at least this often, in case a wake-up was missed
+
+
+def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempts-1))]."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+class Breaker:
+    """One circuit for the upstream shared by every server, so an outage costs probes.
+
+    Closed: send freely. After ``failures`` retryable failures in a row it opens for a
+    cool-down that doubles with each failed probe (capped); then one probe goes through
+    (half-open) and its answer closes or re-opens the circuit. A ``Retry-After`` on 429 or
+    503 holds the circuit open at least that long: MMOLove asked the whole client to wait.
+    """
+
+    def __init__(self, *, failures: int, cooldown_s: float, cap_s: float) -> None:
+        self._threshold = failures
+        self._base_s = cooldown_s
+        self._cap_s = cap_s
+        self._failures = 0
+        self._cooldown_s = cooldown_s
+        self.open_until: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        if self.open_until is None:
+            return "closed"
+        return "half_open" if self._probing else "open"
+
+    def allowance(self, now: float, wanted: int) -> int:
+        """How many attempts may start now (0 while open; 1 probe once the cool-down ends)."""
+        if self.open_until is None:
+            return wanted
+        if self._probing or now < self.open_until:
+            return 0
+        self._probing = True
+        return min(wanted, 1)
+
+    def success(self) -> None:
+        if self.open_until is not None:
+            log.info("breaker.closed")
+        self._failures = 0
+        self._cooldown_s = self._base_s
+        self.open_until = None
+        self._probing = False
+
+    def failure(self, now: float, retry_after_s: float | None = None) -> None:
+        self._failures += 1
+        if self._probing or self._failures >= self._threshold or retry_after_s:
+            hold_s = max(self._cooldown_s, retry_after_s or 0.0)
+            if self._probing:
+                self._cooldown_s = min(self._cap_s, self._cooldown_s * 2)
+            self.open_until = now + hold_s
+            self._probing = False
+            log.warning("breaker.opened", failures=self._failures, reopen_in_s=round(hold_s, 1))
+
+    def release_probe(self) -> None:
+        """A probe ended without an answer about MMOLove's health (e.g. shutdown)."""
+        self._probing = False
+
+
+@dataclass
+class ServerState:
+    """What the dispatcher knows about one MMOLove server beyond its configuration."""
+
+    config: ServerConfig
+    paused_reason: str | None = None
+    probe_at: float = 0.0
+    probing: bool = False
+    clock_offset_s: float = 0.0
+    last_error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "server_id": self.config.server_id,
+            "paused": self.paused_reason is not None,
+            "paused_reason": self.paused_reason,
+            "next_probe_at": self.probe_at if self.paused_reason else None,
+            "clock_offset_s": self.clock_offset_s,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class _Pacer:
+    """Spaces out attempt starts so a recovering upstream sees a bounded rate, not a flood."""
+
+    rate_per_s: float
+    burst: int
+    _next: float = field(default=0.0)
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        interval = 1.0 / self.rate_per_s
+        self._next = max(self._next, now - interval * (self.burst - 1))
+        delay = self._next - now
+        self._next += interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Dispatcher:
+    """Owns every delivery task; ``run`` until ``stop`` is set, then drains within budget."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sender: Sender,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._outbox = outbox
+        self._sender = sender
+        self._settings = settings
+        self._clock = clock
+        self.servers = {s.server_id: ServerState(s) for s in settings.servers}
+        self.breaker = Breaker(
+            failures=settings.breaker_failures,
+            cooldown_s=settings.breaker_cooldown_s,
+            cap_s=settings.backoff_cap_s,
+        )
+        self._pacer = _Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
+        self._tasks: dict[asyncio.Task[None], EventRecord] = {}
+        self._wake = asyncio.Event()
+
+    def reload(self, settings: Settings) -> None:
+        """Take new secrets and kids; every paused server is probed again at once."""
+        for config in settings.servers:
+            state = self.servers.get(config.server_id)
+            if state is None:
+                self.servers[config.server_id] = ServerState(config)
+                continue
+            state.config = config
+            if state.paused_reason:
+                state.probe_at = 0.0
+        self._settings = settings
+        self._wake.set()
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "circuit": self.breaker.state,
+            "circuit_open_until": self.breaker.open_until,
+            "in_flight": len(self._tasks),
+            "servers": [s.as_json() for s in self.servers.values()],
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and send until ``stop``; then let in-flight attempts finish or cancel them."""
+        stop_wait = asyncio.create_task(stop.wait(), name="dispatcher-stop")
+        try:
+            while not stop.is_set():
+                timeout = await self._dispatch_once()
+                await self._sleep(timeout, stop_wait)
+        finally:
+            stop_wait.cancel()
+            await self._drain()
+
+    async def _dispatch_once(self) -> float:
+        """Start what may start now; returns how long to sleep unless woken earlier."""
+        self._wake.clear()
+        self._outbox.new_events.clear()
+        now = self._clock()
+        s = self._settings
+        free = s.concurrency - len(self._tasks)
+        if free <= 0:
+            return _IDLE_WAIT_S
+        paused = [sid for sid, st in self.servers.items() if st.paused_reason]
+        claimed = await self._claim_probes(now, free)
+        free -= len(claimed)
+        allowed = self.breaker.allowance(now, free) if free else 0
+        if allowed:
+            batch = await self._outbox.claim(
+                now, allowed, lease_s=self._lease_s, max_age_s=s.max_age_s, skip_servers=paused
+            )
+            if len(batch) < allowed and self.breaker.state == "half_open":
+                self.breaker.release_probe()
+            claimed += batch
+        for record in claimed:
+            await self._pacer.wait()
+            task = asyncio.create_task(self._attempt(record), name=f"deliver-{record.id}")
+            self._tasks[task] = record
+            task.add_done_callback(self._task_done)
+        if claimed and len(self._tasks) < s.concurrency:
+            return 0.0  # there may be more due right now
+        return await self._time_to_next(now, paused)
+
+    async def _claim_probes(self, now: float, free: int) -> list[EventRecord]:
+        """One event for each paused server whose probe time has come."""
+        probes: list[EventRecord] = []
+        for state in self.servers.values():
+            due = state.paused_reason and not state.probing and state.probe_at <= now
+            if not due or len(probes) >= free or not self.breaker.allowance(now, 1):
+                continue
+            claimed = await self._outbox.claim(
+                now,
+                1,
+                lease_s=self._lease_s,
+                max_age_s=self._settings.max_age_s,
+                only_server=state.config.server_id,
+            )
+            if claimed:
+                state.probing = True
+                probes += claimed
+            else:
+                self.breaker.release_probe()
+        return probes
+
+    async def _time_to_next(self, now: float, paused: list[str]) -> float:
+        moments = [now + _IDLE_WAIT_S]
+        due = await self._outbox.next_due(paused)
+        if due is not None:
+            moments.append(due)
+        if self.breaker.open_until is not None:
+            moments.append(self.breaker.open_until)
+        moments += [st.probe_at for st in self.servers.values() if st.paused_reason]
+        wake_at = min(moments)
+        if self.breaker.open_until is not None and now < self.breaker.open_until:
+            wake_at = max(wake_at, self.breaker.open_until)
+        return max(0.0, wake_at - now)
+
+    async def _sleep(self, seconds: float, stop_wait: asyncio.Task[bool]) -> None:
+        if seconds <= 0 or stop_wait.done():
+            return
+        waiters = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._outbox.new_events.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                [*waiters, stop_wait], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        record = self._tasks.pop(task, None)
+        self._wake.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The row stays in flight until its lease runs out; housekeeping then requeues it.
+            log.error("delivery.crashed", outbox_id=record.id if record else None, error=repr(exc))
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        log.info(
+            "dispatcher.draining",
+            in_flight=len(self._tasks),
+            budget_s=self._settings.drain_timeout_s,
+        )
+        _, pending = await asyncio.wait(list(self._tasks), timeout=self._settings.drain_timeout_s)
+        leftover = [self._tasks[t] for t in pending if t in self._tasks]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if leftover:
+            # Their request may have reached MMOLove; resending the same bytes is deduplicated.
+            await self._outbox.release(leftover, self._clock())
+            log.warning("dispatcher.drain_timeout", released=len(leftover))
+
+    @property
+    def _lease_s(self) -> float:
+        return self._settings.send_timeout_s * 2 + self._settings.drain_timeout_s
+
+    async def _attempt(self, record: EventRecord) -> None:
+        state = self.servers.get(record.server_id)
+        started, t0 = self._clock(), time.monotonic()
+        bound = log.bind(
+            outbox_id=record.id,
+            server_id=record.server_id,
+            event_type=record.event,
+            server_event_id=record.server_event_id,
+            attempt=record.attempts,
+        )
+        try:
+            if state is None:
+                raise PermanentDelivery(
+                    "server_not_configured",
+                    f"server {record.server_id} is no longer in the "
+                    "configuration; add it back and replay the event",
+                )
+            t = int(started + state.clock_offset_s)
+            header = signature_header(
+                record.body, state.config.secret.reveal(), t, state.config.kid
+            )
+            result: Delivered | DeliveryError = await self._sender.deliver(record.body, header)
+        except DeliveryError as exc:
+            result = exc
+        except asyncio.CancelledError:
+            if state is not None and state.probing:
+                state.probing = False
+            raise
+        latency_ms = (time.monotonic() - t0) * 1000
+        outcome = await self._decide(record, state, result, started)
+        status = result.http_status
+        detail = result.response if isinstance(result, Delivered) else str(result)
+        await self._outbox.finish(
+            record,
+            outcome,
+            Attempt(
+                event_id=record.id,
+                started_at=started,
+                duration_ms=round(latency_ms, 2),
+                http_status=status,
+                outcome=outcome.outcome or outcome.status,
+                detail=detail,
+            ),
+        )
+        fields = {
+            "status": status,
+            "outcome": outcome.outcome or outcome.status,
+            "latency_ms": round(latency_ms, 1),
+        }
+        if outcome.status == "delivered":
+            bound.info("delivery.delivered", referral_id=outcome.referral_id, **fields)
+        elif outcome.status == "dead":
+            bound.warning("delivery.dead_lettered", error=outcome.error, **fields)
+        else:
+            bound.info(
+                "delivery.retry_scheduled",
+                error=outcome.error,
+                retry_in_s=round(outcome.next_attempt_at - self._clock(), 2),
+                **fields,
+            )
+
+    async def _decide(
+        self,
+        record: EventRecord,
+        state: ServerState | None,
+        result: Delivered | DeliveryError,
+        now: float,
+    ) -> Outcome:
+        """Turn one attempt's result into the event's next status; update breaker and pauses."""
+        s = self._settings
+        was_probe = state is not None and state.probing
+        if state is not None:
+            state.probing = False
+        if isinstance(result, Delivered):
+            self.breaker.success()
+            if state is not None and was_probe and state.paused_reason:
+                log.info("sender.resumed", server_id=state.config.server_id)
+                state.paused_reason = None
+            return Outcome(
+                status="delivered",
+                outcome=result.outcome,
+                http_status=result.http_status,
+                response=result.response,
+                referral_id=result.referral_id,
+                state=result.state,
+            )
+        if state is not None:
+            state.last_error = str(result)
+        if isinstance(result, PermanentDelivery):
+            self.breaker.success()  # MMOLove answered; it is up
+            return Outcome(
+                status="dead",
+                outcome=result.reason,
+                error=str(result),
+                http_status=result.http_status,
+                response=result.response or None,
+            )
+        expires_at = record.created_at + s.max_age_s
+        if isinstance(result, SenderPaused) and state is not None:
+            self.breaker.success()
+            await self._pause(state, result, now)
+            retry_at = state.probe_at
+        else:
+            retry_after = result.retry_after_s if isinstance(result, RetryableDelivery) else None
+            self.breaker.failure(now, retry_after)
+            delay = backoff_s(record.attempts, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s)
+            retry_at = now + max(delay, retry_after or 0.0)
+        return Outcome(
+            status="pending",
+            outcome=result.reason,
+            error=str(result),
+            next_attempt_at=min(retry_at, expires_at),
+            http_status=result.http_status,
+            response=result.response or None,
+        )
+
+    async def _pause(self, state: ServerState, error: SenderPaused, now: float) -> None:
+        """Stop sending for this server, say why loudly, and plan the probe that may resume it."""
+        s = self._settings
+        server_id = state.config.server_id
+        state.probe_at = now + s.pause_probe_s
+        reason = str(error)
+        skew = error.clock_skew_s
+        if skew is not None and abs(skew - state.clock_offset_s) >= SKEW_CORRECTION_S:
+            # A wrong clock is the one 401 cause the relay can fix by itself: sign with
+            # MMOLove's time from now on, and probe straight away.
+            log.warning("sender.clock_skew", server_id=server_id, skew_s=round(skew, 1))
+            state.clock_offset_s = round(skew)
+            state.probe_at = now
+            reason += f"; MMOLove's clock is {skew:+.0f} s from ours, now signing with its time"
+        elif error.reason == "unauthorized":
+            try:
+                fresh = await asyncio.to_thread(reread_secret, state.config)
+            except ConfigError as exc:
+                reason += f"; re-reading the secret failed: {exc}"
+            else:
+                if fresh.secret != state.config.secret:
+                    state.config = fresh
+                    state.probe_at = now
+                    reason += "; the secret file changed, probing with the new secret"
+                else:
+                    reason += (
+                        "; check the secret (and kid) for this server on MMOLove's "
+                        "dashboard, fix it and send SIGHUP"
+                    )
+        if state.paused_reason is None:
+            log.error(
+                "sender.paused",
+                server_id=server_id,
+                reason=reason,
+                next_probe_in_s=round(state.probe_at - now, 1),
+            )
+        state.paused_reason = reason

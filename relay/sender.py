@@ -1,0 +1,186 @@
+"""The HTTP client to MMOLove: posts signed bytes and turns each answer into an outcome.
+
+The only module that touches aiohttp's client. A 2xx becomes a ``Delivered``; everything
+else becomes one of the ``DeliveryError`` classes, following ``mmolove-api.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from relay import __version__
+from relay.errors import PermanentDelivery, RetryableDelivery, SenderPaused
+from relay.signing import HEADER
+
+SNIPPET_CHARS = 500  # how much of MMOLove's answer the outbox and logs keep
+_READ_LIMIT = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """MMOLove took the event: ``outcome`` is accepted, duplicate, ignored or test."""
+
+    outcome: str
+    http_status: int
+    response: str
+    referral_id: str | None = None
+    state: str | None = None
+
+
+class Sender:
+    """One pooled client session posting to one endpoint."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        concurrency: int,
+        connect_timeout_s: float,
+        send_timeout_s: float,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        ssl_context: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            ssl_context = ssl.create_default_context(cafile=str(ca_file))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context),
+            timeout=aiohttp.ClientTimeout(total=send_timeout_s, connect=connect_timeout_s),
+            headers={"User-Agent": f"mmolove-relay/{__version__}"},
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def deliver(self, body: bytes, signature: str) -> Delivered:
+        """Post the bytes once; raise the ``DeliveryError`` that says what to do next."""
+        headers = {"Content-Type": "application/json", HEADER: signature}
+        try:
+            async with self._session.post(
+                self.endpoint, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                raw = await resp.content.read(_READ_LIMIT)
+                status, resp_headers = resp.status, resp.headers
+        except TimeoutError as exc:
+            raise RetryableDelivery("timeout", "MMOLove did not answer in time") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise RetryableDelivery("tls", f"TLS certificate not trusted: {exc}") from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise RetryableDelivery("dns", f"cannot resolve MMOLove's host: {exc}") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise RetryableDelivery("connect", f"cannot connect to MMOLove: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise RetryableDelivery("network", f"connection to MMOLove failed: {exc!r}") from exc
+        text = raw.decode("utf-8", "replace")[:SNIPPET_CHARS]
+        return classify(
+            status,
+            text,
+            resp_headers.get("Date"),
+            resp_headers.get("Retry-After"),
+            resp_headers.get("Location"),
+        )
+
+
+def classify(
+    status: int,
+    text: str,
+    date: str | None = None,
+    retry_after: str | None = None,
+    location: str | None = None,
+) -> Delivered:
+    """Map one MMOLove answer to ``Delivered`` or raise the matching ``DeliveryError``."""
+    answer = _json_object(text)
+    if 200 <= status < 300:
+        if answer.get("duplicate"):
+            outcome = "duplicate"
+        elif answer.get("ignored"):
+            outcome = "ignored"
+        elif answer.get("test"):
+            outcome = "test"
+        else:
+            outcome = "accepted"
+        return Delivered(
+            outcome=outcome,
+            http_status=status,
+            response=text,
+            referral_id=_str_or_none(answer.get("referral_id")),
+            state=_str_or_none(answer.get("state")),
+        )
+    detail = str(answer.get("error") or text or "(empty body)")[:200]
+    if 300 <= status < 400:
+        raise SenderPaused(
+            "redirect",
+            f"MMOLove's endpoint answered {status} redirecting to "
+            f"{location or '(no Location)'}; the relay does not follow redirects "
+            "on POST: set MMOLOVE_ENDPOINT to the final URL",
+            http_status=status,
+            response=text,
+        )
+    if status == 401:
+        paused = SenderPaused(
+            "unauthorized",
+            f"MMOLove rejected the signature (401 {detail})",
+            http_status=status,
+            response=text,
+        )
+        paused.clock_skew_s = clock_skew(date)
+        raise paused
+    if status in (400, 404, 422):
+        reason = {400: "bad_request", 404: "not_found", 422: "illegal_transition"}[status]
+        raise PermanentDelivery(
+            reason,
+            f"MMOLove refused the event ({status} {detail})",
+            http_status=status,
+            response=text,
+        )
+    retry = RetryableDelivery(
+        f"http_{status}", f"MMOLove answered {status} ({detail})", http_status=status, response=text
+    )
+    retry.retry_after_s = parse_retry_after(retry_after)
+    raise retry
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` of delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    when = _http_date(value)
+    if when is None:
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def clock_skew(date: str | None, now: float | None = None) -> float | None:
+    """MMOLove's clock minus ours, in seconds, from its ``Date`` header."""
+    when = _http_date(date) if date else None
+    return None if when is None else when - (time.time() if now is None else now)
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
