@@ -87,7 +87,7 @@ class Settings:
     log_format: str | None = None  # "json", "console", or None: decided by the terminal
     ca_file: Path | None = None
     # ingest
-    max_body_bytes: int = 64 * 1024
+    max_body_bytes: int = 1024 * 1024  # single events and batches alike
     max_batch: int = 500
     allow_extra_fields: bool = False
     min_free_bytes: int = 64 * 1024 * 1024

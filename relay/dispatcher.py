@@ -154,7 +154,7 @@ class Dispatcher:
         self.breaker = Breaker(
             failures=settings.breaker_failures,
             cooldown_s=settings.breaker_cooldown_s,
-            cap_s=settings.backoff_cap_s,
+            cap_s=max(settings.backoff_cap_s, settings.breaker_cooldown_s),
         )
         self._pacer = _Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}

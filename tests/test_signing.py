@@ -53,5 +53,5 @@ def test_parse_and_verify_round_trip() -> None:
 
 @pytest.mark.parametrize("bad", ["", "t=abc,v1=sha256=00", "t=1", "t=1,v1=md5=00", "garbage"])
 def test_parse_rejects_malformed_headers(bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="signature header"):
         signing.parse_header(bad)

@@ -1,0 +1,74 @@
+"""Helpers shared by the tests: the test server's credentials, a relay client, events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from relay.daemon import RunningRelay
+
+SERVER = "srv-1"
+SECRET = "secret-1-for-tests"
+
+
+@dataclass
+class Relay:
+    """A running relay plus an HTTP client for its ingest API."""
+
+    handle: RunningRelay
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return self.handle.url
+
+    async def post(
+        self, body: Any, path: str = "/v1/events", **kwargs: Any
+    ) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(self.url + path, json=body, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(self.url + path) as resp:
+            return resp.status, await resp.json()
+
+    async def wait_finished(
+        self, ids: list[int], timeout_s: float = 15.0
+    ) -> dict[int, dict[str, Any]]:
+        """Poll until every id is delivered or dead; returns the final records."""
+        deadline = time.monotonic() + timeout_s
+        done: dict[int, dict[str, Any]] = {}
+        while True:
+            for event_id in ids:
+                if event_id not in done:
+                    _, record = await self.get(f"/v1/events/{event_id}")
+                    if record["status"] in ("delivered", "dead"):
+                        done[event_id] = record
+            if len(done) == len(ids):
+                return done
+            if time.monotonic() > deadline:
+                missing = sorted(set(ids) - set(done))
+                raise AssertionError(f"events {missing[:10]} not finished in {timeout_s} s")
+            await asyncio.sleep(0.02)
+
+
+StartRelay = Callable[..., Awaitable[Relay]]
+
+
+def registered(token: str, player: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "event": "registered",
+        "token": token,
+        "referee_identity": player,
+        "server_event_id": f"reg-{player}",
+        **extra,
+    }
+
+
+def qualified(token: str, player: str, **extra: Any) -> dict[str, Any]:
+    return {"event": "qualified", "token": token, "server_event_id": f"qual-{player}", **extra}
