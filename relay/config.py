@@ -291,7 +291,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = values[name] = float(value)
         if type(value) is not expected:
-            raise ConfigError(f"{name} must be a {expected.__name__}, got {value!r}.")
+            kind = {int: "an integer", float: "a number", bool: "true or false"}[expected]
+            raise ConfigError(f"{name} must be {kind}, got {value!r}.")
         if expected in (int, float) and value <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {value!r}.")
     return values

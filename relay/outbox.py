@@ -135,6 +135,8 @@ class Outbox:
         self._disk_checked_at = 0.0
         self._disk_ok = True
         self.closing = False
+        self.commits = 0  # transactions committed: with group commit, fewer than writes
+        self.writes = 0
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
@@ -477,6 +479,8 @@ class Outbox:
                 for job, _ in group:
                     results.append(await job(self._db))
                 await self._db.commit()
+                self.commits += 1
+                self.writes += len(group)
             except BaseException:
                 await self._db.rollback()
                 raise

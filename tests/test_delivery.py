@@ -67,7 +67,10 @@ async def test_delivered_sub_outcomes_duplicate_ignored_and_test(
 ) -> None:
     relay = await start_relay()
     # MMOLove already has this one (say, a previous relay sent it): it answers duplicate.
-    body = b'{"event":"registered","token":"tok-dup","server_id":"srv-1","referee_identity":"p9","server_event_id":"reg-p9","ts":1733500000}'
+    body = (
+        b'{"event":"registered","token":"tok-dup","server_id":"srv-1",'
+        b'"referee_identity":"p9","server_event_id":"reg-p9","ts":1733500000}'
+    )
     header = signing.signature_header(body, SECRET, int(time.time()))
     async with (
         aiohttp.ClientSession() as http,
@@ -297,4 +300,4 @@ async def test_body_bytes_are_identical_across_attempts(
     snap = sandbox.sandbox.snapshot()
     assert [a["server_event_id"] for a in snap["accepted"]] == ["reg-p1"]
     assert snap["double_effects"] == 0
-    assert SERVER in snap["referrals"].__repr__()
+    assert f"{SERVER}/tok-same" in snap["referrals"]

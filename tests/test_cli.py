@@ -1,0 +1,98 @@
+"""The command line, run as a real subprocess: demo, send, status, help and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+
+from tests.support import StartRelay
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "MMOLOVE_RELAY_CONFIG": "", **(env or {})},
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_demo_shows_three_events_land() -> None:
+    code, out, err = await cli("demo")
+    assert code == 0, out + err
+    lines = [line for line in out.splitlines() if " delivered " in line]
+    assert len(lines) == 3, out
+    assert sum("accepted" in line for line in lines) == 2
+    assert sum(" test " in line for line in lines) == 1
+    assert "All three events landed" in out
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["sandbox"], ["demo"], ["send"], ["status"]])
+async def test_help_everywhere(command: list[str]) -> None:
+    code, out, _ = await cli(*command, "--help")
+    assert code == 0
+    assert "usage: mmolove-relay" in out
+
+
+async def test_no_command_prints_usage_and_exits_2() -> None:
+    code, out, _ = await cli()
+    assert code == 2
+    assert "COMMAND" in out
+
+
+async def test_send_and_status_talk_to_the_running_relay(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    code, out, err = await cli(
+        "send",
+        "registered",
+        "--token",
+        "tok-cli",
+        "--server-event-id",
+        "reg-cli",
+        "--referee",
+        "p1",
+        "--url",
+        relay.url,
+    )
+    assert code == 0, err
+    sent = json.loads(out)
+    assert sent["status"] in ("pending", "in_flight", "delivered")
+    await relay.wait_finished([sent["id"]])
+
+    code, out, err = await cli("status", "--json", "--url", relay.url)
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["counts"]["delivered"] == 1
+    assert status["circuit"] == "closed"
+
+    code, out, _ = await cli("status", "--url", relay.url)
+    assert code == 0
+    assert "delivered 1" in out
+    assert "server srv-1: delivering" in out
+
+
+async def test_send_rejected_exits_1_with_the_reason(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    code, _, err = await cli(
+        "send", "registered", "--token", "t", "--server-event-id", "r", "--url", relay.url
+    )
+    assert code == 1
+    assert "referee_identity is required" in err
+
+
+async def test_unreachable_relay_exits_4() -> None:
+    code, _, err = await cli("status", "--url", "http://127.0.0.1:9")
+    assert code == 4
+    assert "cannot reach the relay" in err

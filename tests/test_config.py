@@ -1,0 +1,144 @@
+"""Configuration: the environment names of the spec, the TOML file, and one clear line for
+whatever is missing or wrong."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from relay.config import Listen, describe, load_settings, parse_listen
+from relay.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "relay.example.toml"
+BASE = {"MMOLOVE_SERVER_ID": "srv-9", "MMOLOVE_SECRET": "s3cr3t"}
+
+
+def test_environment_alone_is_enough() -> None:
+    settings = load_settings(
+        {
+            **BASE,
+            "MMOLOVE_KID": "k1",
+            "MMOLOVE_ENDPOINT": "http://127.0.0.1:9/x",
+            "MMOLOVE_RELAY_LISTEN": "127.0.0.1:9999",
+            "MMOLOVE_RELAY_DB": "/tmp/x.db",
+            "MMOLOVE_RELAY_LOG_FORMAT": "console",
+        }
+    )
+    [server] = settings.servers
+    assert (server.server_id, server.secret.reveal(), server.kid) == ("srv-9", "s3cr3t", "k1")
+    assert settings.endpoint == "http://127.0.0.1:9/x"
+    assert settings.listen == Listen("127.0.0.1", 9999)
+    assert settings.db_path == Path("/tmp/x.db")
+    assert settings.log_format == "console"
+
+
+def test_defaults_are_safe() -> None:
+    settings = load_settings(BASE)
+    assert settings.listen.is_loopback
+    assert str(settings.listen) == "127.0.0.1:8787"
+    assert settings.endpoint == "https://mmolove.com/api/referral/events"
+    assert settings.db_path == Path("mmolove-relay.db")
+    assert settings.max_age_s == 7 * 24 * 3600
+
+
+def test_state_directory_holds_the_outbox() -> None:
+    settings = load_settings({**BASE, "STATE_DIRECTORY": "/var/lib/mmolove-relay"})
+    assert settings.db_path == Path("/var/lib/mmolove-relay/outbox.db")
+
+
+def test_example_file_documents_valid_keys() -> None:
+    settings = load_settings({"MMOLOVE_SECRET": "x"}, EXAMPLE)
+    assert settings.servers[0].server_id == "srv-123"
+    assert settings.concurrency == 4
+
+
+@pytest.mark.parametrize(
+    ("environ", "names"),
+    [
+        ({"MMOLOVE_SECRET": "x"}, "MMOLOVE_SERVER_ID"),
+        ({"MMOLOVE_SERVER_ID": "srv-1"}, "MMOLOVE_SECRET"),
+        ({**BASE, "MMOLOVE_RELAY_LISTEN": "0.0.0.0:8787"}, "MMOLOVE_RELAY_INGEST_TOKEN"),
+        ({**BASE, "MMOLOVE_RELAY_LISTEN": "nonsense"}, "host:port"),
+        ({**BASE, "MMOLOVE_ENDPOINT": "ftp://x"}, "MMOLOVE_ENDPOINT"),
+        ({**BASE, "MMOLOVE_RELAY_LOG_FORMAT": "xml"}, "log_format"),
+        ({"MMOLOVE_SERVER_ID": "s", "MMOLOVE_SECRET_FILE": "/nonexistent/secret"}, "/nonexistent"),
+    ],
+)
+def test_problems_stop_start_up_with_one_line_naming_the_fix(
+    environ: dict[str, str], names: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    message = str(caught.value)
+    assert names in message
+    assert "\n" not in message
+
+
+def test_off_loopback_is_allowed_with_a_token() -> None:
+    settings = load_settings(
+        {**BASE, "MMOLOVE_RELAY_LISTEN": "0.0.0.0:8787", "MMOLOVE_RELAY_INGEST_TOKEN": "t0k"}
+    )
+    assert not settings.listen.is_loopback
+
+
+def test_secret_file_and_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("from-file\n")
+    settings = load_settings(
+        {"MMOLOVE_SERVER_ID": "s", "MMOLOVE_SECRET_FILE": str(tmp_path / "secret")}
+    )
+    assert settings.servers[0].secret.reveal() == "from-file"
+    assert settings.servers[0].secret_file == tmp_path / "secret"
+    (tmp_path / "mmolove-secret").write_text("from-credential")
+    settings = load_settings({"MMOLOVE_SERVER_ID": "s", "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.servers[0].secret.reveal() == "from-credential"
+
+
+def test_several_servers_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    (tmp_path / "b.secret").write_text("bbb")
+    path.write_text(
+        '[[servers]]\nid = "a"\nsecret = "aaa"\nkid = "k"\n'
+        f'[[servers]]\nid = "b"\nsecret_file = "{tmp_path / "b.secret"}"\n'
+        "[delivery]\nconcurrency = 8\nbackoff_cap_s = 60\n"
+    )
+    settings = load_settings({}, path)
+    assert [(s.server_id, s.secret.reveal(), s.kid) for s in settings.servers] == [
+        ("a", "aaa", "k"),
+        ("b", "bbb", None),
+    ]
+    assert settings.concurrency == 8
+    assert settings.backoff_cap_s == 60.0
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[delivery]\nconcurency = 8\n", "delivery].concurency"),
+        ("[delivery]\nconcurrency = 'eight'\n", "concurrency must be an integer"),
+        ("[delivery]\nconcurrency = 0\n", "greater than 0"),
+        ("[[servers]]\nid = 'a'\nsecret = 'x'\n[[servers]]\nid = 'a'\nsecret = 'y'\n", "repeat"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_bad_files_are_explained(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_settings({}, path)
+
+
+def test_describe_masks_every_secret() -> None:
+    settings = load_settings({**BASE, "MMOLOVE_RELAY_INGEST_TOKEN": "tok-tok"})
+    text = repr(describe(settings)) + repr(settings)
+    assert "s3cr3t" not in text
+    assert "tok-tok" not in text
+    assert "***" in text
+
+
+def test_parse_listen_forms() -> None:
+    assert parse_listen("[::1]:80") == Listen("::1", 80)
+    assert parse_listen("[::1]:80").is_loopback
+    assert parse_listen("unix:/run/relay.sock").path == Path("/run/relay.sock")
+    assert not parse_listen("10.0.0.1:80").is_loopback

@@ -1,0 +1,135 @@
+"""The outbox on real SQLite files: durability settings, group commit, claims that keep
+per-referral order, crash recovery, pruning and schema versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.errors import OutboxError
+from relay.events import Event, validate
+from relay.outbox import Attempt, Outbox, Outcome
+from relay.schema import MIGRATIONS
+from tests.support import SERVER, qualified, registered
+
+NOW = 1_800_000_000.0
+
+
+def event(body: dict[str, object]) -> Event:
+    return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
+    box = await Outbox.open(tmp_path / "outbox.db")
+    yield box
+    await box.close()
+
+
+async def claim(box: Outbox, now: float = NOW, limit: int = 10) -> list[int]:
+    return [r.id for r in await box.claim(now, limit, lease_s=30, max_age_s=3600)]
+
+
+async def test_file_is_private_and_durable_settings_hold(outbox: Outbox) -> None:
+    await outbox.add([event(registered("t", "p"))], NOW)
+    for suffix in ("", "-wal", "-shm"):
+        mode = stat.S_IMODE(outbox.path.with_name(outbox.path.name + suffix).stat().st_mode)
+        assert mode & 0o077 == 0, (suffix, oct(mode))
+    with sqlite3.connect(outbox.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_acknowledged_events_survive_reopen(tmp_path: Path) -> None:
+    box = await Outbox.open(tmp_path / "o.db")
+    [added] = await box.add([event(registered("t", "p"))], NOW)
+    await box.close()
+    box = await Outbox.open(tmp_path / "o.db")
+    try:
+        record = await box.get(added.id)
+        assert record is not None
+        assert record.body == event(registered("t", "p")).body
+    finally:
+        await box.close()
+
+
+async def test_second_relay_on_the_same_file_is_refused(outbox: Outbox) -> None:
+    with pytest.raises(OutboxError, match="another relay is already using"):
+        await Outbox.open(outbox.path)
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(OutboxError, match="newer than this relay knows"):
+        await Outbox.open(path)
+
+
+async def test_concurrent_adds_share_transactions(outbox: Outbox) -> None:
+    """Group commit: 200 concurrent single-event adds take far fewer than 200 commits."""
+    before = outbox.commits
+    results = await asyncio.gather(
+        *(outbox.add([event(registered(f"t{i}", f"p{i}"))], NOW) for i in range(200))
+    )
+    assert len({r[0].id for r in results}) == 200
+    assert outbox.writes >= 200
+    assert outbox.commits - before < 100, outbox.commits - before
+
+
+async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) -> None:
+    [first] = await outbox.add([event(registered("t", "p"))], NOW)
+    [again] = await outbox.add([event(registered("t", "p"))], NOW + 5)
+    [clash] = await outbox.add([event(registered("t", "p", ts=1))], NOW)
+    assert first.created and not again.created and not again.conflict
+    assert again.id == first.id == clash.id
+    assert clash.conflict
+    assert (await outbox.counts())["pending"] == 1
+
+
+async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
+    """qualified waits for registered; finishing registered wakes it."""
+    added = await outbox.add(
+        [event(qualified("t", "p")), event(registered("t", "p")), event(registered("u", "q"))], NOW
+    )
+    qual, reg, other = (a.id for a in added)
+    assert sorted(await claim(outbox)) == sorted([reg, other])
+    deferred = await outbox.get(qual)
+    assert deferred is not None and deferred.status == "pending"
+    assert await claim(outbox) == []  # still waiting on the in-flight registered
+    [reg_record] = [r for r in [await outbox.get(reg)] if r]
+    await outbox.finish(
+        reg_record,
+        Outcome(status="delivered", outcome="accepted"),
+        Attempt(reg, NOW, 1.0, 200, "accepted", None),
+    )
+    assert await claim(outbox, now=time.time()) == [qual]
+
+
+async def test_requeue_in_flight_after_a_crash(outbox: Outbox) -> None:
+    await outbox.add([event(registered("t", "p"))], NOW)
+    [event_id] = await claim(outbox)
+    assert await outbox.requeue_in_flight(NOW + 1, expired_only=True) == 0  # lease still on
+    assert await outbox.requeue_in_flight(NOW + 1, expired_only=False) == 1
+    record = await outbox.get(event_id)
+    assert record is not None
+    assert (record.status, record.attempts) == ("pending", 1)
+    assert await claim(outbox, now=NOW + 1) == [event_id]
+
+
+async def test_prune_removes_old_delivered_and_keeps_dead(outbox: Outbox) -> None:
+    added = await outbox.add([event(registered("t", "p")), event(registered("u", "q"))], NOW)
+    for a, status in zip(added, ("delivered", "dead"), strict=True):
+        record = await outbox.get(a.id)
+        assert record is not None
+        await outbox.finish(
+            record, Outcome(status=status, outcome="x"), Attempt(a.id, NOW, 1.0, 200, "x", None)
+        )
+    assert await outbox.prune(NOW + 10) == (1, 2)
+    counts = await outbox.counts()
+    assert (counts["delivered"], counts["dead"]) == (0, 1)
