@@ -22,7 +22,7 @@ def test_environment_alone_is_enough() -> None:
             "MMOLOVE_KID": "k1",
             "MMOLOVE_ENDPOINT": "http://127.0.0.1:9/x",
             "MMOLOVE_RELAY_LISTEN": "127.0.0.1:9999",
-            "MMOLOVE_RELAY_DB": "/tmp/x.db",
+            "MMOLOVE_RELAY_DB": "/srv/relay/x.db",
             "MMOLOVE_RELAY_LOG_FORMAT": "console",
         }
     )
@@ -30,7 +30,7 @@ def test_environment_alone_is_enough() -> None:
     assert (server.server_id, server.secret.reveal(), server.kid) == ("srv-9", "s3cr3t", "k1")
     assert settings.endpoint == "http://127.0.0.1:9/x"
     assert settings.listen == Listen("127.0.0.1", 9999)
-    assert settings.db_path == Path("/tmp/x.db")
+    assert settings.db_path == Path("/srv/relay/x.db")
     assert settings.log_format == "console"
 
 

@@ -86,7 +86,7 @@ async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) ->
     [first] = await outbox.add([event(registered("t", "p"))], NOW)
     [again] = await outbox.add([event(registered("t", "p"))], NOW + 5)
     [clash] = await outbox.add([event(registered("t", "p", ts=1))], NOW)
-    assert first.created and not again.created and not again.conflict
+    assert (first.created, again.created, again.conflict) == (True, False, False)
     assert again.id == first.id == clash.id
     assert clash.conflict
     assert (await outbox.counts())["pending"] == 1
@@ -100,7 +100,8 @@ async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
     qual, reg, other = (a.id for a in added)
     assert sorted(await claim(outbox)) == sorted([reg, other])
     deferred = await outbox.get(qual)
-    assert deferred is not None and deferred.status == "pending"
+    assert deferred is not None
+    assert deferred.status == "pending"
     assert await claim(outbox) == []  # still waiting on the in-flight registered
     [reg_record] = [r for r in [await outbox.get(reg)] if r]
     await outbox.finish(
