@@ -24,6 +24,7 @@ from relay.sender import Sender
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
+INGEST_GRACE_S = 2.0
 # Changing these needs a restart; SIGHUP reloads servers (secrets, kids) only.
 _RESTART_ONLY = ("endpoint", "listen", "db_path", "ingest_token", "concurrency", "ca_file")
 
@@ -85,7 +86,11 @@ async def run(
         stack.push_async_callback(_cancel, chores)
 
         app = make_app(outbox, settings, dispatcher.snapshot)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.drain_timeout_s)
+        # Ingest handlers wait for one commit, so a short grace is enough for them; a client
+        # still sending its body then is dropped unanswered and retries, nothing acknowledged.
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s)
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site: web.BaseSite
@@ -114,6 +119,7 @@ async def run(
         # Stop taking events first: a late POST gets 503 + Retry-After, never a silent drop.
         log.info("relay.stopping")
         app[DRAINING][0] = True
+        stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
         # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
         # within its budget), HTTP client, outbox.
     log.info("relay.stopped")

@@ -239,6 +239,8 @@ class Dispatcher:
                 state.probing = True
                 probes += claimed
             else:
+                # Nothing to probe with: look again later rather than spin on an empty claim.
+                state.probe_at = now + self._settings.pause_probe_s
                 self.breaker.release_probe()
         return probes
 
@@ -400,7 +402,7 @@ class Dispatcher:
         if isinstance(result, SenderPaused) and state is not None:
             self.breaker.success()
             await self._pause(state, result, now)
-            retry_at = state.probe_at
+            retry_at = now  # the pause holds it back; a probe or a reload may take it any time
         else:
             retry_after = result.retry_after_s if isinstance(result, RetryableDelivery) else None
             self.breaker.failure(now, retry_after)

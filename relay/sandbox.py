@@ -199,14 +199,20 @@ class Sandbox:
         if faults.reset:
             return None
         answer = self._fault_answer()
+        if answer is None:
+            try:
+                body = await request.read()
+            except ConnectionResetError:
+                return None
+            try:
+                answer = self._ingest(body, request.headers.get(HEADER))
+            except _Refusal as refusal:
+                answer = _json({"error": refusal.error}, status=refusal.status)
         if faults.latency_ms > 0:
+            # The effect is already applied; only the answer is slow. A client that gives up
+            # now must resend, and the resend must come back as a duplicate.
             await asyncio.sleep(faults.latency_ms / 1000)
-        if answer is not None:
-            return answer
-        try:
-            return self._ingest(await request.read(), request.headers.get(HEADER))
-        except _Refusal as refusal:
-            return _json({"error": refusal.error}, status=refusal.status)
+        return answer
 
     def _fault_answer(self) -> web.Response | None:
         faults = self.faults

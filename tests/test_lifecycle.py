@@ -1,0 +1,863 @@
+"""The daemon as operators run it: a real subprocess, real signals, loopback sockets, SQLite.
+
+Each test starts ``python -m relay.cli serve`` configured by environment variables only (plus a
+TOML file for tuning keys), against the project's sandbox served in the test process, and
+judges it by what MMOLove (the sandbox) saw and what the outbox file holds afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.sandbox import EVENT_PATH, RunningSandbox, running_sandbox
+from relay.signing import HEADER
+
+Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
+
+SERVER_ID = "srv-1"
+# Distinctive values, so finding one in the output is unambiguous.
+SECRET = "s3cret-7c1e9f42-right"
+WRONG_SECRET = "s3cret-0b5d83aa-wrong"
+INGEST_TOKEN = "ingest-tok-4f9e2d71"
+CONCURRENCY = 4
+DRAIN_TIMEOUT_S = 5.0
+EXIT_CONFIG = 3
+
+
+def tuning(*, drain_timeout_s: float = DRAIN_TIMEOUT_S, extra: str = "") -> str:
+    """Fast retries so a test never waits on production backoff; the rest stays default."""
+    return (
+        "[delivery]\n"
+        f"concurrency = {CONCURRENCY}\n"
+        "backoff_base_s = 0.05\n"
+        "backoff_cap_s = 0.5\n"
+        f"drain_timeout_s = {drain_timeout_s}\n"
+        f"{extra}"
+    )
+
+
+# -- the daemon as a subprocess ----------------------------------------------------------
+
+
+def _pump(pipe: IO[bytes], sink: list[str]) -> None:
+    """Read a pipe to its end so the child never blocks on a full pipe."""
+    for raw in iter(pipe.readline, b""):
+        sink.append(raw.decode("utf-8", "replace"))
+
+
+class Relay:
+    """One ``mmolove-relay serve`` process; threads drain its stdout and stderr."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.url = ""
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._pumps = [
+            threading.Thread(target=_pump, args=(proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, self.stderr), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (anything else on stderr is skipped)."""
+        out = []
+        for line in list(self.stderr):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def find_logs(self, event: str) -> list[dict[str, Any]]:
+        return [record for record in self.logs() if record.get("event") == event]
+
+    async def wait_log(self, event: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            matches = self.find_logs(event)
+            if matches:
+                return matches[0]
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"the relay exited with {self.proc.returncode} before logging {event}:\n"
+                    + "".join(self.stderr)
+                )
+            return None
+
+        record: dict[str, Any] = await eventually(
+            found, timeout_s=timeout_s, what=f"log line {event}"
+        )
+        return record
+
+    async def ready(self) -> Relay:
+        record = await self.wait_log("relay.ready")
+        self.url = str(record["listen"])
+        return self
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    async def exited(self, *, timeout_s: float = 10.0) -> int:
+        """Wait for the process to end and its pipes to drain; returns the exit status."""
+        await eventually(
+            lambda: self.proc.poll() is not None, timeout_s=timeout_s, what="the relay to exit"
+        )
+        await asyncio.to_thread(self._join)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        """Everything the process wrote; complete once ``exited`` has returned."""
+        return "".join(self.stdout) + "".join(self.stderr)
+
+    def _join(self) -> None:
+        for pump in self._pumps:
+            pump.join(timeout=5)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._join()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+Spawn = Callable[..., Relay]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start relay processes (``env`` on top of a clean environment); all are killed after."""
+    started: list[Relay] = []
+    configs = itertools.count()
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MMOLOVE_") and k not in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY")
+    }
+
+    def start(env: Mapping[str, str | None], *, config: str | None = None) -> Relay:
+        full = dict(base_env)
+        for name, value in env.items():
+            if value is None:
+                full.pop(name, None)
+            else:
+                full[name] = value
+        args = [sys.executable, "-m", "relay.cli"]
+        if config is not None:
+            path = tmp_path / f"relay-{next(configs)}.toml"
+            path.write_text(config, encoding="utf-8")
+            args += ["--config", str(path)]
+        proc = subprocess.Popen(
+            [*args, "serve"],
+            env=full,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        relay = Relay(proc)
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.close()
+
+
+def relay_env(endpoint: str, db: Path, **overrides: str | None) -> dict[str, str | None]:
+    """The environment a container would get; ``overrides`` set or (with None) remove."""
+    env: dict[str, str | None] = {
+        "MMOLOVE_SERVER_ID": SERVER_ID,
+        "MMOLOVE_SECRET": SECRET,
+        "MMOLOVE_ENDPOINT": endpoint,
+        "MMOLOVE_RELAY_LISTEN": "127.0.0.1:0",
+        "MMOLOVE_RELAY_DB": str(db),
+        "MMOLOVE_RELAY_LOG_FORMAT": "json",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[RunningSandbox]:
+    async with running_sandbox({SERVER_ID: SECRET}) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # A fresh connection per request, as a game server would open, so a killed relay shows
+    # up as a refused connection rather than a stale pooled one.
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as session:
+        yield session
+
+
+class HeldAnswers:
+    """A hop in front of the sandbox: forwards each event at once, holds back the answer.
+
+    MMOLove has then applied the event while the relay still waits for the answer, the
+    window in which a crash makes the relay resend something MMOLove already has.
+    """
+
+    def __init__(self, upstream: str, client: aiohttp.ClientSession, hold_s: float) -> None:
+        self.upstream = upstream
+        self.hold_s = hold_s
+        self.url = ""
+        self.seen: list[bytes] = []  # every body the relay sent, in order
+        self._client = client
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.seen.append(body)
+        headers = {"Content-Type": request.content_type, HEADER: request.headers[HEADER]}
+        async with self._client.post(self.upstream, data=body, headers=headers) as resp:
+            payload, status = await resp.read(), resp.status
+            answer_headers = {"Content-Type": resp.headers["Content-Type"]}
+            answer_headers["Date"] = resp.headers["Date"]
+        await asyncio.sleep(self.hold_s)
+        return web.Response(body=payload, status=status, headers=answer_headers)
+
+
+@contextlib.asynccontextmanager
+async def held_answers(upstream: str, *, hold_s: float) -> AsyncIterator[HeldAnswers]:
+    async with aiohttp.ClientSession() as client:
+        hop = HeldAnswers(upstream, client, hold_s)
+        app = web.Application()
+        app.router.add_post(EVENT_PATH, hop.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            hop.url = f"http://{host}:{port}{EVENT_PATH}"
+            yield hop
+        finally:
+            await runner.cleanup()
+
+
+# -- events, ingest and polling -----------------------------------------------------------
+
+
+def registered(token: str) -> dict[str, Any]:
+    return {
+        "event": "registered",
+        "token": token,
+        "referee_identity": f"player-{token}",
+        "server_event_id": f"reg-{token}",
+    }
+
+
+def qualified(token: str) -> dict[str, Any]:
+    return {"event": "qualified", "token": token, "server_event_id": f"qual-{token}"}
+
+
+def key_of(body: Mapping[str, Any]) -> Key:
+    return (str(body["token"]), str(body["event"]), str(body["server_event_id"]))
+
+
+async def post(
+    http: aiohttp.ClientSession, base: str, body: Any, *, token: str | None = None
+) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.post(f"{base}/v1/events", json=body, headers=headers) as resp:
+        return resp.status, await resp.json(), resp.headers
+
+
+async def ingest(
+    http: aiohttp.ClientSession, base: str, body: Any, *, token: str | None = None
+) -> int:
+    """POST one event that must be acknowledged as durable; returns its outbox id."""
+    status, answer, _ = await post(http, base, body, token=token)
+    assert (status, answer.get("status")) == (202, "pending"), answer
+    return int(answer["id"])
+
+
+async def get_json(
+    http: aiohttp.ClientSession, url: str, *, token: str | None = None
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.get(url, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        answer: dict[str, Any] = await resp.json()
+        return answer
+
+
+async def poll(
+    check: Callable[[], Any], until: Callable[[Any], object], *, timeout_s: float
+) -> Any:
+    """Call ``check`` (sync or async) until ``until`` accepts its result or time is up.
+
+    Returns the last result, so the caller's assertion can say what it was.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if until(result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; fail by name at the deadline."""
+    result = await poll(check, bool, timeout_s=timeout_s)
+    if not result:
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+    return result
+
+
+async def wait_delivered(
+    http: aiohttp.ClientSession,
+    base: str,
+    ids: Iterable[int],
+    *,
+    timeout_s: float = 15.0,
+    token: str | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Wait until every id is ``delivered``; returns each final record by id."""
+    wanted = sorted(set(ids))
+    records: dict[int, dict[str, Any]] = {}
+
+    async def all_delivered() -> bool:
+        pending = [i for i in wanted if records.get(i, {}).get("status") != "delivered"]
+        found = await asyncio.gather(
+            *(get_json(http, f"{base}/v1/events/{i}", token=token) for i in pending)
+        )
+        records.update(zip(pending, found, strict=True))
+        return all(records[i]["status"] == "delivered" for i in wanted)
+
+    await eventually(all_delivered, timeout_s=timeout_s, what=f"{len(wanted)} events delivered")
+    return records
+
+
+async def wait_outbox_settled(
+    http: aiohttp.ClientSession, base: str, *, timeout_s: float = 15.0
+) -> dict[str, int]:
+    """Wait until nothing is pending or in flight; returns the counts by status."""
+
+    async def settled() -> dict[str, int] | None:
+        counts: dict[str, int] = (await get_json(http, f"{base}/v1/status"))["counts"]
+        return counts if counts["pending"] == counts["in_flight"] == 0 else None
+
+    counts: dict[str, int] = await eventually(
+        settled, timeout_s=timeout_s, what="the outbox to settle"
+    )
+    return counts
+
+
+def in_progress(sb: RunningSandbox) -> int:
+    """Requests the sandbox is still working on (e.g. sleeping through its latency)."""
+    snap = sb.sandbox.snapshot()
+    answered: int = sum(snap["by_status"].values())
+    return int(snap["requests"]) - answered - int(snap["dropped"])
+
+
+def accepted_keys(sb: RunningSandbox) -> Counter[Key]:
+    return Counter(
+        (r["token"], r["event"], r["server_event_id"]) for r in sb.sandbox.snapshot()["accepted"]
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def outbox_rows(db: Path) -> dict[Key, tuple[int, str, int]]:
+    """(id, status, attempts) by key, read from the file of a relay that has exited."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT token, event, server_event_id, id, status, attempts FROM events"
+        ).fetchall()
+    return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
+
+
+# -- crash safety --------------------------------------------------------------------------
+
+
+async def test_sigkill_mid_delivery_then_restart_on_the_same_file_loses_nothing(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """kill -9 with deliveries in flight; a restart delivers every ack once, in token order."""
+    faults = sandbox.sandbox.faults
+    faults.latency_ms = 300
+    db = tmp_path / "outbox.db"
+    first = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+
+    tokens = [f"tok-{i:02d}" for i in range(30)]
+    bodies = [body for t in tokens for body in (registered(t), qualified(t))]
+    ids = await asyncio.gather(*(ingest(http, first.url, body) for body in bodies))
+    acked = dict(zip(map(key_of, bodies), ids, strict=True))
+    assert len(set(ids)) == 60
+
+    async def mid_delivery() -> bool:
+        counts = (await get_json(http, f"{first.url}/v1/status"))["counts"]
+        return counts["delivered"] >= 4 and counts["in_flight"] >= 1 and in_progress(sandbox) >= 1
+
+    await eventually(mid_delivery, timeout_s=15, what="some delivered and some in flight")
+    first.send(signal.SIGKILL)
+    assert await first.exited() == -signal.SIGKILL
+    assert len(sandbox.sandbox.snapshot()["accepted"]) < 60, "the kill came too late to matter"
+
+    faults.latency_ms = 0
+    second = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    recovered = second.find_logs("outbox.recovered_in_flight")
+    assert len(recovered) == 1
+    assert recovered[0]["events"] >= 1
+    records = await wait_delivered(http, second.url, ids, timeout_s=20)
+
+    assert {key_of(r): r["id"] for r in records.values()} == acked
+    snap = sandbox.sandbox.snapshot()
+    seen = accepted_keys(sandbox)
+    assert seen == Counter(dict.fromkeys(acked, 1)), "every acknowledged key exactly once"
+    assert [r["outcome"] for r in snap["accepted"]] == ["accepted"] * 60
+    assert snap["double_effects"] == 0
+    assert set(snap["by_status"]) == {"200"}, snap["by_status"]  # no 422: order held
+    order = [(r["token"], r["event"]) for r in snap["accepted"]]
+    for token in tokens:
+        assert order.index((token, "registered")) < order.index((token, "qualified")), token
+    print(f"idempotent replays after the kill: {snap['duplicates']}")
+
+
+async def test_sigkill_after_mmolove_applied_events_resends_the_same_bytes_counted_once(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """MMOLove took the events but the answers never arrived: the restart resends identical
+    bytes and MMOLove deduplicates them (0 double effects)."""
+    db = tmp_path / "outbox.db"
+    bodies = [registered(f"applied-{i}") for i in range(CONCURRENCY)]
+    async with held_answers(sandbox.url, hold_s=2.0) as hop:
+        first = await spawn(relay_env(hop.url, db), config=tuning()).ready()
+        ids = await asyncio.gather(*(ingest(http, first.url, body) for body in bodies))
+        await eventually(
+            lambda: len(sandbox.sandbox.snapshot()["accepted"]) == CONCURRENCY,
+            timeout_s=5,
+            what="MMOLove to apply every event",
+        )
+        first.send(signal.SIGKILL)
+        assert await first.exited() == -signal.SIGKILL
+
+        hop.hold_s = 0.0
+        second = await spawn(relay_env(hop.url, db), config=tuning()).ready()
+        records = await wait_delivered(http, second.url, ids)
+
+    assert [r["outcome"] for r in records.values()] == ["duplicate"] * CONCURRENCY
+    assert [r["attempts"] for r in records.values()] == [2] * CONCURRENCY
+    assert [len(r["delivery_log"]) for r in records.values()] == [1] * CONCURRENCY
+    snap = sandbox.sandbox.snapshot()
+    assert accepted_keys(sandbox) == Counter(dict.fromkeys(map(key_of, bodies), 1))
+    assert (snap["duplicates"], snap["double_effects"]) == (CONCURRENCY, 0)
+    sent = Counter(hop.seen)
+    assert sorted(sent.values()) == [2] * CONCURRENCY, "each resend must repeat the same bytes"
+    assert set(sent) == {r["body"].encode() for r in records.values()}
+
+
+async def test_sigkill_during_an_ingest_burst_keeps_every_acknowledged_event(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """kill -9 while POSTs are in flight: every 202 survives the restart and is delivered."""
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    bodies = iter([registered(f"burst-{i:03d}") for i in range(400)])
+    acked: dict[Key, int] = {}
+    failed: list[Key] = []
+    killed = False
+
+    async def game_server() -> None:
+        nonlocal killed
+        for body in bodies:  # shared by every worker: each body is posted once
+            try:
+                status, answer, _ = await post(http, relay.url, body)
+            except aiohttp.ClientError:
+                failed.append(key_of(body))
+                continue
+            assert status == 202, answer
+            acked[key_of(body)] = int(answer["id"])
+            if len(acked) >= 60 and not killed:
+                killed = True
+                relay.send(signal.SIGKILL)
+
+    await asyncio.gather(*(game_server() for _ in range(16)))
+    assert await relay.exited() == -signal.SIGKILL
+    assert len(acked) >= 60
+    assert failed, "no POST was cut off: the kill did not land during the burst"
+
+    restarted = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    records = await wait_delivered(http, restarted.url, acked.values())
+    assert {key_of(r): r["id"] for r in records.values()} == acked
+    counts = await wait_outbox_settled(http, restarted.url)
+    assert counts["dead"] == 0
+    # Unacknowledged POSTs may or may not have been stored; whatever was stored is delivered.
+    seen = accepted_keys(sandbox)
+    assert counts["delivered"] == len(seen) >= len(acked)
+    assert all(seen[key] == 1 for key in acked), "an acknowledged event was lost or doubled"
+    assert set(seen) <= set(acked) | set(failed)
+    assert sandbox.sandbox.snapshot()["double_effects"] == 0
+
+
+# -- graceful shutdown ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_stop_signal_drains_in_flight_deliveries_and_exits_0(
+    sig: signal.Signals,
+    spawn: Spawn,
+    sandbox: RunningSandbox,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM/SIGINT: refuse new events, finish in-flight attempts, exit 0, lose nothing."""
+    faults = sandbox.sandbox.faults
+    faults.latency_ms = 500
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    bodies = [registered(f"drain-{i}") for i in range(CONCURRENCY + 2)]
+    ids = await asyncio.gather(*(ingest(http, relay.url, body) for body in bodies))
+    await eventually(
+        lambda: in_progress(sandbox) == CONCURRENCY, timeout_s=5, what="a full set in flight"
+    )
+    records = [await get_json(http, f"{relay.url}/v1/events/{i}") for i in ids]
+    in_flight = {key_of(r) for r in records if r["status"] == "in_flight"}
+    assert len(in_flight) == CONCURRENCY
+
+    signalled = time.monotonic()
+    relay.send(sig)
+    await relay.wait_log("relay.stopping", timeout_s=DRAIN_TIMEOUT_S)
+    late = registered("late")
+    try:
+        status, answer, headers = await post(http, relay.url, late)
+    except aiohttp.ClientConnectionError:
+        pass  # the listener is already closed: the client knows nothing was stored
+    else:
+        assert status == 503, f"a POST during shutdown got {status} {answer}"
+        assert int(headers["Retry-After"]) > 0
+    assert await relay.exited(timeout_s=DRAIN_TIMEOUT_S + 5) == 0
+    assert time.monotonic() - signalled < DRAIN_TIMEOUT_S
+    assert relay.find_logs("relay.stopped")
+
+    rows = outbox_rows(db)
+    assert set(rows) == set(map(key_of, bodies)), "the late POST was stored, or one was lost"
+    assert {key: rows[key][1] for key in in_flight} == dict.fromkeys(in_flight, "delivered")
+    assert {status for _, status, _ in rows.values()} <= {"delivered", "pending"}
+    assert all(accepted_keys(sandbox)[key] == 1 for key in in_flight)
+
+    faults.latency_ms = 0
+    restarted = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    await wait_delivered(http, restarted.url, ids)
+    assert accepted_keys(sandbox) == Counter(dict.fromkeys(map(key_of, bodies), 1))
+    assert sandbox.sandbox.snapshot()["duplicates"] == 0  # drained answers were recorded
+
+
+async def test_sigterm_with_a_half_received_post_stops_claiming_and_keeps_the_drain_budget(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A client still sending its POST at SIGTERM neither stretches shutdown past the drain
+    budget nor lets new attempts start; it gets no 202 for an event that was not stored."""
+    sandbox.sandbox.faults.latency_ms = 1000
+    budget_s = 2.5
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning(drain_timeout_s=budget_s)).ready()
+    host, port = relay.url.removeprefix("http://").rsplit(":", 1)
+    slow = registered("slow-client")
+    raw = json.dumps(slow).encode()
+    head = (
+        f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(raw)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + raw[:10])
+        await writer.drain()
+        bodies = [registered(f"claim-{i}") for i in range(CONCURRENCY + 2)]
+        await asyncio.gather(*(ingest(http, relay.url, body) for body in bodies))
+        await eventually(
+            lambda: in_progress(sandbox) == CONCURRENCY, timeout_s=5, what="a full set in flight"
+        )
+        signalled = time.monotonic()
+        relay.send(signal.SIGTERM)
+        await relay.wait_log("relay.stopping")
+        writer.write(raw[10:])
+        await writer.drain()
+        try:
+            answer = await asyncio.wait_for(reader.read(), timeout=3 * budget_s)
+        except ConnectionError:
+            answer = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert await relay.exited(timeout_s=3 * budget_s) == 0
+    elapsed = time.monotonic() - signalled
+
+    rows = outbox_rows(db)
+    if answer.startswith(b"HTTP/1.1 202"):
+        assert key_of(slow) in rows, "a 202 for an event the outbox does not hold"
+    else:
+        assert key_of(slow) not in rows
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503"), answer
+    started = sandbox.sandbox.snapshot()["requests"]
+    assert (started, elapsed < budget_s) == (CONCURRENCY, True), (
+        f"{started} attempts reached MMOLove (only the {CONCURRENCY} in flight at SIGTERM "
+        f"should) and the relay exited {elapsed:.1f} s after SIGTERM (budget {budget_s} s): "
+        "the ingest listener's shutdown waits its own drain_timeout_s for the half-received "
+        "request while the dispatcher, not yet told to stop, keeps claiming, and only then "
+        "does the delivery drain start its budget"
+    )
+    pending = [key for key, (_, status, _) in rows.items() if status == "pending"]
+    assert len(pending) == 2
+
+
+async def test_sigterm_with_a_hung_upstream_exits_0_at_the_drain_budget_and_keeps_events(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Attempts still hanging when the drain budget ends are cancelled and left pending."""
+    faults = sandbox.sandbox.faults
+    faults.hang = True
+    budget_s = 1.0
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning(drain_timeout_s=budget_s)).ready()
+    bodies = [registered("hung-a"), registered("hung-b")]
+    ids = [await ingest(http, relay.url, body) for body in bodies]
+    await eventually(lambda: in_progress(sandbox) == 2, timeout_s=5, what="two hung attempts")
+
+    signalled = time.monotonic()
+    relay.send(signal.SIGTERM)
+    assert await relay.exited(timeout_s=budget_s + 5) == 0
+    elapsed = time.monotonic() - signalled
+    assert budget_s * 0.9 <= elapsed < budget_s + 2.5, elapsed
+    timeouts = relay.find_logs("dispatcher.drain_timeout")
+    assert [t["released"] for t in timeouts] == [2]
+    rows = outbox_rows(db)
+    assert sorted(rows.values()) == [(ids[0], "pending", 1), (ids[1], "pending", 1)]
+
+    faults.hang = False
+    restarted = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    await wait_delivered(http, restarted.url, ids)
+    assert accepted_keys(sandbox) == Counter(dict.fromkeys(map(key_of, bodies), 1))
+
+
+async def test_a_second_sigterm_during_the_drain_forces_exit_1_and_nothing_is_lost(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The operator's second signal ends the drain at once; the restart resends the event."""
+    sandbox.sandbox.faults.hang = True
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    body = registered("forced")
+    event_id = await ingest(http, relay.url, body)
+    await eventually(lambda: in_progress(sandbox) == 1, timeout_s=5, what="a hung attempt")
+
+    relay.send(signal.SIGTERM)
+    await relay.wait_log("dispatcher.draining")
+    signalled = time.monotonic()
+    relay.send(signal.SIGTERM)
+    assert await relay.exited(timeout_s=DRAIN_TIMEOUT_S) == 1
+    assert time.monotonic() - signalled < 1.5
+    assert relay.find_logs("relay.forced_exit")
+
+    sandbox.sandbox.faults.hang = False
+    restarted = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    await wait_delivered(http, restarted.url, [event_id])
+    assert accepted_keys(sandbox) == Counter({key_of(body): 1})
+
+
+# -- start-up failures -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"MMOLOVE_SERVER_ID": None}, "MMOLOVE_SERVER_ID"),
+        ({"MMOLOVE_SECRET": None}, "MMOLOVE_SECRET"),
+        ({"MMOLOVE_RELAY_LISTEN": "0.0.0.0:0"}, "MMOLOVE_RELAY_INGEST_TOKEN"),
+    ],
+    ids=["no-server-id", "no-secret", "public-listen-without-token"],
+)
+async def test_missing_configuration_exits_3_with_one_line_naming_it(
+    overrides: dict[str, str | None], named: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A start-up refusal is exit code 3 and one stderr line naming what is missing."""
+    db = tmp_path / "outbox.db"
+    relay = spawn(relay_env("http://127.0.0.1:9/api/referral/events", db, **overrides))
+    assert await relay.exited() == EXIT_CONFIG
+    lines = [line for line in relay.stderr if line.strip()]
+    assert len(lines) == 1, lines
+    assert named in lines[0]
+    assert relay.stdout == []
+    assert not db.exists(), "a refused start must not create the outbox"
+
+
+async def test_a_second_relay_on_the_same_outbox_exits_3_and_the_first_keeps_serving(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Only one relay may own an outbox file; the second says so and exits 3."""
+    db = tmp_path / "outbox.db"
+    first = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    second = spawn(relay_env(sandbox.url, db), config=tuning())
+    assert await second.exited() == EXIT_CONFIG
+    lines = [line for line in second.stderr if line.strip()]
+    assert len(lines) == 1, lines
+    assert "another relay is already using the outbox" in lines[0]
+    assert str(db) in lines[0]
+
+    event_id = await ingest(http, first.url, registered("still-served"))
+    await wait_delivered(http, first.url, [event_id])
+
+
+async def test_a_listen_address_in_use_exits_3_naming_the_setting(
+    spawn: Spawn, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A taken port is a start-up failure (exit 3) that points at MMOLOVE_RELAY_LISTEN."""
+    first = await spawn(relay_env(sandbox.url, tmp_path / "a.db"), config=tuning()).ready()
+    taken = first.url.removeprefix("http://")
+    second = spawn(
+        relay_env(sandbox.url, tmp_path / "b.db", MMOLOVE_RELAY_LISTEN=taken), config=tuning()
+    )
+    assert await second.exited() == EXIT_CONFIG
+    lines = [line for line in second.stderr if line.strip()]
+    assert len(lines) == 1, lines
+    assert "MMOLOVE_RELAY_LISTEN" in lines[0]
+    assert taken in lines[0]
+
+
+# -- reload and secrets --------------------------------------------------------------------
+
+
+async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 401 pauses the server (one attempt, not a retry storm); fix the file + SIGHUP resumes."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(WRONG_SECRET + "\n", encoding="utf-8")
+    env = relay_env(
+        sandbox.url,
+        tmp_path / "outbox.db",
+        MMOLOVE_SECRET=None,
+        MMOLOVE_SECRET_FILE=str(secret_file),
+    )
+    relay = await spawn(env, config=tuning()).ready()
+    event_id = await ingest(http, relay.url, registered("rotated"))
+
+    async def paused() -> dict[str, Any] | None:
+        server = (await get_json(http, f"{relay.url}/v1/status"))["servers"][0]
+        return server if server["paused"] else None
+
+    server = await eventually(paused, timeout_s=5, what="the server to pause on 401")
+    assert server["server_id"] == SERVER_ID
+    assert "401" in server["paused_reason"]
+    await asyncio.sleep(0.3)  # time for a retry storm to show, were there one
+    assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1}
+
+    secret_file.write_text(SECRET + "\n", encoding="utf-8")
+    relay.send(signal.SIGHUP)
+    await relay.wait_log("relay.reloaded")
+    record = await poll(
+        lambda: get_json(http, f"{relay.url}/v1/events/{event_id}"),
+        lambda r: r["status"] == "delivered",
+        timeout_s=5,
+    )
+    assert record["status"] == "delivered", (
+        f"5 s after SIGHUP the event is still {record['status']}, its next attempt "
+        f"{record['next_attempt_at'] - time.time():.0f} s away: the reload did not make the "
+        "event that got the 401 due again, so nothing could probe the new secret"
+    )
+    assert record["outcome"] == "accepted"
+    status = await get_json(http, f"{relay.url}/v1/status")
+    assert [s["paused"] for s in status["servers"]] == [False]
+    assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1, "200": 1}
+    assert relay.proc.poll() is None, "SIGHUP must not stop the daemon"
+
+
+async def test_sighup_with_nothing_left_to_probe_leaves_the_daemon_idle(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A paused server whose only event expired: after SIGHUP the daemon sleeps, not spins."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(WRONG_SECRET + "\n", encoding="utf-8")
+    env = relay_env(
+        sandbox.url,
+        tmp_path / "outbox.db",
+        MMOLOVE_SECRET=None,
+        MMOLOVE_SECRET_FILE=str(secret_file),
+    )
+    relay = await spawn(env, config=tuning(extra="max_age_s = 1.0\n")).ready()
+    event_id = await ingest(http, relay.url, registered("expiring"))
+    await relay.wait_log("sender.paused")
+    record = await get_json(http, f"{relay.url}/v1/events/{event_id}")
+    await asyncio.sleep(max(0.0, record["created_at"] + 1.1 - time.time()))  # past max_age_s
+
+    secret_file.write_text(SECRET + "\n", encoding="utf-8")
+    relay.send(signal.SIGHUP)
+    await relay.wait_log("relay.reloaded")
+    record = await poll(
+        lambda: get_json(http, f"{relay.url}/v1/events/{event_id}"),
+        lambda r: r["status"] == "dead",
+        timeout_s=3,
+    )
+    assert (record["status"], record["outcome"]) == ("dead", "expired")
+
+    before = cpu_seconds(relay.proc.pid)
+    await asyncio.sleep(1.0)
+    busy_s = cpu_seconds(relay.proc.pid) - before
+    assert busy_s < 0.3, (
+        f"the idle relay burnt {busy_s:.2f} s of CPU in 1 s after SIGHUP: the dispatcher "
+        "loops without sleeping while a paused server's probe is due and nothing can be claimed"
+    )
+
+
+async def test_secrets_never_appear_in_the_output_or_the_outbox(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Through a 401, a recovery, a delivery and a shutdown, neither secret is ever written."""
+    # A sandbox clock far ahead makes MMOLove answer 401 until the relay corrects its skew.
+    sandbox.sandbox.faults.clock_offset_s = 900
+    db = tmp_path / "outbox.db"
+    env = relay_env(sandbox.url, db, MMOLOVE_RELAY_INGEST_TOKEN=INGEST_TOKEN)
+    relay = await spawn(env, config=tuning()).ready()
+    status, _, _ = await post(http, relay.url, registered("nope"), token="wrong-token")
+    assert status == 401
+    event_id = await ingest(http, relay.url, registered("secretive"), token=INGEST_TOKEN)
+    await wait_delivered(http, relay.url, [event_id], token=INGEST_TOKEN)
+    assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1, "200": 1}
+    relay.send(signal.SIGTERM)
+    assert await relay.exited() == 0
+
+    output = relay.output()
+    assert relay.find_logs("sender.paused"), "the run should have included a 401"
+    assert relay.find_logs("delivery.delivered")
+    assert SECRET not in output
+    assert INGEST_TOKEN not in output
+    for path in db.parent.glob(db.name + "*"):
+        data = path.read_bytes()
+        assert SECRET.encode() not in data, path
+        assert INGEST_TOKEN.encode() not in data, path
