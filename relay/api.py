@@ -6,9 +6,10 @@ Every error answers ``{"error": {"code", "message", "field"}}``; no input yields
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -25,9 +26,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OUTBOX = web.AppKey("outbox", Outbox)
 StateProvider = Callable[[], dict[str, Any]]
 DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
-SETTINGS = web.AppKey("settings", Settings)
-DRAINING = web.AppKey("draining", list)  # a one-item list so shutdown can flip it in place
+
+
+@dataclass
+class Ingest:
+    """What handlers read that can change while the app runs (SIGHUP, shutdown)."""
+
+    settings: Settings
+    draining: bool = False
+
+
+INGEST = web.AppKey("ingest", Ingest)
 _PUBLIC_PATHS = ("/healthz",)
+_ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
@@ -37,8 +48,7 @@ def make_app(
     """The ingest app; ``delivery_state`` reports the breaker and per-server pauses."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
     app[OUTBOX] = outbox
-    app[SETTINGS] = settings
-    app[DRAINING] = [False]
+    app[INGEST] = Ingest(settings)
     app[DELIVERY_STATE] = delivery_state
     app.router.add_post("/v1/events", post_event)
     app.router.add_post("/v1/events/batch", post_batch)
@@ -73,7 +83,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         message = exc.reason
         if exc.status == 413:
             message = (
-                f"the body is larger than {request.app[SETTINGS].max_body_bytes} bytes; "
+                f"the body is larger than {request.app[INGEST].settings.max_body_bytes} bytes; "
                 "send fewer events per batch."
             )
         return error_response(exc.status, code, message)
@@ -95,10 +105,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[SETTINGS].ingest_token
+    token = request.app[INGEST].settings.ingest_token
     if token is not None and request.path not in _PUBLIC_PATHS:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(sent.encode(), token.reveal().encode()):
+        # surrogateescape: header bytes that are not UTF-8 must compare unequal, not crash.
+        if not hmac.compare_digest(
+            sent.encode("utf-8", "surrogateescape"), token.reveal().encode("utf-8")
+        ):
             return error_response(
                 401,
                 "unauthorized",
@@ -109,7 +122,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _read_json(request: web.Request) -> Any:
-    if request.app[DRAINING][0]:
+    if request.app[INGEST].draining:
         raise OutboxUnavailable(
             "the relay is shutting down; send again in a few seconds.", retry_after_s=2
         )
@@ -124,7 +137,7 @@ async def _read_json(request: web.Request) -> Any:
 
 
 def _validate(request: web.Request, data: Any, now: float) -> Event:
-    settings = request.app[SETTINGS]
+    settings = request.app[INGEST].settings
     return validate(
         data,
         server_ids=[s.server_id for s in settings.servers],
@@ -171,7 +184,7 @@ async def post_batch(request: web.Request) -> web.Response:
     """Store the valid items of an array in one transaction; answer per item."""
     now = time.time()
     items = await _read_json(request)
-    limit = request.app[SETTINGS].max_batch
+    limit = request.app[INGEST].settings.max_batch
     if not isinstance(items, list) or not items:
         raise InvalidEvent(422, "not_an_array", "a batch is a non-empty JSON array of events.")
     if len(items) > limit:
@@ -208,7 +221,7 @@ async def post_batch(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     text = request.match_info["id"]
-    if not text.isdigit():
+    if not _ID.fullmatch(text):
         raise InvalidEvent(
             404,
             "not_found",
@@ -253,11 +266,11 @@ async def status(request: web.Request) -> web.Response:
     outbox = request.app[OUTBOX]
     now = time.time()
     oldest = await outbox.oldest_pending_created()
-    next_due = await outbox.next_due()
+    next_due = await outbox.next_due([s.server_id for s in request.app[INGEST].settings.servers])
     body = {
         "counts": await outbox.counts(),
         "oldest_pending_age_s": round(now - oldest, 1) if oldest is not None else None,
-        "next_attempt_in_s": round(max(0.0, next_due - now), 1) if next_due else None,
+        "next_attempt_in_s": None if next_due is None else round(max(0.0, next_due - now), 1),
         **request.app[DELIVERY_STATE](),
     }
     return web.json_response(body)

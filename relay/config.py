@@ -7,6 +7,7 @@ the CLI passes it the real ``os.environ``. See ``config/relay.example.toml`` for
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -19,6 +20,7 @@ from relay.errors import ConfigError
 DEFAULT_ENDPOINT = "https://mmolove.com/api/referral/events"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 CREDENTIAL_NAME = "mmolove-secret"
+_KID = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII except the header's "," separator
 
 
 class Secret:
@@ -98,6 +100,7 @@ class Settings:
     max_age_s: float = 7 * 24 * 3600.0
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 600.0
+    retry_after_cap_s: float = 3600.0
     max_send_rate_per_s: float = 100.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
@@ -127,6 +130,7 @@ _TUNABLES: dict[str, dict[str, str]] = {
             "max_age_s",
             "backoff_base_s",
             "backoff_cap_s",
+            "retry_after_cap_s",
             "max_send_rate_per_s",
             "breaker_failures",
             "breaker_cooldown_s",
@@ -215,6 +219,10 @@ def read_secret_file(path: Path, *, what: str) -> Secret:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} from {path}: {exc.strerror}.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the {what} file {path} is not UTF-8 text; write the secret as plain text."
+        ) from exc
     if not value:
         raise ConfigError(f"the {what} file {path} is empty; put the secret in it.")
     return Secret(value)
@@ -358,6 +366,11 @@ def _server(
     require: bool,
 ) -> ServerConfig:
     kid = (environ.get("MMOLOVE_KID") if single else None) or entry.get("kid") or None
+    if kid is not None and not _KID.fullmatch(str(kid)):
+        raise ConfigError(
+            f"kid of server {server_id} must be 1-128 visible ASCII characters without commas "
+            "or spaces (it goes into the signature header); check MMOLOVE_KID or its entry."
+        )
     secret_file: Path | None = None
     secret: Secret | None = None
     # Precedence: environment (single server only), then the file entry, then systemd.

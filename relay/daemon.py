@@ -10,13 +10,13 @@ import contextlib
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import structlog
 from aiohttp import web
 
 from relay import __version__
-from relay.api import DRAINING, make_app
+from relay.api import INGEST, make_app
 from relay.config import Settings
 from relay.dispatcher import Dispatcher
 from relay.outbox import Outbox
@@ -25,8 +25,9 @@ from relay.sender import Sender
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
 INGEST_GRACE_S = 2.0
-# Changing these needs a restart; SIGHUP reloads servers (secrets, kids) only.
-_RESTART_ONLY = ("endpoint", "listen", "db_path", "ingest_token", "concurrency", "ca_file")
+# What SIGHUP applies; every other setting needs a restart, and a reload that changes one
+# says so in its log line.
+RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
 
 
 @dataclass
@@ -40,17 +41,21 @@ class RunningRelay:
     _app: web.Application = field(repr=False)
 
     def reload(self, settings: Settings) -> None:
-        """Apply new secrets and kids now; name any setting that only a restart applies."""
+        """Apply new servers (secrets, kids) and ingest rules now; name what needs a restart."""
         needs_restart = [
-            name
-            for name in _RESTART_ONLY
-            if getattr(settings, name) != getattr(self.settings, name)
+            f.name
+            for f in fields(Settings)
+            if f.name not in RELOADABLE
+            and getattr(settings, f.name) != getattr(self.settings, f.name)
         ]
-        self.dispatcher.reload(settings)
-        self.settings = settings
+        self.settings = replace(
+            self.settings, **{name: getattr(settings, name) for name in RELOADABLE}
+        )
+        self._app[INGEST].settings = self.settings
+        self.dispatcher.reload(self.settings.servers)
         log.info(
             "relay.reloaded",
-            servers=[s.server_id for s in settings.servers],
+            servers=[s.server_id for s in self.settings.servers],
             needs_restart=needs_restart or None,
         )
 
@@ -66,7 +71,7 @@ async def run(
     async with AsyncExitStack() as stack:
         outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
         stack.push_async_callback(outbox.close)
-        requeued = await outbox.requeue_in_flight(time.time(), expired_only=False)
+        requeued = await outbox.requeue_in_flight(time.time())
         if requeued:
             log.warning("outbox.recovered_in_flight", events=requeued)
 
@@ -82,6 +87,15 @@ async def run(
         stop_dispatch = asyncio.Event()
         dispatch_task = asyncio.create_task(dispatcher.run(stop_dispatch), name="dispatcher")
         stack.push_async_callback(_finish, dispatch_task, stop_dispatch)
+
+        def dispatcher_done(task: asyncio.Task[None]) -> None:
+            # Ingest without delivery would pile up 202s that nothing sends: stop loudly
+            # instead, so systemd or the orchestrator restarts the relay.
+            if not task.cancelled() and task.exception() is not None:
+                log.critical("dispatcher.crashed", error=repr(task.exception()))
+                shutdown.set()
+
+        dispatch_task.add_done_callback(dispatcher_done)
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
 
@@ -118,7 +132,7 @@ async def run(
         await shutdown.wait()
         # Stop taking events first: a late POST gets 503 + Retry-After, never a silent drop.
         log.info("relay.stopping")
-        app[DRAINING][0] = True
+        app[INGEST].draining = True
         stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
         # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
         # within its budget), HTTP client, outbox.
@@ -137,22 +151,20 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
-    """Requeue rows whose lease ran out and prune what retention allows, once a minute."""
+    """Prune what retention allows, once a minute."""
     while True:
         await asyncio.sleep(HOUSEKEEPING_EVERY_S)
         now = time.time()
         try:
-            requeued = await outbox.requeue_in_flight(now, expired_only=True)
             events, attempts = await outbox.prune(now - settings.retention_s)
         except Exception as exc:  # the next round may succeed; never kill the daemon
             log.error("outbox.housekeeping_failed", error=str(exc))
             continue
-        if requeued or events or attempts:
+        if events or attempts:
             log.info(
-                "outbox.housekeeping",
-                requeued=requeued,
-                pruned_events=events,
-                pruned_attempts=attempts,
+                "outbox.pruned",
+                events=events,
+                attempts=attempts,
             )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -19,6 +19,7 @@ from relay.config import ServerConfig, Settings, reread_secret
 from relay.errors import (
     ConfigError,
     DeliveryError,
+    OutboxError,
     PermanentDelivery,
     RetryableDelivery,
     SenderPaused,
@@ -32,6 +33,7 @@ log = structlog.get_logger("relay.dispatcher")
 # A measured skew above this is corrected when signing; MMOLove's window is ±300 s.
 SKEW_CORRECTION_S = 30.0
 _IDLE_WAIT_S = 30.0  # re-check the outbox at least this often, in case a wake-up was missed
+_OUTBOX_RETRY_S = 2.0
 
 
 def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
@@ -160,9 +162,9 @@ class Dispatcher:
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}
         self._wake = asyncio.Event()
 
-    def reload(self, settings: Settings) -> None:
-        """Take new secrets and kids; every paused server is probed again at once."""
-        for config in settings.servers:
+    def reload(self, servers: Sequence[ServerConfig]) -> None:
+        """Take new secrets and kids (and new servers); every paused server is probed at once."""
+        for config in servers:
             state = self.servers.get(config.server_id)
             if state is None:
                 self.servers[config.server_id] = ServerState(config)
@@ -170,7 +172,6 @@ class Dispatcher:
             state.config = config
             if state.paused_reason:
                 state.probe_at = 0.0
-        self._settings = settings
         self._wake.set()
 
     def snapshot(self) -> dict[str, object]:
@@ -186,7 +187,12 @@ class Dispatcher:
         stop_wait = asyncio.create_task(stop.wait(), name="dispatcher-stop")
         try:
             while not stop.is_set():
-                timeout = await self._dispatch_once()
+                try:
+                    timeout = await self._dispatch_once()
+                except OutboxError as exc:
+                    # Disk full or locked for a moment: keep the daemon, try again shortly.
+                    log.error("dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S)
+                    timeout = _OUTBOX_RETRY_S
                 await self._sleep(timeout, stop_wait)
         finally:
             stop_wait.cancel()
@@ -201,13 +207,13 @@ class Dispatcher:
         free = s.concurrency - len(self._tasks)
         if free <= 0:
             return _IDLE_WAIT_S
-        paused = [sid for sid, st in self.servers.items() if st.paused_reason]
+        active = [sid for sid, st in self.servers.items() if not st.paused_reason]
         claimed = await self._claim_probes(now, free)
         free -= len(claimed)
         allowed = self.breaker.allowance(now, free) if free else 0
         if allowed:
             batch = await self._outbox.claim(
-                now, allowed, lease_s=self._lease_s, max_age_s=s.max_age_s, skip_servers=paused
+                now, allowed, servers=active, lease_s=self._lease_s, max_age_s=s.max_age_s
             )
             if len(batch) < allowed and self.breaker.state == "half_open":
                 self.breaker.release_probe()
@@ -219,7 +225,7 @@ class Dispatcher:
             task.add_done_callback(self._task_done)
         if claimed and len(self._tasks) < s.concurrency:
             return 0.0  # there may be more due right now
-        return await self._time_to_next(now, paused)
+        return await self._time_to_next(now, active)
 
     async def _claim_probes(self, now: float, free: int) -> list[EventRecord]:
         """One event for each paused server whose probe time has come."""
@@ -231,9 +237,9 @@ class Dispatcher:
             claimed = await self._outbox.claim(
                 now,
                 1,
+                servers=[state.config.server_id],
                 lease_s=self._lease_s,
                 max_age_s=self._settings.max_age_s,
-                only_server=state.config.server_id,
             )
             if claimed:
                 state.probing = True
@@ -244,18 +250,23 @@ class Dispatcher:
                 self.breaker.release_probe()
         return probes
 
-    async def _time_to_next(self, now: float, paused: list[str]) -> float:
+    async def _time_to_next(self, now: float, active: list[str]) -> float:
+        """Seconds until something can start: a due event, the breaker's probe, a pause probe.
+
+        While the breaker is half-open nothing else may start, so only the probe's end
+        (a task-done wake-up) matters; counting due events then would spin the loop.
+        """
         moments = [now + _IDLE_WAIT_S]
-        due = await self._outbox.next_due(paused)
-        if due is not None:
-            moments.append(due)
-        if self.breaker.open_until is not None:
+        if self.breaker.state == "open" and self.breaker.open_until is not None:
             moments.append(self.breaker.open_until)
-        moments += [st.probe_at for st in self.servers.values() if st.paused_reason]
-        wake_at = min(moments)
-        if self.breaker.open_until is not None and now < self.breaker.open_until:
-            wake_at = max(wake_at, self.breaker.open_until)
-        return max(0.0, wake_at - now)
+        elif self.breaker.state == "closed":
+            due = await self._outbox.next_due(active)
+            if due is not None:
+                moments.append(due)
+            moments += [
+                st.probe_at for st in self.servers.values() if st.paused_reason and not st.probing
+            ]
+        return max(0.0, min(moments) - now)
 
     async def _sleep(self, seconds: float, stop_wait: asyncio.Task[bool]) -> None:
         if seconds <= 0 or stop_wait.done():
@@ -304,63 +315,68 @@ class Dispatcher:
     async def _attempt(self, record: EventRecord) -> None:
         state = self.servers.get(record.server_id)
         started, t0 = self._clock(), time.monotonic()
+        try:
+            result = await self._send(record, state, started)
+        except asyncio.CancelledError:
+            # Shutdown cut the attempt short: it proves nothing about MMOLove or the server.
+            if state is not None and state.probing:
+                state.probing = False
+            self.breaker.release_probe()
+            raise
+        latency_ms = (time.monotonic() - t0) * 1000
+        # Backoff counts from the end of the attempt: a 15 s timeout must not eat it.
+        outcome = await self._decide(record, state, result, self._clock())
+        label = outcome.outcome or outcome.status
+        detail = result.response if isinstance(result, Delivered) else str(result)
+        attempt = Attempt(
+            event_id=record.id,
+            started_at=started,
+            duration_ms=round(latency_ms, 2),
+            http_status=result.http_status,
+            outcome=label,
+            detail=detail,
+        )
+        await self._outbox.finish(record, outcome, attempt)
         bound = log.bind(
             outbox_id=record.id,
             server_id=record.server_id,
             event_type=record.event,
             server_event_id=record.server_event_id,
             attempt=record.attempts,
+            status=result.http_status,
+            outcome=label,
+            latency_ms=round(latency_ms, 1),
         )
+        if outcome.status == "delivered":
+            bound.info("delivery.delivered", referral_id=outcome.referral_id)
+        elif outcome.status == "dead":
+            bound.warning("delivery.dead_lettered", error=outcome.error)
+        else:
+            retry_in_s = round(outcome.next_attempt_at - self._clock(), 2)
+            bound.info("delivery.retry_scheduled", error=outcome.error, retry_in_s=retry_in_s)
+
+    async def _send(
+        self, record: EventRecord, state: ServerState | None, now: float
+    ) -> Delivered | DeliveryError:
+        """Sign with a fresh t and post once; every failure comes back as a DeliveryError."""
+        if state is None:
+            return PermanentDelivery(
+                "server_not_configured",
+                f"server {record.server_id} is no longer in the configuration; add it back "
+                "and replay the event",
+            )
         try:
-            if state is None:
-                raise PermanentDelivery(
-                    "server_not_configured",
-                    f"server {record.server_id} is no longer in the "
-                    "configuration; add it back and replay the event",
-                )
-            t = int(started + state.clock_offset_s)
+            t = int(now + state.clock_offset_s)
             header = signature_header(
                 record.body, state.config.secret.reveal(), t, state.config.kid
             )
-            result: Delivered | DeliveryError = await self._sender.deliver(record.body, header)
+            return await self._sender.deliver(record.body, header)
         except DeliveryError as exc:
-            result = exc
-        except asyncio.CancelledError:
-            if state is not None and state.probing:
-                state.probing = False
-            raise
-        latency_ms = (time.monotonic() - t0) * 1000
-        outcome = await self._decide(record, state, result, started)
-        status = result.http_status
-        detail = result.response if isinstance(result, Delivered) else str(result)
-        await self._outbox.finish(
-            record,
-            outcome,
-            Attempt(
-                event_id=record.id,
-                started_at=started,
-                duration_ms=round(latency_ms, 2),
-                http_status=status,
-                outcome=outcome.outcome or outcome.status,
-                detail=detail,
-            ),
-        )
-        fields = {
-            "status": status,
-            "outcome": outcome.outcome or outcome.status,
-            "latency_ms": round(latency_ms, 1),
-        }
-        if outcome.status == "delivered":
-            bound.info("delivery.delivered", referral_id=outcome.referral_id, **fields)
-        elif outcome.status == "dead":
-            bound.warning("delivery.dead_lettered", error=outcome.error, **fields)
-        else:
-            bound.info(
-                "delivery.retry_scheduled",
-                error=outcome.error,
-                retry_in_s=round(outcome.next_attempt_at - self._clock(), 2),
-                **fields,
-            )
+            return exc
+        except Exception as exc:
+            # A bug must cost one retry, not the dispatcher (and never leave a probe stuck).
+            log.exception("delivery.crashed", outbox_id=record.id)
+            return RetryableDelivery("internal", f"the relay failed to send: {exc!r}")
 
     async def _decide(
         self,
@@ -374,11 +390,15 @@ class Dispatcher:
         was_probe = state is not None and state.probing
         if state is not None:
             state.probing = False
-        if isinstance(result, Delivered):
-            self.breaker.success()
+            if not isinstance(result, Delivered):
+                state.last_error = str(result)
+        if isinstance(result, Delivered | PermanentDelivery):
+            self.breaker.success()  # MMOLove answered
             if state is not None and was_probe and state.paused_reason:
+                # Any verdict on the event means the signature and endpoint work again.
                 log.info("sender.resumed", server_id=state.config.server_id)
                 state.paused_reason = None
+        if isinstance(result, Delivered):
             return Outcome(
                 status="delivered",
                 outcome=result.outcome,
@@ -387,10 +407,7 @@ class Dispatcher:
                 referral_id=result.referral_id,
                 state=result.state,
             )
-        if state is not None:
-            state.last_error = str(result)
         if isinstance(result, PermanentDelivery):
-            self.breaker.success()  # MMOLove answered; it is up
             return Outcome(
                 status="dead",
                 outcome=result.reason,
@@ -398,21 +415,25 @@ class Dispatcher:
                 http_status=result.http_status,
                 response=result.response or None,
             )
-        expires_at = record.created_at + s.max_age_s
         if isinstance(result, SenderPaused) and state is not None:
             self.breaker.success()
             await self._pause(state, result, now)
             retry_at = now  # the pause holds it back; a probe or a reload may take it any time
         else:
             retry_after = result.retry_after_s if isinstance(result, RetryableDelivery) else None
+            if retry_after is not None:
+                # Honoured, but a Retry-After of days must not stall the relay for days.
+                retry_after = min(retry_after, s.retry_after_cap_s)
             self.breaker.failure(now, retry_after)
+            if state is not None and was_probe:
+                state.probe_at = now + s.pause_probe_s
             delay = backoff_s(record.attempts, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s)
             retry_at = now + max(delay, retry_after or 0.0)
         return Outcome(
             status="pending",
             outcome=result.reason,
             error=str(result),
-            next_attempt_at=min(retry_at, expires_at),
+            next_attempt_at=min(retry_at, record.created_at + s.max_age_s),
             http_status=result.http_status,
             response=result.response or None,
         )

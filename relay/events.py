@@ -61,6 +61,8 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidEvent(
             400, "invalid_json", "the body nests too deeply; send a flat event object."
         ) from exc
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise InvalidEvent(400, "invalid_json", f"the body is not acceptable JSON: {exc}.") from exc
 
 
 def validate(
@@ -134,9 +136,19 @@ def validate(
 
 def _dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
     # Compact separators and raw UTF-8: the exact byte form MMOLove's examples sign.
-    return json.dumps(
+    text = json.dumps(
         obj, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys, allow_nan=False
-    ).encode("utf-8")
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON lets a client write a lone surrogate ("\ud800"), which no UTF-8 body can carry.
+        raise InvalidEvent(
+            422,
+            "invalid_text",
+            "the event contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is "
+            "not text; send valid Unicode.",
+        ) from exc
 
 
 def _required_string(data: dict[str, Any], name: str) -> str:
@@ -184,15 +196,17 @@ def _server_id(data: dict[str, Any], server_ids: Sequence[str]) -> str:
 
 
 def _ts(value: Any, now: float) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(422, "invalid_field", "ts must be a number of Unix seconds.", "ts")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent(422, "invalid_field", "ts must be a finite number.", "ts")
     if value <= 0:
         raise InvalidEvent(422, "invalid_field", "ts must be positive Unix seconds.", "ts")
     if value > now + MAX_FUTURE_TS_S:
         raise InvalidEvent(
             422,
             "invalid_field",
-            f"ts {value} is more than a day in the future; send Unix seconds, not milliseconds.",
+            "ts is more than a day in the future; send Unix seconds, not milliseconds.",
             "ts",
         )
     return value

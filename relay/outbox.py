@@ -234,98 +234,72 @@ class Outbox:
             self.new_events.set()
         return results
 
-    async def requeue_in_flight(self, now: float, *, expired_only: bool) -> int:
-        """Make in-flight rows pending again; returns how many.
+    async def requeue_in_flight(self, now: float) -> int:
+        """Make every in-flight row pending again (start-up: a crash left them); how many."""
 
-        At start-up all of them (a crash left them there), later only those whose lease ran
-        out (an attempt that died without recording its outcome).
-        """
-        lease_clause = " AND next_attempt_at <= ?" if expired_only else ""
-        params = (now, now) if expired_only else (now,)
+        async def requeue(db: aiosqlite.Connection) -> int:
+            return await _requeue(db, now, expired_only=False)
 
-        async def recover(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
-                "UPDATE events SET status = 'pending', next_attempt_at = ?"
-                f" WHERE status = 'in_flight'{lease_clause}",
-                params,
-            )
-            return cursor.rowcount
-
-        count: int = await self._write(recover)
+        count: int = await self._write(requeue)
         return count
 
     async def claim(
-        self,
-        now: float,
-        limit: int,
-        *,
-        lease_s: float,
-        max_age_s: float,
-        skip_servers: Iterable[str] = (),
-        only_server: str | None = None,
+        self, now: float, limit: int, *, servers: Sequence[str], lease_s: float, max_age_s: float
     ) -> list[EventRecord]:
-        """Lease up to ``limit`` due events that may be sent now, oldest due first.
+        """Lease up to ``limit`` due events of these servers, oldest due first.
 
-        Per-referral order is decided here: a due event whose (server, token) has an earlier
-        event still undelivered is not claimed but deferred until that one is due, and one
-        whose predecessor is dead is dead-lettered too, naming it, so a replay of the
-        predecessor can bring both back. Expired events are dead-lettered on the way.
+        Per-referral order is decided here: a due event whose (server, token) still has an
+        undelivered event of a lower rank is not claimed but deferred until that one is due
+        (finishing it wakes this one sooner), and one whose predecessor is dead is
+        dead-lettered too, naming it. Test events take no part in ordering. Expired events
+        are dead-lettered on the way, and in-flight rows whose lease ran out (an attempt
+        that died without recording its outcome) become pending again first.
         """
-        skip = tuple(skip_servers)
-        where = "status = 'pending' AND next_attempt_at <= ?"
-        params: list[Any] = [now]
-        if only_server is not None:
-            where += " AND server_id = ?"
-            params.append(only_server)
-        if skip:
-            where += f" AND server_id NOT IN ({', '.join('?' * len(skip))})"
-            params.extend(skip)
+        if not servers:
+            return []
+        # One index range per server: a paused server's backlog is never walked.
+        due = " UNION ALL ".join(
+            "SELECT * FROM (SELECT id, token, server_id, rank, test, created_at, next_attempt_at"
+            " FROM events WHERE status = 'pending' AND server_id = ? AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at LIMIT ?)"
+            for _ in servers
+        )
+        params = [value for server_id in servers for value in (server_id, now, limit)]
 
         async def claim(db: aiosqlite.Connection) -> list[EventRecord]:
+            await _requeue(db, now, expired_only=True)
             candidates = await db.execute_fetchall(
-                "SELECT e.id, e.created_at, b.id, b.status, b.next_attempt_at"
-                " FROM (SELECT id, token, server_id, rank, created_at, next_attempt_at FROM events"
-                f"       WHERE {where} ORDER BY next_attempt_at LIMIT ?) AS e"
+                "SELECT e.id, e.created_at, b.id, b.status, b.outcome, b.next_attempt_at"
+                f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
                 "   SELECT p.id FROM events AS p WHERE p.token = e.token"
                 "   AND p.server_id = e.server_id AND p.status != 'delivered'"
-                "   AND (p.rank < e.rank OR (p.rank = e.rank AND p.id < e.id))"
+                "   AND p.rank < e.rank AND p.test = 0 AND e.test = 0"
                 "   ORDER BY p.status = 'dead' DESC, p.rank, p.id LIMIT 1)"
-                " ORDER BY e.next_attempt_at",
+                " ORDER BY e.next_attempt_at LIMIT ?",
                 (*params, limit),
             )
             ready: list[int] = []
-            for event_id, created_at, blocker, blocker_status, blocker_due in candidates:
+            for event_id, created_at, blocker, blocker_status, why, blocker_due in candidates:
                 if created_at + max_age_s <= now:
-                    await _finish_row(
-                        db,
-                        event_id,
-                        Outcome(
-                            status="dead",
-                            outcome="expired",
-                            error=f"not delivered within max_age_s={max_age_s:g} of ingest",
-                        ),
-                        now,
-                    )
+                    error = f"not delivered within max_age_s={max_age_s:g} of ingest"
+                    outcome = Outcome(status="dead", outcome="expired", error=error)
+                    await _finish_row(db, event_id, outcome, now)
                 elif blocker is None:
                     ready.append(event_id)
                 elif blocker_status == "dead":
-                    await _finish_row(
-                        db,
-                        event_id,
-                        Outcome(
-                            status="dead",
-                            outcome="predecessor_dead",
-                            error=f"held back: event {blocker} for this token is dead; replay it "
-                            "and this one follows",
-                        ),
-                        now,
+                    error = (
+                        f"held back: event {blocker} for this token is dead ({why}); this one "
+                        "was not sent, to keep the order. Replay both once the cause is fixed."
                     )
+                    outcome = Outcome(status="dead", outcome="predecessor_dead", error=error)
+                    await _finish_row(db, event_id, outcome, now)
                 else:
-                    # Sleep until the predecessor is due; finishing it wakes this one sooner.
+                    # At least a second later: a predecessor that is due but was not claimed
+                    # this round must not turn the dispatcher into a busy loop.
                     await db.execute(
                         "UPDATE events SET next_attempt_at = ? WHERE id = ?",
-                        (max(blocker_due, now), event_id),
+                        (max(blocker_due, now + 1.0), event_id),
                     )
             if not ready:
                 return []
@@ -431,13 +405,16 @@ class Outbox:
         out.update({status: count for status, count in rows})
         return out
 
-    async def next_due(self, skip_servers: Iterable[str] = ()) -> float | None:
-        """When the earliest pending event falls due, or None when nothing is pending."""
-        skip = tuple(skip_servers)
-        sql = "SELECT MIN(next_attempt_at) FROM events WHERE status = 'pending'"
-        if skip:
-            sql += f" AND server_id NOT IN ({', '.join('?' * len(skip))})"
-        rows = await self._read(sql, skip)
+    async def next_due(self, servers: Sequence[str]) -> float | None:
+        """When the earliest pending event of these servers falls due; None if none is."""
+        if not servers:
+            return None
+        per_server = " UNION ALL ".join(
+            "SELECT MIN(next_attempt_at) AS due FROM events"
+            " WHERE status = 'pending' AND server_id = ?"
+            for _ in servers
+        )
+        rows = await self._read(f"SELECT MIN(due) FROM ({per_server})", tuple(servers))
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
@@ -453,9 +430,17 @@ class Outbox:
         try:
             return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
-            raise OutboxError(f"reading the outbox failed: {exc}.") from exc
+            raise OutboxError(
+                f"reading the outbox failed ({exc}); check that the outbox "
+                "file and its disk are healthy."
+            ) from exc
 
     async def _write(self, job: Job) -> Any:
+        if self._writer_task is None or self._writer_task.done():
+            raise OutboxUnavailable(
+                "the outbox is closed; the relay is stopping. Retry in a few seconds.",
+                retry_after_s=2,
+            )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put((job, future))
         return await future
@@ -495,7 +480,12 @@ class Outbox:
             log.exception("outbox.write_crashed", writes=len(group))
             for _, future in group:
                 if not future.done():
-                    future.set_exception(OutboxError(f"outbox write failed: {exc!r}"))
+                    future.set_exception(
+                        OutboxError(
+                            f"the outbox write failed unexpectedly ({exc!r}) and was "
+                            "rolled back; this is a relay bug: report the log line."
+                        )
+                    )
             return
         for (_, future), result in zip(group, results, strict=True):
             if not future.done():
@@ -517,6 +507,16 @@ class Outbox:
     async def free_bytes(self) -> int:
         usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
         return usage.free
+
+
+async def _requeue(db: aiosqlite.Connection, now: float, *, expired_only: bool) -> int:
+    lease_clause = " AND next_attempt_at <= ?" if expired_only else ""
+    cursor = await db.execute(
+        "UPDATE events SET status = 'pending', next_attempt_at = ?"
+        f" WHERE status = 'in_flight'{lease_clause}",
+        (now, now) if expired_only else (now,),
+    )
+    return cursor.rowcount
 
 
 async def _finish_row(

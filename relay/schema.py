@@ -37,7 +37,8 @@ MIGRATIONS: tuple[str, ...] = (
         -- Token first, so the same index serves lookups by token and the ordering check.
         UNIQUE (token, server_id, event, server_event_id)
     );
-    CREATE INDEX events_due ON events (status, next_attempt_at);
+    -- Claims walk one server's due range at a time, so a paused server's backlog is skipped.
+    CREATE INDEX events_due ON events (status, server_id, next_attempt_at);
     CREATE INDEX events_server_event_id ON events (server_event_id);
     CREATE INDEX events_finished ON events (finished_at) WHERE finished_at IS NOT NULL;
     CREATE TABLE attempts (

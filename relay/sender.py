@@ -141,6 +141,16 @@ def classify(
             http_status=status,
             response=text,
         )
+    if 400 <= status < 500 and status not in (408, 429):
+        # MMOLove documents no such answer (403, 405, 410, 413, ...): a proxy or a wrong URL
+        # stands between us, which no retry of one event can fix.
+        raise SenderPaused(
+            "unexpected_status",
+            f"MMOLove's endpoint answered {status} ({detail}), which its API never answers; "
+            "a proxy or a wrong MMOLOVE_ENDPOINT is likely: check the URL",
+            http_status=status,
+            response=text,
+        )
     retry = RetryableDelivery(
         f"http_{status}", f"MMOLove answered {status} ({detail})", http_status=status, response=text
     )

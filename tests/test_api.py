@@ -323,3 +323,66 @@ async def test_client_errors_never_use_aiohttp_default_text(start_relay: StartRe
     ) as resp:
         assert resp.status == 413
         assert resp.content_type == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b'{"event":"qualified","token":"\\ud800","server_event_id":"s"}', 422, "invalid_text"),
+        (
+            b'{"event":"qualified","token":"t","server_event_id":"s","ts":' + b"9" * 400 + b"}",
+            422,
+            "invalid_field",
+        ),
+        (
+            b'{"event":"qualified","token":"t","server_event_id":"s","ts":' + b"9" * 5000 + b"}",
+            400,
+            "invalid_json",
+        ),
+    ],
+)
+async def test_pathological_values_are_4xx_not_5xx(
+    start_relay: StartRelay, data: bytes, status: int, code: str
+) -> None:
+    relay = await start_relay()
+    got, answer = await post_raw(relay, data)
+    assert (got, answer["error"]["code"]) == (status, code)
+    got, answer = await post_raw(relay, b"[" + data + b"]", path="/v1/events/batch")
+    if status == 400:  # the whole body is unreadable
+        assert (got, answer["error"]["code"]) == (400, code)
+    else:  # one bad item: answered in its result
+        assert (got, answer["results"][0]["status"]) == (200, status)
+    assert await stored(relay) == 0
+
+
+@pytest.mark.parametrize("event_id", ["²", "99999999999999999999", "-1"])
+async def test_odd_ids_are_404(start_relay: StartRelay, event_id: str) -> None:
+    relay = await start_relay()
+    status, answer = await relay.get(f"/v1/events/{event_id}")
+    assert (status, answer["error"]["code"]) == (404, "not_found")
+
+
+async def test_non_utf8_bearer_token_is_401(start_relay: StartRelay) -> None:
+    relay = await start_relay(ingest_token=Secret("tok-en"))
+    async with relay.http.post(
+        relay.url + "/v1/events",
+        data=b"{}",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Bearer \udcff".encode("utf-8", "surrogateescape").decode("latin-1"),
+        },
+    ) as resp:
+        assert resp.status == 401
+
+
+async def test_reload_adds_a_server_to_ingest(start_relay: StartRelay, settings: Any) -> None:
+    from dataclasses import replace
+
+    from relay.config import ServerConfig
+
+    relay = await start_relay()
+    body = {**qualified("tok-new", "p"), "server_id": "srv-2", "test": True}
+    assert (await relay.post(body))[0] == 422
+    two = (*settings.servers, ServerConfig("srv-2", Secret("s2")))
+    relay.handle.reload(replace(settings, servers=two))
+    assert (await relay.post(body))[0] == 202

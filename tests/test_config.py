@@ -142,3 +142,15 @@ def test_parse_listen_forms() -> None:
     assert parse_listen("[::1]:80").is_loopback
     assert parse_listen("unix:/run/relay.sock").path == Path("/run/relay.sock")
     assert not parse_listen("10.0.0.1:80").is_loopback
+
+
+def test_non_utf8_secret_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_settings({"MMOLOVE_SERVER_ID": "s", "MMOLOVE_SECRET_FILE": str(tmp_path / "secret")})
+
+
+@pytest.mark.parametrize("kid", ["a,b", "two words", "ключ", "x" * 129])
+def test_kid_that_cannot_go_into_the_header_is_refused(kid: str) -> None:
+    with pytest.raises(ConfigError, match="kid of server"):
+        load_settings({**BASE, "MMOLOVE_KID": kid})

@@ -301,3 +301,100 @@ async def test_body_bytes_are_identical_across_attempts(
     assert [a["server_event_id"] for a in snap["accepted"]] == ["reg-p1"]
     assert snap["double_effects"] == 0
     assert f"{SERVER}/tok-same" in snap["referrals"]
+
+
+async def test_a_paused_server_resumes_on_any_verdict_from_mmolove(
+    start_relay: StartRelay, sandbox: RunningSandbox, settings: Settings
+) -> None:
+    """A 404 on the probe still proves the signature works: the pause ends."""
+    wrong = replace(settings, servers=(replace(settings.servers[0], secret=Secret("wrong")),))
+    relay = await start_relay(wrong, pause_probe_s=60.0)
+    sandbox.sandbox.faults.unknown_tokens = {"tok-404"}
+    [event_id] = await post_ids(relay, [registered("tok-404", "p1")])
+    await eventually(lambda: _paused(relay))
+    relay.handle.reload(settings)
+    record = (await relay.wait_finished([event_id]))[event_id]
+    assert (record["status"], record["outcome"]) == ("dead", "not_found")
+    assert not await _paused(relay)
+
+
+async def _paused(relay: Relay) -> bool:
+    return bool((await status_of(relay))["servers"][0]["paused"])
+
+
+async def test_undocumented_4xx_pauses_the_server_instead_of_burning_retries(
+    start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    faults = sandbox.sandbox.faults
+    faults.error_rate, faults.error_status = 1.0, 403
+    relay = await start_relay()
+    [event_id] = await post_ids(relay, [registered("tok-403", "p1")])
+    await eventually(lambda: _paused(relay))
+    [server] = (await status_of(relay))["servers"]
+    assert "403" in server["paused_reason"]
+    _, record = await relay.get(f"/v1/events/{event_id}")
+    assert record["status"] == "pending"
+
+
+async def test_huge_retry_after_is_capped(start_relay: StartRelay, sandbox: RunningSandbox) -> None:
+    faults = sandbox.sandbox.faults
+    faults.throttle_next, faults.retry_after_s = 1, 86_400_000
+    relay = await start_relay(retry_after_cap_s=0.3)
+    [event_id] = await post_ids(relay, [registered("tok-ra", "p1")])
+    record = (await relay.wait_finished([event_id], timeout_s=10))[event_id]
+    assert [a["http_status"] for a in record["delivery_log"]] == [200, 429]
+
+
+async def test_half_open_probe_does_not_spin_the_dispatcher(
+    start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    """While the one probe hangs, the dispatcher waits for it instead of re-claiming."""
+    sandbox.sandbox.faults.error_rate = 1.0
+    relay = await start_relay(breaker_failures=1, breaker_cooldown_s=0.1, send_timeout_s=1.5)
+    await post_ids(relay, [registered(f"tok-h{i}", f"p{i}") for i in range(5)])
+    await eventually(lambda: _circuit_is(relay, "open"))
+    sandbox.sandbox.faults.error_rate, sandbox.sandbox.faults.hang = 0.0, True
+    await eventually(lambda: _circuit_is(relay, "half_open"))
+    commits = relay.handle.outbox.commits
+    await asyncio.sleep(0.8)  # the probe is hanging all this time
+    assert await _circuit_is(relay, "half_open")
+    assert relay.handle.outbox.commits - commits <= 3
+
+
+async def _circuit_is(relay: Relay, state: str) -> bool:
+    return bool((await status_of(relay))["circuit"] == state)
+
+
+async def test_dispatcher_survives_a_locked_outbox(
+    start_relay: StartRelay, sandbox: RunningSandbox, settings: Settings
+) -> None:
+    """Another process holding the write lock makes claims fail for a while; delivery
+    resumes by itself once the lock is gone."""
+    import sqlite3
+    import threading
+
+    sandbox.sandbox.faults.error_rate = 1.0
+    relay = await start_relay(breaker_failures=1000)
+    [event_id] = await post_ids(relay, [registered("tok-lock", "p1")])
+    await eventually(lambda: _attempts_at_least(relay, event_id, 2))
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        db = sqlite3.connect(settings.db_path, timeout=10)
+        db.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(10)
+        db.rollback()
+        db.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        await asyncio.to_thread(locked.wait, 10)
+        await asyncio.sleep(6.0)  # longer than the outbox's 5 s busy timeout
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join)
+    sandbox.sandbox.faults.error_rate = 0.0
+    record = (await relay.wait_finished([event_id], timeout_s=20))[event_id]
+    assert record["status"] == "delivered"

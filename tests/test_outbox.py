@@ -32,7 +32,8 @@ async def outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def claim(box: Outbox, now: float = NOW, limit: int = 10) -> list[int]:
-    return [r.id for r in await box.claim(now, limit, lease_s=30, max_age_s=3600)]
+    records = await box.claim(now, limit, servers=[SERVER], lease_s=30, max_age_s=3600)
+    return [r.id for r in records]
 
 
 async def test_file_is_private_and_durable_settings_hold(outbox: Outbox) -> None:
@@ -115,12 +116,39 @@ async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
 async def test_requeue_in_flight_after_a_crash(outbox: Outbox) -> None:
     await outbox.add([event(registered("t", "p"))], NOW)
     [event_id] = await claim(outbox)
-    assert await outbox.requeue_in_flight(NOW + 1, expired_only=True) == 0  # lease still on
-    assert await outbox.requeue_in_flight(NOW + 1, expired_only=False) == 1
+    assert await outbox.requeue_in_flight(NOW + 1) == 1
     record = await outbox.get(event_id)
     assert record is not None
     assert (record.status, record.attempts) == ("pending", 1)
     assert await claim(outbox, now=NOW + 1) == [event_id]
+
+
+async def test_claim_takes_back_an_expired_lease(outbox: Outbox) -> None:
+    """An attempt that died without recording its outcome is retried once its lease ends."""
+    await outbox.add([event(registered("t", "p"))], NOW)
+    [event_id] = await claim(outbox)
+    assert await claim(outbox, now=NOW + 29) == []  # lease (30 s) still running
+    assert await claim(outbox, now=NOW + 31) == [event_id]
+
+
+async def test_claim_skips_servers_not_asked_for(outbox: Outbox) -> None:
+    """A paused server's events are left alone by claims for the others."""
+    await outbox.add([event(registered("t", "p"))], NOW)
+    assert await outbox.claim(NOW, 10, servers=["srv-other"], lease_s=30, max_age_s=60) == []
+    assert await outbox.next_due(["srv-other"]) is None
+    assert await outbox.next_due([SERVER]) == NOW
+
+
+async def test_test_events_and_same_rank_events_do_not_block(outbox: Outbox) -> None:
+    added = await outbox.add(
+        [
+            event(registered("t", "p", test=True)),
+            event(qualified("t", "p")),
+            event({**qualified("t", "p"), "server_event_id": "qual-again"}),
+        ],
+        NOW,
+    )
+    assert sorted(await claim(outbox)) == sorted(a.id for a in added)
 
 
 async def test_prune_removes_old_delivered_and_keeps_dead(outbox: Outbox) -> None:
