@@ -355,10 +355,11 @@ async def test_half_open_probe_does_not_spin_the_dispatcher(
     await eventually(lambda: _circuit_is(relay, "open"))
     sandbox.sandbox.faults.error_rate, sandbox.sandbox.faults.hang = 0.0, True
     await eventually(lambda: _circuit_is(relay, "half_open"))
-    commits = relay.handle.outbox.commits
+    cpu = time.process_time()
     await asyncio.sleep(0.8)  # the probe is hanging all this time
     assert await _circuit_is(relay, "half_open")
-    assert relay.handle.outbox.commits - commits <= 3
+    # Idle waiting costs next to nothing; a loop re-checking the outbox burns the core.
+    assert time.process_time() - cpu < 0.3
 
 
 async def _circuit_is(relay: Relay, state: str) -> bool:
