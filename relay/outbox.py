@@ -332,9 +332,11 @@ class Outbox:
             )
             await _finish_row(db, record.id, outcome, attempt.started_at)
             if outcome.status in ("delivered", "dead"):
+                # "+status" keeps SQLite on the token index: the status index would walk
+                # the whole pending backlog to find one referral's events.
                 await db.execute(
                     "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
-                    " AND status = 'pending' AND attempts = 0 AND id != ?",
+                    " AND +status = 'pending' AND attempts = 0 AND id != ?",
                     (time.time(), record.token, record.server_id, record.id),
                 )
 
@@ -362,7 +364,7 @@ class Outbox:
 
         async def prune(db: aiosqlite.Connection) -> tuple[int, int]:
             events = await db.execute(
-                "DELETE FROM events WHERE finished_at < ? AND status = 'delivered'", (before,)
+                "DELETE FROM events WHERE finished_at < ? AND +status = 'delivered'", (before,)
             )
             attempts = await db.execute("DELETE FROM attempts WHERE started_at < ?", (before,))
             return events.rowcount, attempts.rowcount
@@ -419,8 +421,11 @@ class Outbox:
         return float(value) if value is not None else None
 
     async def oldest_pending_created(self) -> float | None:
+        """When the oldest undelivered event was ingested (ids grow with ingest time)."""
         rows = await self._read(
-            "SELECT MIN(created_at) FROM events WHERE status IN ('pending', 'in_flight')", ()
+            "SELECT created_at FROM events WHERE +status IN ('pending', 'in_flight')"
+            " ORDER BY id LIMIT 1",
+            (),
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 

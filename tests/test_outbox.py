@@ -162,3 +162,42 @@ async def test_prune_removes_old_delivered_and_keeps_dead(outbox: Outbox) -> Non
     assert await outbox.prune(NOW + 10) == (1, 2)
     counts = await outbox.counts()
     assert (counts["delivered"], counts["dead"]) == (0, 1)
+
+
+async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
+    """SQLite VM steps (in hundreds) for one claim, its finish and next_due, with ``backlog``
+    other events pending: a count of work done, not a time, so it does not depend on load."""
+    box = await Outbox.open(tmp_path / f"backlog-{backlog}.db")
+    try:
+        pair = [event(registered("t", "p")), event(qualified("t", "p"))]
+        await box.add(pair, NOW - 10)
+        for start in range(0, backlog, 500):
+            await box.add(
+                [event(registered(f"b{i}", f"q{i}")) for i in range(start, start + 500)], NOW
+            )
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        await box._db.set_progress_handler(count, 100)  # the writer connection: test-only peek
+        await box._reader.set_progress_handler(count, 100)
+        [claimed] = await box.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
+        await box.finish(
+            claimed,
+            Outcome(status="delivered", outcome="accepted"),
+            Attempt(claimed.id, NOW, 1.0, 200, "accepted", None),
+        )
+        await box.next_due([SERVER])
+        return steps[0]
+    finally:
+        await box.close()
+
+
+async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> None:
+    """Claim, finish and next_due use indexes: ten times the backlog is not ten times the
+    work (a query that walked the pending backlog made delivery crawl at 1,000,000 rows)."""
+    small = await _hot_path_work(tmp_path, 500)
+    large = await _hot_path_work(tmp_path, 5000)
+    assert large < small * 2, (small, large)
