@@ -8,13 +8,13 @@ means for the event and for the server it belongs to.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
+from relay.breaker import Breaker, Pacer, backoff_s
 from relay.config import ServerConfig, Settings, reread_secret
 from relay.errors import (
     ConfigError,
@@ -34,67 +34,6 @@ log = structlog.get_logger("relay.dispatcher")
 SKEW_CORRECTION_S = 30.0
 _IDLE_WAIT_S = 30.0  # re-check the outbox at least this often, in case a wake-up was missed
 _OUTBOX_RETRY_S = 2.0
-
-
-def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempts-1))]."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** max(0, attempts - 1)))
-
-
-class Breaker:
-    """One circuit for the upstream shared by every server, so an outage costs probes.
-
-    Closed: send freely. After ``failures`` retryable failures in a row it opens for a
-    cool-down that doubles with each failed probe (capped); then one probe goes through
-    (half-open) and its answer closes or re-opens the circuit. A ``Retry-After`` on 429 or
-    503 holds the circuit open at least that long: MMOLove asked the whole client to wait.
-    """
-
-    def __init__(self, *, failures: int, cooldown_s: float, cap_s: float) -> None:
-        self._threshold = failures
-        self._base_s = cooldown_s
-        self._cap_s = cap_s
-        self._failures = 0
-        self._cooldown_s = cooldown_s
-        self.open_until: float | None = None
-        self._probing = False
-
-    @property
-    def state(self) -> str:
-        if self.open_until is None:
-            return "closed"
-        return "half_open" if self._probing else "open"
-
-    def allowance(self, now: float, wanted: int) -> int:
-        """How many attempts may start now (0 while open; 1 probe once the cool-down ends)."""
-        if self.open_until is None:
-            return wanted
-        if self._probing or now < self.open_until:
-            return 0
-        self._probing = True
-        return min(wanted, 1)
-
-    def success(self) -> None:
-        if self.open_until is not None:
-            log.info("breaker.closed")
-        self._failures = 0
-        self._cooldown_s = self._base_s
-        self.open_until = None
-        self._probing = False
-
-    def failure(self, now: float, retry_after_s: float | None = None) -> None:
-        self._failures += 1
-        if self._probing or self._failures >= self._threshold or retry_after_s:
-            hold_s = max(self._cooldown_s, retry_after_s or 0.0)
-            if self._probing:
-                self._cooldown_s = min(self._cap_s, self._cooldown_s * 2)
-            self.open_until = now + hold_s
-            self._probing = False
-            log.warning("breaker.opened", failures=self._failures, reopen_in_s=round(hold_s, 1))
-
-    def release_probe(self) -> None:
-        """A probe ended without an answer about MMOLove's health (e.g. shutdown)."""
-        self._probing = False
 
 
 @dataclass
@@ -119,24 +58,6 @@ class ServerState:
         }
 
 
-@dataclass
-class _Pacer:
-    """Spaces out attempt starts so a recovering upstream sees a bounded rate, not a flood."""
-
-    rate_per_s: float
-    burst: int
-    _next: float = field(default=0.0)
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        interval = 1.0 / self.rate_per_s
-        self._next = max(self._next, now - interval * (self.burst - 1))
-        delay = self._next - now
-        self._next += interval
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
 class Dispatcher:
     """Owns every delivery task; ``run`` until ``stop`` is set, then drains within budget."""
 
@@ -158,7 +79,7 @@ class Dispatcher:
             cooldown_s=settings.breaker_cooldown_s,
             cap_s=max(settings.backoff_cap_s, settings.breaker_cooldown_s),
         )
-        self._pacer = _Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
+        self._pacer = Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}
         self._wake = asyncio.Event()
 

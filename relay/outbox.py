@@ -1,23 +1,21 @@
 """The SQLite outbox: durable events, delivery claims and the attempt log. All SQL lives here.
 
-Writes go through one writer task that groups whatever is queued into a single transaction
-(group commit): a burst of concurrent ingests costs one fsync, and each caller is answered
-only after the commit that holds its write.
+Writes are jobs handed to the ``Writer``, which commits whatever is queued in one transaction
+(group commit); reads use a second connection, which WAL lets run beside the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 import structlog
@@ -25,10 +23,9 @@ import structlog
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.schema import migrate
+from relay.writer import Writer
 
 log = structlog.get_logger("relay.outbox")
-T = TypeVar("T")
-Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
 
 # Columns of an event as the API and CLI show it (the body is decoded separately).
 _EVENT_COLUMNS = (
@@ -36,7 +33,6 @@ _EVENT_COLUMNS = (
     "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
     "state, finished_at, body"
 )
-_GROUP_MAX = 512  # queued writes folded into one transaction at most
 _DISK_CHECK_EVERY_S = 1.0
 
 
@@ -126,17 +122,14 @@ class Outbox:
         min_free_bytes: int,
     ) -> None:
         self.path = path
-        self._db = writer
+        self.writer = Writer(writer)
+        self._write = self.writer.run
         self._reader = reader
         self._lock_fd = lock_fd
         self._min_free_bytes = min_free_bytes
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
         self._disk_checked_at = 0.0
         self._disk_ok = True
         self.closing = False
-        self.commits = 0  # transactions committed: with group commit, fewer than writes
-        self.writes = 0
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
@@ -162,20 +155,13 @@ class Outbox:
         except BaseException:
             os.close(lock_fd)
             raise
-        outbox = cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes)
-        outbox._writer_task = asyncio.create_task(outbox._write_loop(), name="outbox-writer")
-        return outbox
+        return cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes)
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the file."""
         self.closing = True
-        if self._writer_task is not None:
-            await self._queue.join()
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+        await self.writer.close()
         await self._reader.close()
-        await self._db.close()
         os.close(self._lock_fd)
 
     # -- writes ----------------------------------------------------------------------------
@@ -440,62 +426,6 @@ class Outbox:
                 "file and its disk are healthy."
             ) from exc
 
-    async def _write(self, job: Job) -> Any:
-        if self._writer_task is None or self._writer_task.done():
-            raise OutboxUnavailable(
-                "the outbox is closed; the relay is stopping. Retry in a few seconds.",
-                retry_after_s=2,
-            )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((job, future))
-        return await future
-
-    async def _write_loop(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            while len(group) < _GROUP_MAX and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            try:
-                await self._commit_group(group)
-            finally:
-                for _ in group:
-                    self._queue.task_done()
-
-    async def _commit_group(self, group: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        results: list[Any] = []
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for job, _ in group:
-                    results.append(await job(self._db))
-                await self._db.commit()
-                self.commits += 1
-                self.writes += len(group)
-            except BaseException:
-                await self._db.rollback()
-                raise
-        except sqlite3.Error as exc:
-            error = _unavailable(exc)
-            log.error("outbox.write_failed", error=str(exc), writes=len(group))
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        except Exception as exc:  # a bug in a job: fail its callers, keep the writer alive
-            log.exception("outbox.write_crashed", writes=len(group))
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(
-                        OutboxError(
-                            f"the outbox write failed unexpectedly ({exc!r}) and was "
-                            "rolled back; this is a relay bug: report the log line."
-                        )
-                    )
-            return
-        for (_, future), result in zip(group, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
     async def _check_disk(self) -> None:
         now = time.monotonic()
         if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
@@ -508,10 +438,6 @@ class Outbox:
                 "the relay takes no new events until space is freed. Retry later.",
                 retry_after_s=30,
             )
-
-    async def free_bytes(self) -> int:
-        usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
-        return usage.free
 
 
 async def _requeue(db: aiosqlite.Connection, now: float, *, expired_only: bool) -> int:
@@ -569,22 +495,3 @@ def _lock(path: Path) -> int:
             "MMOLOVE_RELAY_DB at another file."
         ) from exc
     return fd
-
-
-def _unavailable(exc: sqlite3.Error) -> OutboxUnavailable:
-    text = str(exc)
-    if "full" in text:
-        return OutboxUnavailable(
-            "the disk holding the outbox is full; the event was not stored. Retry later.",
-            retry_after_s=30,
-        )
-    if "locked" in text or "busy" in text:
-        return OutboxUnavailable(
-            "the outbox is locked by another process; the event was not "
-            "stored. Retry in a few seconds.",
-            retry_after_s=2,
-        )
-    return OutboxUnavailable(
-        f"the outbox could not store the event ({text}); it was not stored. Retry later.",
-        retry_after_s=5,
-    )

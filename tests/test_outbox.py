@@ -74,13 +74,13 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 async def test_concurrent_adds_share_transactions(outbox: Outbox) -> None:
     """Group commit: 200 concurrent single-event adds take far fewer than 200 commits."""
-    before = outbox.commits
+    before = outbox.writer.commits
     results = await asyncio.gather(
         *(outbox.add([event(registered(f"t{i}", f"p{i}"))], NOW) for i in range(200))
     )
     assert len({r[0].id for r in results}) == 200
-    assert outbox.writes >= 200
-    assert outbox.commits - before < 100, outbox.commits - before
+    assert outbox.writer.jobs >= 200
+    assert outbox.writer.commits - before < 100, outbox.writer.commits - before
 
 
 async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) -> None:
@@ -181,8 +181,8 @@ async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
             steps[0] += 1
             return 0
 
-        await box._db.set_progress_handler(count, 100)  # the writer connection: test-only peek
-        await box._reader.set_progress_handler(count, 100)
+        await box.writer.db.set_progress_handler(count, 100)
+        await box._reader.set_progress_handler(count, 100)  # test-only peek at the reader
         [claimed] = await box.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
         await box.finish(
             claimed,
