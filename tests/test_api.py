@@ -386,3 +386,19 @@ async def test_reload_adds_a_server_to_ingest(start_relay: StartRelay, settings:
     two = (*settings.servers, ServerConfig("srv-2", Secret("s2")))
     relay.handle.reload(replace(settings, servers=two))
     assert (await relay.post(body))[0] == 202
+
+
+async def test_unix_socket_listener(start_relay: StartRelay, tmp_path: Any) -> None:
+    """A sidecar or a same-host game server can use a Unix socket instead of a port."""
+    import aiohttp
+
+    from relay.config import Listen
+
+    path = tmp_path / "relay.sock"
+    relay = await start_relay(listen=Listen(path=path))
+    assert relay.url == f"unix:{path}"
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as http:
+        async with http.post("http://relay/v1/events", json=qualified("tok-u", "p")) as resp:
+            assert resp.status == 202
+        async with http.get("http://relay/healthz") as resp:
+            assert (await resp.json()) == {"ok": True}
