@@ -42,9 +42,7 @@ _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-def make_app(
-    outbox: Outbox, settings: Settings, delivery_state: Callable[[], dict[str, Any]]
-) -> web.Application:
+def make_app(outbox: Outbox, settings: Settings, delivery_state: StateProvider) -> web.Application:
     """The ingest app; ``delivery_state`` reports the breaker and per-server pauses."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
     app[OUTBOX] = outbox

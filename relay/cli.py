@@ -24,10 +24,10 @@ from typing import Any
 import structlog
 
 from relay import __version__, logs
-from relay.config import Listen, Secret, ServerConfig, Settings, load_settings
+from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError, OutboxError
-from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, serve_sandbox
+from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 log = structlog.get_logger("relay.cli")
@@ -219,8 +219,6 @@ def _server_arg(text: str) -> tuple[str, str]:
 
 
 def _listen_arg(text: str) -> Listen:
-    from relay.config import parse_listen
-
     listen = parse_listen(text)
     if listen.path is not None:
         raise ConfigError("the sandbox listens on host:port only.")
@@ -237,8 +235,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def _run_demo(timeout_s: float) -> int:
     """Sandbox + relay on a temporary outbox; three events in, wait until all three land."""
-    from relay.sandbox import running_sandbox
-
     async with running_sandbox({DEMO_SERVER_ID: DEMO_SECRET}) as sandbox:
         with tempfile.TemporaryDirectory(prefix="mmolove-relay-demo-") as tmp:
             settings = Settings(
