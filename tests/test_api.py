@@ -402,3 +402,18 @@ async def test_unix_socket_listener(start_relay: StartRelay, tmp_path: Any) -> N
             assert resp.status == 202
         async with http.get("http://relay/healthz") as resp:
             assert (await resp.json()) == {"ok": True}
+
+
+async def test_low_disk_answers_503_with_retry_after_and_stores_nothing(
+    start_relay: StartRelay,
+) -> None:
+    relay = await start_relay(min_free_bytes=10**18)  # more than any disk has free
+    async with relay.http.post(relay.url + "/v1/events", json=qualified("tok-d", "p")) as resp:
+        assert resp.status == 503
+        assert int(resp.headers["Retry-After"]) > 0
+        answer = await resp.json()
+    assert answer["error"]["code"] == "unavailable"
+    assert "free" in answer["error"]["message"]
+    assert await stored(relay) == 0
+    async with relay.http.get(relay.url + "/healthz") as resp:
+        assert resp.status == 200  # the daemon stays up
