@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import tenacity
 
 from relay import __version__, logs
 from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
@@ -109,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--ts", type=float, help="event time in Unix seconds (default now)")
     send.add_argument("--test", action="store_true", help="a dry run MMOLove verifies only")
     send.add_argument("--url", help="relay base URL (default from the listen setting)")
+    send.add_argument(
+        "--wait-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep retrying this long while the relay is unreachable or "
+        "answers 503 (default: try once)",
+    )
     send.set_defaults(handler=_send)
 
     status = sub.add_parser("status", help="what is pending, dead and paused")
@@ -338,7 +347,7 @@ def _send(args: argparse.Namespace) -> int:
             body[key] = value
     if args.test:
         body["test"] = True
-    return _call(args, "POST", "/v1/events", body, _print_json)
+    return _call(args, "POST", "/v1/events", body, _print_json, wait_s=args.wait_s)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -351,12 +360,23 @@ def _call(
     path: str,
     body: Any,
     show: Callable[[dict[str, Any]], None],
+    *,
+    wait_s: float = 0.0,
 ) -> int:
     settings = load_settings(os.environ, args.config, require_servers=False)
     base = args.url or _base_url(settings.listen)
     token = settings.ingest_token.reveal() if settings.ingest_token else None
+    # A relay that is restarting is unreachable or answers 503 for a moment: a script can
+    # ask to wait that out instead of failing at once.
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(wait_s),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
+        retry=tenacity.retry_if_exception_type(OSError)
+        | tenacity.retry_if_result(lambda answer: answer[0] == 503),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
     try:
-        status, answer = _http(method, base + path, body, token)
+        status, answer = retrying(_http, method, base + path, body, token)
     except OSError as exc:
         print(
             f"mmolove-relay: cannot reach the relay at {base} ({exc}); is `mmolove-relay "

@@ -96,3 +96,43 @@ async def test_unreachable_relay_exits_4() -> None:
     code, _, err = await cli("status", "--url", "http://127.0.0.1:9")
     assert code == 4
     assert "cannot reach the relay" in err
+
+
+async def test_send_can_wait_for_a_relay_that_is_still_starting(start_relay: StartRelay) -> None:
+    import socket
+
+    from relay.config import Listen
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    sending = asyncio.create_task(
+        cli(
+            "send",
+            "qualified",
+            "--token",
+            "tok-wait",
+            "--server-event-id",
+            "q-wait",
+            "--url",
+            url,
+            "--wait-s",
+            "15",
+        )
+    )
+    await asyncio.sleep(1.0)  # the relay is not there yet: send keeps trying
+    assert not sending.done()
+    relay = await start_relay(listen=Listen("127.0.0.1", port))
+    code, out, err = await sending
+    assert code == 0, err
+    _, found = await relay.get("/v1/events?server_event_id=q-wait")
+    assert [e["id"] for e in found["events"]] == [json.loads(out)["id"]]
+
+
+async def test_send_without_wait_fails_at_once_when_unreachable() -> None:
+    code, _, err = await cli(
+        "send", "qualified", "--token", "t", "--server-event-id", "q", "--url", "http://127.0.0.1:9"
+    )
+    assert code == 4
+    assert "cannot reach the relay" in err
