@@ -24,7 +24,7 @@ from relay.sender import Sender
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
-INGEST_GRACE_S = 2.0
+INGEST_GRACE_S = 1.0
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
 # says so in its log line.
 RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
