@@ -753,10 +753,10 @@ async def test_a_listen_address_in_use_exits_3_naming_the_setting(
 # -- reload and secrets --------------------------------------------------------------------
 
 
-async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
-    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    """A 401 pauses the server (one attempt, not a retry storm); fix the file + SIGHUP resumes."""
+def wrong_secret_file_env(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> tuple[Path, dict[str, str | None]]:
+    """A relay environment whose secret comes from a file that holds the wrong secret."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(WRONG_SECRET + "\n", encoding="utf-8")
     env = relay_env(
@@ -765,6 +765,14 @@ async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
         MMOLOVE_SECRET=None,
         MMOLOVE_SECRET_FILE=str(secret_file),
     )
+    return secret_file, env
+
+
+async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A 401 pauses the server (one attempt, not a retry storm); fix the file + SIGHUP resumes."""
+    secret_file, env = wrong_secret_file_env(sandbox, tmp_path)
     relay = await spawn(env, config=tuning()).ready()
     event_id = await ingest(http, relay.url, registered("rotated"))
 
@@ -802,14 +810,7 @@ async def test_sighup_with_nothing_left_to_probe_leaves_the_daemon_idle(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """A paused server whose only event expired: after SIGHUP the daemon sleeps, not spins."""
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(WRONG_SECRET + "\n", encoding="utf-8")
-    env = relay_env(
-        sandbox.url,
-        tmp_path / "outbox.db",
-        MMOLOVE_SECRET=None,
-        MMOLOVE_SECRET_FILE=str(secret_file),
-    )
+    secret_file, env = wrong_secret_file_env(sandbox, tmp_path)
     relay = await spawn(env, config=tuning(extra="max_age_s = 1.0\n")).ready()
     event_id = await ingest(http, relay.url, registered("expiring"))
     await relay.wait_log("sender.paused")
