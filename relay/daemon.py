@@ -17,7 +17,7 @@ from aiohttp import web
 
 from relay import __version__
 from relay.api import INGEST, make_app
-from relay.config import Settings
+from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
 from relay.outbox import Outbox
 from relay.sender import Sender
@@ -126,6 +126,8 @@ async def run(
             servers=[s.server_id for s in settings.servers],
             startup_ms=round((time.monotonic() - started) * 1000, 1),
         )
+        # The settings in force, secrets masked: what an operator checks first.
+        log.info("relay.settings", **describe(settings))
         if on_ready is not None:
             on_ready(relay)
 
