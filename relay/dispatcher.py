@@ -354,7 +354,7 @@ class Dispatcher:
             status="pending",
             outcome=result.reason,
             error=str(result),
-            next_attempt_at=min(retry_at, record.created_at + s.max_age_s),
+            next_attempt_at=min(retry_at, record.age_from + s.max_age_s),
             http_status=result.http_status,
             response=result.response or None,
         )

@@ -7,6 +7,7 @@ Writes are jobs handed to the ``Writer``, which commits whatever is queued in on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -31,9 +32,10 @@ log = structlog.get_logger("relay.outbox")
 _EVENT_COLUMNS = (
     "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
     "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
-    "state, finished_at, body"
+    "state, finished_at, replayed_at, body"
 )
 _DISK_CHECK_EVERY_S = 1.0
+STATUSES = ("pending", "in_flight", "delivered", "dead")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,13 @@ class EventRecord:
     referral_id: str | None
     state: str | None
     finished_at: float | None
+    replayed_at: float | None  # the last operator retry of this event, if any
     body: bytes
+
+    @property
+    def age_from(self) -> float:
+        """Where ``max_age_s`` counts from: ingest, or the last operator retry."""
+        return self.replayed_at or self.created_at
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> EventRecord:
@@ -107,6 +115,50 @@ class Outcome:
     response: str | None = None
     referral_id: str | None = None
     state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events an operator means; every field left None matches everything."""
+
+    status: str | None = None
+    event: str | None = None
+    token: str | None = None
+    server_id: str | None = None
+    server_event_id: str | None = None
+    outcome: str | None = None  # for dead events: why they died
+    since: float | None = None  # ingested at or after
+    finished_before: float | None = None
+    after_id: int | None = None  # for walking a large set in chunks
+    before_id: int | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL condition and its parameters."""
+        clauses, params = ["1"], []
+        for column in ("status", "event", "token", "server_id", "server_event_id", "outcome"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        for column, op, value in (
+            ("created_at", ">=", self.since),
+            ("finished_at", "<", self.finished_before),
+            ("id", ">", self.after_id),
+            ("id", "<", self.before_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        return " AND ".join(clauses), params
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What an operator's retry did to one event."""
+
+    id: int
+    result: str  # requeued, due_now, not_found, delivered, in_flight
+    followers: tuple[int, ...] = ()
 
 
 class Outbox:
@@ -245,7 +297,8 @@ class Outbox:
             return []
         # One index range per server: a paused server's backlog is never walked.
         due = " UNION ALL ".join(
-            "SELECT * FROM (SELECT id, token, server_id, rank, test, created_at, next_attempt_at"
+            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at,"
+            " COALESCE(replayed_at, created_at) AS age_from"
             " FROM events WHERE status = 'pending' AND server_id = ? AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?)"
             for _ in servers
@@ -255,7 +308,7 @@ class Outbox:
         async def claim(db: aiosqlite.Connection) -> list[EventRecord]:
             await _requeue(db, now, expired_only=True)
             candidates = await db.execute_fetchall(
-                "SELECT e.id, e.created_at, b.id, b.status, b.outcome, b.next_attempt_at"
+                "SELECT e.id, e.age_from, b.id, b.status, b.outcome, b.next_attempt_at"
                 f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
                 "   SELECT p.id FROM events AS p WHERE p.token = e.token"
@@ -266,8 +319,8 @@ class Outbox:
                 (*params, limit),
             )
             ready: list[int] = []
-            for event_id, created_at, blocker, blocker_status, why, blocker_due in candidates:
-                if created_at + max_age_s <= now:
+            for event_id, age_from, blocker, blocker_status, why, blocker_due in candidates:
+                if age_from + max_age_s <= now:
                     error = f"not delivered within max_age_s={max_age_s:g} of ingest"
                     outcome = Outcome(status="dead", outcome="expired", error=error)
                     await _finish_row(db, event_id, outcome, now)
@@ -358,7 +411,105 @@ class Outbox:
         pruned: tuple[int, int] = await self._write(prune)
         return pruned
 
+    async def retry(
+        self, ids: Sequence[int] | EventFilter, now: float, *, limit: int = 500
+    ) -> list[Retried]:
+        """Re-queue dead events (and the followers that died with them) to be sent now.
+
+        ``ids`` names events, or a filter picks up to ``limit`` of them, lowest id first. A
+        pending event is made due now; delivered and in-flight ones are left alone.
+        """
+
+        async def retry(db: aiosqlite.Connection) -> list[Retried]:
+            if isinstance(ids, EventFilter):
+                where, params = ids.where()
+                rows = await db.execute_fetchall(
+                    f"SELECT id FROM events WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
+                )
+                chosen = [row[0] for row in rows]
+            else:
+                chosen = list(ids)
+            results: list[Retried] = []
+            requeued_as_followers: set[int] = set()
+            for event_id in chosen:
+                if event_id not in requeued_as_followers:
+                    results.append(await _retry_one(db, event_id, now))
+                    requeued_as_followers.update(results[-1].followers)
+            return results
+
+        results: list[Retried] = await self._write(retry)
+        if any(r.result in ("requeued", "due_now") for r in results):
+            self.new_events.set()
+        return results
+
+    async def purge(self, status: str, before: float, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` dead or delivered events finished before ``before``."""
+        if status not in ("dead", "delivered"):
+            raise ValueError(f"only dead or delivered events can be purged, not {status}")
+
+        async def purge(db: aiosqlite.Connection) -> int:
+            rows = list(
+                await db.execute_fetchall(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE status = ?"
+                    " AND finished_at < ? ORDER BY id LIMIT ?) RETURNING id",
+                    (status, before, limit),
+                )
+            )
+            ids = [row[0] for row in rows]
+            if ids:
+                await db.execute(
+                    f"DELETE FROM attempts WHERE event_id IN ({', '.join('?' * len(ids))})", ids
+                )
+            return len(ids)
+
+        purged: int = await self._write(purge)
+        return purged
+
     # -- reads -----------------------------------------------------------------------------
+
+    async def select(self, where: EventFilter, limit: int = 50) -> list[EventRecord]:
+        """Events matching ``where``, newest first."""
+        sql, params = where.where()
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [EventRecord.from_row(r) for r in rows]
+
+    async def count(self, where: EventFilter) -> int:
+        sql, params = where.where()
+        rows = await self._read(f"SELECT COUNT(*) FROM events WHERE {sql}", params)
+        return int(rows[0][0])
+
+    async def counts_by_server(self) -> dict[str, dict[str, int]]:
+        """How many events each server has in each status."""
+        rows = await self._read(
+            "SELECT server_id, status, COUNT(*) FROM events GROUP BY server_id, status", ()
+        )
+        out: dict[str, dict[str, int]] = {}
+        for server_id, status, count in rows:
+            by_status = out.setdefault(server_id, dict.fromkeys(STATUSES, 0))
+            by_status[status] = count
+        return out
+
+    async def dead_by_reason(self) -> list[dict[str, Any]]:
+        """Dead events grouped by server and outcome, each with its latest error."""
+        # SQLite takes a bare column (last_error) from the row that gave MAX(id).
+        rows = await self._read(
+            "SELECT server_id, outcome, COUNT(*), MAX(id), last_error FROM events"
+            " WHERE status = 'dead' GROUP BY server_id, outcome ORDER BY MAX(id) DESC",
+            (),
+        )
+        keys = ("server_id", "reason", "count", "latest_id", "latest_error")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def size_bytes(self) -> int:
+        """The outbox on disk: the database file and its write-ahead log."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
 
     async def get(self, event_id: int) -> EventRecord | None:
         rows = await self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
@@ -385,13 +536,6 @@ class Outbox:
             (event_id, limit),
         )
         return [Attempt(*r) for r in rows]
-
-    async def counts(self) -> dict[str, int]:
-        """How many events are in each status."""
-        rows = await self._read("SELECT status, COUNT(*) FROM events GROUP BY status", ())
-        out = dict.fromkeys(("pending", "in_flight", "delivered", "dead"), 0)
-        out.update({status: count for status, count in rows})
-        return out
 
     async def next_due(self, servers: Sequence[str]) -> float | None:
         """When the earliest pending event of these servers falls due; None if none is."""
@@ -448,6 +592,37 @@ async def _requeue(db: aiosqlite.Connection, now: float, *, expired_only: bool) 
         (now, now) if expired_only else (now,),
     )
     return cursor.rowcount
+
+
+async def _retry_one(db: aiosqlite.Connection, event_id: int, now: float) -> Retried:
+    rows = list(
+        await db.execute_fetchall(
+            "SELECT status, server_id, token, rank, test FROM events WHERE id = ?", (event_id,)
+        )
+    )
+    if not rows:
+        return Retried(event_id, "not_found")
+    status, server_id, token, rank, test = rows[0]
+    if status == "pending":
+        await db.execute("UPDATE events SET next_attempt_at = ? WHERE id = ?", (now, event_id))
+        return Retried(event_id, "due_now")
+    if status != "dead":
+        return Retried(event_id, status)
+    requeue = (
+        "UPDATE events SET status = 'pending', outcome = NULL, next_attempt_at = ?,"
+        " finished_at = NULL, replayed_at = ? WHERE "
+    )
+    await db.execute(requeue + "id = ?", (now, now, event_id))
+    followers: list[Any] = []
+    if not test:
+        followers = list(
+            await db.execute_fetchall(
+                requeue + "token = ? AND server_id = ? AND +status = 'dead'"
+                " AND outcome = 'predecessor_dead' AND rank > ? AND test = 0 RETURNING id",
+                (now, now, token, server_id, rank),
+            )
+        )
+    return Retried(event_id, "requeued", tuple(sorted(row[0] for row in followers)))
 
 
 async def _finish_row(

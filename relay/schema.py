@@ -53,6 +53,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_event ON attempts (event_id, id);
     CREATE INDEX attempts_started ON attempts (started_at);
     """,
+    # 2: an operator's retry of a dead event restarts its max_age clock from that moment.
+    """
+    ALTER TABLE events ADD COLUMN replayed_at REAL;
+    """,
 )
 
 

@@ -7,13 +7,14 @@ import asyncio
 import sqlite3
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.outbox import Attempt, Outbox, Outcome
+from relay.outbox import Attempt, EventFilter, Outbox, Outcome, Retried
 from relay.schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 
@@ -90,7 +91,7 @@ async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) ->
     assert (first.created, again.created, again.conflict) == (True, False, False)
     assert again.id == first.id == clash.id
     assert clash.conflict
-    assert (await outbox.counts())["pending"] == 1
+    assert (await outbox.counts_by_server())[SERVER]["pending"] == 1
 
 
 async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
@@ -160,8 +161,99 @@ async def test_prune_removes_old_delivered_and_keeps_dead(outbox: Outbox) -> Non
             record, Outcome(status=status, outcome="x"), Attempt(a.id, NOW, 1.0, 200, "x", None)
         )
     assert await outbox.prune(NOW + 10) == (1, 2)
-    counts = await outbox.counts()
+    counts = (await outbox.counts_by_server())[SERVER]
     assert (counts["delivered"], counts["dead"]) == (0, 1)
+
+
+async def finish_as(box: Outbox, event_id: int, status: str, outcome: str, at: float) -> None:
+    record = await box.get(event_id)
+    assert record is not None
+    await box.finish(
+        record,
+        Outcome(status=status, outcome=outcome, error=f"{outcome} at {at}"),
+        Attempt(event_id, at, 1.0, 404, outcome, None),
+    )
+
+
+async def test_retry_requeues_a_dead_event_with_its_followers(outbox: Outbox) -> None:
+    """A replay restarts the max_age clock, and the held-back qualified comes back too."""
+    reg, qual = (
+        a.id
+        for a in await outbox.add([event(registered("t", "p")), event(qualified("t", "p"))], NOW)
+    )
+    assert await claim(outbox) == [reg]
+    await finish_as(outbox, reg, "dead", "not_found", NOW)
+    assert await claim(outbox, now=NOW + 2) == []  # qualified is dead-lettered behind it
+    held = await outbox.get(qual)
+    assert held is not None
+    assert (held.status, held.outcome) == ("dead", "predecessor_dead")
+
+    later = NOW + 7200  # past the 3600 s max_age of ingest: only the replay keeps them alive
+    [result] = await outbox.retry([reg], later)
+    assert result == Retried(reg, "requeued", (qual,))
+    assert outbox.new_events.is_set()
+    assert await claim(outbox, now=later) == [reg]
+    await finish_as(outbox, reg, "delivered", "accepted", later)
+    assert await claim(outbox, now=later + 1) == [qual]
+    replayed = await outbox.get(qual)
+    assert replayed is not None
+    assert (replayed.replayed_at, replayed.age_from) == (later, later)
+
+
+async def test_retry_leaves_delivered_and_in_flight_alone(outbox: Outbox) -> None:
+    done, flying, waiting = (
+        a.id for a in await outbox.add([event(registered(t, t)) for t in ("a", "b", "c")], NOW)
+    )
+    await claim(outbox, limit=2)
+    await finish_as(outbox, done, "delivered", "accepted", NOW)
+    results = await outbox.retry([done, flying, waiting, 999], NOW + 5)
+    assert [r.result for r in results] == ["delivered", "in_flight", "due_now", "not_found"]
+    record = await outbox.get(waiting)
+    assert record is not None
+    assert record.next_attempt_at == NOW + 5
+
+
+async def test_retry_by_filter_picks_dead_of_one_reason_in_chunks(outbox: Outbox) -> None:
+    ids = [a.id for a in await outbox.add([event(registered(t, t)) for t in "abcde"], NOW)]
+    await claim(outbox)
+    for event_id, reason in zip(ids, ["not_found"] * 3 + ["bad_request"] * 2, strict=True):
+        await finish_as(outbox, event_id, "dead", reason, NOW)
+    where = EventFilter(status="dead", outcome="not_found")
+    assert await outbox.count(where) == 3
+    first = await outbox.retry(where, NOW + 1, limit=2)
+    rest = await outbox.retry(replace(where, after_id=first[-1].id), NOW + 1, limit=2)
+    assert [r.id for r in first + rest] == ids[:3]
+    assert await outbox.count(where) == 0
+    assert await outbox.count(EventFilter(status="dead")) == 2
+
+
+async def test_purge_deletes_old_finished_events_of_one_status(outbox: Outbox) -> None:
+    ids = [a.id for a in await outbox.add([event(registered(t, t)) for t in "abcd"], NOW)]
+    await claim(outbox)
+    for event_id, status, at in zip(
+        ids, ["dead", "dead", "delivered", "dead"], [NOW, NOW, NOW, NOW + 100], strict=True
+    ):
+        await finish_as(outbox, event_id, status, "x", at)
+    assert await outbox.purge("dead", NOW + 50, limit=1) == 1
+    assert await outbox.purge("dead", NOW + 50) == 1
+    assert await outbox.purge("dead", NOW + 50) == 0
+    assert [r.id for r in await outbox.select(EventFilter())] == [ids[3], ids[2]]
+    assert await outbox.attempts(ids[0]) == []
+    with pytest.raises(ValueError, match="only dead or delivered"):
+        await outbox.purge("pending", NOW)
+
+
+async def test_select_filters_newest_first(outbox: Outbox) -> None:
+    await outbox.add(
+        [event(registered("t", "p")), event(qualified("t", "p")), event(registered("u", "q"))],
+        NOW,
+    )
+    newest_first = await outbox.select(EventFilter(token="t"))
+    assert [(r.event, r.token) for r in newest_first] == [("qualified", "t"), ("registered", "t")]
+    assert [r.token for r in await outbox.select(EventFilter(event="registered"), limit=1)] == ["u"]
+    assert await outbox.select(EventFilter(since=NOW + 1)) == []
+    summary = await outbox.counts_by_server()
+    assert summary == {SERVER: {"pending": 3, "in_flight": 0, "delivered": 0, "dead": 0}}
 
 
 async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
