@@ -18,6 +18,7 @@ from aiohttp import web
 from relay.config import Settings
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
+from relay.metrics import Metrics
 from relay.outbox import Added, Outbox
 
 log = structlog.get_logger("relay.api")
@@ -26,6 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OUTBOX = web.AppKey("outbox", Outbox)
 StateProvider = Callable[[], dict[str, Any]]
 DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
+METRICS = web.AppKey("metrics", Metrics)
 
 
 @dataclass
@@ -42,17 +44,21 @@ _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-def make_app(outbox: Outbox, settings: Settings, delivery_state: StateProvider) -> web.Application:
-    """The ingest app; ``delivery_state`` reports the breaker and per-server pauses."""
+def make_app(
+    outbox: Outbox, settings: Settings, delivery_state: StateProvider, metrics: Metrics
+) -> web.Application:
+    """The ingest app; ``delivery_state`` reports the breaker and per-server pauses.
+
+    The operator routes (``relay.admin``) are added to it by the daemon.
+    """
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
     app[OUTBOX] = outbox
     app[INGEST] = Ingest(settings)
     app[DELIVERY_STATE] = delivery_state
+    app[METRICS] = metrics
     app.router.add_post("/v1/events", post_event)
     app.router.add_post("/v1/events/batch", post_batch)
-    app.router.add_get("/v1/events", find_events)
     app.router.add_get("/v1/events/{id}", get_event)
-    app.router.add_get("/v1/status", status)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -144,6 +150,13 @@ def _validate(request: web.Request, data: Any, now: float) -> Event:
     )
 
 
+def _count_ingested(request: web.Request, stored: list[tuple[Event, Added]]) -> None:
+    counter = request.app[METRICS].ingested
+    for event, added in stored:
+        if added.created:
+            counter.labels(event.server_id, event.event).inc()
+
+
 def _conflict(added: Added) -> InvalidEvent:
     return InvalidEvent(
         409,
@@ -160,6 +173,7 @@ async def post_event(request: web.Request) -> web.Response:
     event = _validate(request, await _read_json(request), now)
     outbox = request.app[OUTBOX]
     added = (await outbox.add([event], now))[0]
+    _count_ingested(request, [(event, added)])
     if added.conflict:
         exc = _conflict(added)
         return web.json_response({**exc.as_json(), "id": added.id}, status=409)
@@ -199,6 +213,9 @@ async def post_batch(request: web.Request) -> web.Response:
         except InvalidEvent as exc:
             results[index] = {"index": index, "status": exc.status, **exc.as_json()}
     added = await request.app[OUTBOX].add([event for _, event in valid], now)
+    _count_ingested(
+        request, [(event, result) for (_, event), result in zip(valid, added, strict=True)]
+    )
     for (index, _), result in zip(valid, added, strict=True):
         if result.conflict:
             results[index] = {
@@ -240,35 +257,5 @@ async def get_event(request: web.Request) -> web.Response:
     return web.json_response({**record.as_json(), "delivery_log": log_rows})
 
 
-async def find_events(request: web.Request) -> web.Response:
-    query = request.query
-    if not (query.get("server_event_id") or query.get("token")):
-        raise InvalidEvent(
-            422,
-            "missing_field",
-            "look events up with ?server_event_id= or ?token=.",
-            "server_event_id",
-        )
-    records = await request.app[OUTBOX].find(
-        server_event_id=query.get("server_event_id"), token=query.get("token")
-    )
-    return web.json_response({"events": [r.as_json() for r in records]})
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
-
-
-async def status(request: web.Request) -> web.Response:
-    """What is pending, what died, when the next retry is and whether delivery is paused."""
-    outbox = request.app[OUTBOX]
-    now = time.time()
-    oldest = await outbox.oldest_pending_created()
-    next_due = await outbox.next_due([s.server_id for s in request.app[INGEST].settings.servers])
-    body = {
-        "counts": await outbox.counts(),
-        "oldest_pending_age_s": round(now - oldest, 1) if oldest is not None else None,
-        "next_attempt_in_s": None if next_due is None else round(max(0.0, next_due - now), 1),
-        **request.app[DELIVERY_STATE](),
-    }
-    return web.json_response(body)

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, fields, replace
 import structlog
 from aiohttp import web
 
-from relay import __version__
+from relay import __version__, admin
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
+from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.sender import Sender
 
@@ -83,7 +84,8 @@ async def run(
             ca_file=settings.ca_file,
         )
         stack.push_async_callback(sender.close)
-        dispatcher = Dispatcher(outbox, sender, settings)
+        metrics = Metrics()
+        dispatcher = Dispatcher(outbox, sender, settings, metrics=metrics)
         stop_dispatch = asyncio.Event()
         dispatch_task = asyncio.create_task(dispatcher.run(stop_dispatch), name="dispatcher")
         stack.push_async_callback(_finish, dispatch_task, stop_dispatch)
@@ -99,7 +101,8 @@ async def run(
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
 
-        app = make_app(outbox, settings, dispatcher.snapshot)
+        app = make_app(outbox, settings, dispatcher.snapshot, metrics)
+        admin.add_routes(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
         runner = web.AppRunner(

@@ -24,6 +24,7 @@ from relay.errors import (
     RetryableDelivery,
     SenderPaused,
 )
+from relay.metrics import Metrics
 from relay.outbox import Attempt, EventRecord, Outbox, Outcome
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
@@ -67,9 +68,11 @@ class Dispatcher:
         sender: Sender,
         settings: Settings,
         *,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._outbox = outbox
+        self._metrics = metrics
         self._sender = sender
         self._settings = settings
         self._clock = clock
@@ -258,6 +261,12 @@ class Dispatcher:
             detail=detail,
         )
         await self._outbox.finish(record, outcome, attempt)
+        self._metrics.attempt(
+            record.server_id,
+            label,
+            delivered=outcome.status == "delivered",
+            seconds=latency_ms / 1000,
+        )
         bound = log.bind(
             outbox_id=record.id,
             server_id=record.server_id,

@@ -265,7 +265,13 @@ async def test_lookup_by_id_server_event_id_and_token(start_relay: StartRelay) -
 
     assert (await relay.get("/v1/events/999999"))[0] == 404
     assert (await relay.get("/v1/events/abc"))[0] == 404
-    assert (await relay.get("/v1/events"))[0] == 422
+    _, everything = await relay.get("/v1/events")
+    assert [e["id"] for e in everything["events"]] == [qual["id"], reg["id"]]
+    _, page = await relay.get("/v1/events?limit=1&status=delivered&event=registered")
+    assert ([e["id"] for e in page["events"]], page["total"]) == ([reg["id"]], 1)
+    for bad in ("?colour=red", "?since=soon", "?limit=0", "?limit=1e9"):
+        status, answer = await relay.get("/v1/events" + bad)
+        assert status == 422, (bad, answer)
     assert (await relay.get("/v1/nothing-here"))[0] == 404
 
 
