@@ -240,7 +240,7 @@ def _is_id(value: Any) -> bool:
 
 
 _FILTER_TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome")
-_FILTER_NUMBER = ("since", "after_id", "before_id")
+_FILTER_NUMBER = ("since", "finished_before", "after_id", "before_id")
 
 
 def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:

@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
-import tenacity
 
-from relay import __version__, logs
+from relay import __version__, logs, ops
 from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError, OutboxError
+from relay.ops import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, http_json
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 log = structlog.get_logger("relay.cli")
 
 
@@ -42,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.handler(args)
+    except ops.CommandFailed as exc:
+        print(f"mmolove-relay: {exc}", file=sys.stderr)
+        return exc.code
     except ConfigError as exc:
         print(f"mmolove-relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -101,29 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout-s", type=float, default=20.0)
     demo.set_defaults(handler=_demo)
 
-    send = sub.add_parser("send", help="enqueue one event in the running relay")
-    send.add_argument("event", choices=["registered", "qualified", "reversed"])
-    send.add_argument("--token", required=True, help="the mmref token")
-    send.add_argument("--server-event-id", required=True, help="your idempotency key")
-    send.add_argument("--referee", help="referee_identity (required for registered)")
-    send.add_argument("--server-id", help="needed when the relay serves several servers")
-    send.add_argument("--ts", type=float, help="event time in Unix seconds (default now)")
-    send.add_argument("--test", action="store_true", help="a dry run MMOLove verifies only")
-    send.add_argument("--url", help="relay base URL (default from the listen setting)")
-    send.add_argument(
-        "--wait-s",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="keep retrying this long while the relay is unreachable or "
-        "answers 503 (default: try once)",
-    )
-    send.set_defaults(handler=_send)
-
-    status = sub.add_parser("status", help="what is pending, dead and paused")
-    status.add_argument("--json", action="store_true", help="print JSON for scripts")
-    status.add_argument("--url", help="relay base URL (default from the listen setting)")
-    status.set_defaults(handler=_status)
+    ops.add_commands(sub, os.environ)
     return parser
 
 
@@ -304,7 +281,7 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
     ]
     ids = []
     for body in events:
-        status, answer = await asyncio.to_thread(_http, "POST", f"{base_url}/v1/events", body)
+        status, answer = await asyncio.to_thread(http_json, "POST", f"{base_url}/v1/events", body)
         label = str(body["event"]) + (" (test)" if body.get("test") else "")
         print(
             f"POST /v1/events {label:<18} -> {status} outbox #{answer.get('id')} "
@@ -316,7 +293,9 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         for event_id in sorted(pending):
-            _, record = await asyncio.to_thread(_http, "GET", f"{base_url}/v1/events/{event_id}")
+            _, record = await asyncio.to_thread(
+                http_json, "GET", f"{base_url}/v1/events/{event_id}"
+            )
             if record.get("status") in ("delivered", "dead"):
                 pending.discard(event_id)
                 print(
@@ -327,127 +306,6 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
                 )
         await asyncio.sleep(0.05)
     return not pending and len(ids) == len(events) and all(i is not None for i in ids)
-
-
-# -- send / status -------------------------------------------------------------------------
-
-
-def _send(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
-        "event": args.event,
-        "token": args.token,
-        "server_event_id": args.server_event_id,
-    }
-    for key, value in (
-        ("referee_identity", args.referee),
-        ("server_id", args.server_id),
-        ("ts", args.ts),
-    ):
-        if value is not None:
-            body[key] = value
-    if args.test:
-        body["test"] = True
-    return _call(args, "POST", "/v1/events", body, _print_json, wait_s=args.wait_s)
-
-
-def _status(args: argparse.Namespace) -> int:
-    return _call(args, "GET", "/v1/status", None, _print_json if args.json else _print_status)
-
-
-def _call(
-    args: argparse.Namespace,
-    method: str,
-    path: str,
-    body: Any,
-    show: Callable[[dict[str, Any]], None],
-    *,
-    wait_s: float = 0.0,
-) -> int:
-    settings = load_settings(os.environ, args.config, require_servers=False)
-    base = args.url or _base_url(settings.listen)
-    token = settings.ingest_token.reveal() if settings.ingest_token else None
-    # A relay that is restarting is unreachable or answers 503 for a moment: a script can
-    # ask to wait that out instead of failing at once.
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(wait_s),
-        wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
-        retry=tenacity.retry_if_exception_type(OSError)
-        | tenacity.retry_if_result(lambda answer: answer[0] == 503),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-    )
-    try:
-        status, answer = retrying(_http, method, base + path, body, token)
-    except OSError as exc:
-        print(
-            f"mmolove-relay: cannot reach the relay at {base} ({exc}); is `mmolove-relay "
-            "serve` running, and is --url or MMOLOVE_RELAY_LISTEN right?",
-            file=sys.stderr,
-        )
-        return EXIT_UNAVAILABLE
-    if status >= 400:
-        error = answer.get("error", {})
-        print(
-            f"mmolove-relay: {status} {error.get('code')}: {error.get('message')}", file=sys.stderr
-        )
-        return EXIT_UNAVAILABLE if status == 503 else EXIT_REFUSED
-    show(answer)
-    return EXIT_OK
-
-
-def _base_url(listen: Listen) -> str:
-    if listen.path is not None:
-        raise ConfigError(
-            "the relay listens on a Unix socket; pass --url http://host:port of a "
-            "TCP listener, or use curl --unix-socket."
-        )
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
-    return f"http://{host}:{listen.port}"
-
-
-def _http(
-    method: str, url: str, body: Any = None, token: str | None = None
-) -> tuple[int, dict[str, Any]]:
-    """One JSON request with the standard library (the CLI needs no event loop for it)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) only
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        with exc:
-            raw = exc.read()
-        try:
-            return exc.code, json.loads(raw or b"{}")
-        except ValueError:
-            return exc.code, {
-                "error": {"code": "http_error", "message": raw.decode(errors="replace")}
-            }
-
-
-def _print_json(data: dict[str, Any]) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _print_status(data: dict[str, Any]) -> None:
-    counts = data["counts"]
-    print("outbox:   " + "  ".join(f"{k} {v}" for k, v in counts.items()))
-    print(
-        f"oldest pending: {_age(data.get('oldest_pending_age_s'))}   next attempt in: "
-        f"{_age(data.get('next_attempt_in_s'))}   in flight now: {data.get('in_flight')}"
-    )
-    print(f"circuit:  {data['circuit']}")
-    for server in data["servers"]:
-        state = f"PAUSED: {server['paused_reason']}" if server["paused"] else "delivering"
-        print(f"server {server['server_id']}: {state}")
-        if server.get("last_error"):
-            print(f"  last error: {server['last_error']}")
-
-
-def _age(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.1f} s"
 
 
 if __name__ == "__main__":

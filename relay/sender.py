@@ -33,6 +33,7 @@ class Delivered:
     response: str
     referral_id: str | None = None
     state: str | None = None
+    clock_skew_s: float | None = None  # MMOLove's clock minus ours, from its Date header
 
 
 class Sender:
@@ -113,6 +114,7 @@ def classify(
             response=text,
             referral_id=_str_or_none(answer.get("referral_id")),
             state=_str_or_none(answer.get("state")),
+            clock_skew_s=clock_skew(date),
         )
     detail = str(answer.get("error") or text or "(empty body)")[:200]
     if 300 <= status < 400:
