@@ -47,6 +47,7 @@ class ServerState:
     probing: bool = False
     clock_offset_s: float = 0.0
     last_error: str | None = None
+    last_error_at: float | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -56,6 +57,7 @@ class ServerState:
             "next_probe_at": self.probe_at if self.paused_reason else None,
             "clock_offset_s": self.clock_offset_s,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
         }
 
 
@@ -321,7 +323,7 @@ class Dispatcher:
         if state is not None:
             state.probing = False
             if not isinstance(result, Delivered):
-                state.last_error = str(result)
+                state.last_error, state.last_error_at = str(result), now
         if isinstance(result, Delivered | PermanentDelivery):
             self.breaker.success()  # MMOLove answered
             if state is not None and was_probe and state.paused_reason:

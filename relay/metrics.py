@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import prometheus_client
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -18,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+# The *_created series (when each counter was born) only double the output here.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 CONTENT_TYPE = exposition.CONTENT_TYPE_LATEST
 _PREFIX = "mmolove_relay"
 # Attempt latency: MMOLove answers in milliseconds when healthy; the send timeout is 15 s.

@@ -204,7 +204,7 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
                 counts["in_flight"],
                 counts["delivered"],
                 counts["dead"],
-                server.get("last_error") or "-",
+                _last_error(server),
             ]
         )
     _table(["SERVER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "LAST ERROR"], rows)
@@ -221,6 +221,12 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
             ],
         )
     return EXIT_OK
+
+
+def _last_error(server: Mapping[str, Any]) -> str:
+    if not server.get("last_error"):
+        return "-"
+    return f"{_age(time.time() - server['last_error_at'])} ago: {server['last_error']}"
 
 
 def _events_list(args: argparse.Namespace, environ: Environ) -> int:
@@ -278,6 +284,7 @@ def _events_show(args: argparse.Namespace, environ: Environ) -> int:
         ("finished", _when(e["finished_at"])),
         ("referral", f"{e['referral_id'] or '-'} (state {e['state'] or '-'})"),
         ("last error", e["last_error"] or "-"),
+        ("MMOLove said", f"{e['last_http_status'] or '-'} {e['response'] or ''}".strip()),
         ("body", e["body"]),
     ]
     print(f"event #{e['id']}")

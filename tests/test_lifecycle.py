@@ -30,6 +30,7 @@ from aiohttp import web
 
 from relay.sandbox import EVENT_PATH, RunningSandbox, running_sandbox
 from relay.signing import HEADER
+from tests.support import cli
 
 Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
 
@@ -836,6 +837,35 @@ async def test_sighup_with_nothing_left_to_probe_leaves_the_daemon_idle(
     )
 
 
+async def test_sighup_under_ingest_load_drops_no_request(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Five reloads while 16 clients post: every POST is acknowledged, every event delivered."""
+    relay = await spawn(relay_env(sandbox.url, tmp_path / "outbox.db"), config=tuning()).ready()
+    bodies = iter([registered(f"reload-{i:03d}") for i in range(300)])
+    acked: list[int] = []
+    reloads = 0
+
+    async def game_server() -> None:
+        nonlocal reloads
+        for body in bodies:
+            acked.append(await ingest(http, relay.url, body))
+            if len(acked) % 50 == 0 and reloads < 5:
+                reloads += 1
+                relay.send(signal.SIGHUP)
+
+    await asyncio.gather(*(game_server() for _ in range(16)))
+    await wait_delivered(http, relay.url, acked)
+    await eventually(
+        lambda: len(relay.find_logs("relay.reloaded")) == 5 or None,
+        timeout_s=5,
+        what="five relay.reloaded log lines",
+    )
+    assert len(acked) == 300
+    assert len(accepted_keys(sandbox)) == 300
+    assert relay.proc.poll() is None
+
+
 async def test_secrets_never_appear_in_the_output_or_the_outbox(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -850,10 +880,25 @@ async def test_secrets_never_appear_in_the_output_or_the_outbox(
     event_id = await ingest(http, relay.url, registered("secretive"), token=INGEST_TOKEN)
     await wait_delivered(http, relay.url, [event_id], token=INGEST_TOKEN)
     assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1, "200": 1}
+    # What operators and scrapers see: the CLI (given the token to reach the relay) and metrics.
+    seen = []
+    given = {name: value for name, value in env.items() if value is not None}
+    for command in (
+        ["status", "--url", relay.url],
+        ["events", "show", str(event_id), "--url", relay.url],
+        ["check-config"],
+    ):
+        code, out, err = await cli(*command, env=given)
+        assert code == 0, err
+        seen.append(out + err)
+    async with http.get(
+        f"{relay.url}/metrics", headers={"Authorization": f"Bearer {INGEST_TOKEN}"}
+    ) as resp:
+        seen.append(await resp.text())
     relay.send(signal.SIGTERM)
     assert await relay.exited() == 0
 
-    output = relay.output()
+    output = relay.output() + "".join(seen)
     assert relay.find_logs("sender.paused"), "the run should have included a 401"
     assert relay.find_logs("delivery.delivered")
     assert SECRET not in output

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import Listen, Secret, ServerConfig, Settings
-from relay.sandbox import RunningSandbox
+from relay.sandbox import RunningSandbox, running_sandbox
 from relay.signing import signature_header
 from tests.support import SECRET, SERVER, Relay, StartRelay, cli, qualified, registered
 from tests.test_signing import VECTORS
@@ -228,17 +228,44 @@ async def test_readyz_fails_while_a_server_is_paused(
     status, ready = await relay.get("/readyz")
     assert (status, ready["ready"]) == (200, True)
 
-    sandbox.sandbox.faults.outage = False
-    paused = await start_relay(
-        db_path=settings.db_path.with_name("other.db"),
-        servers=(ServerConfig(SERVER, Secret("not-the-secret")),),
-    )
-    await paused.post(registered("tok-401", "p"))
-    await _until(paused, lambda s: s["servers"][0]["paused"])
-    status, ready = await paused.get("/readyz")
+    full = await start_relay(db_path=settings.db_path.with_name("other.db"), min_free_bytes=2**62)
+    status, ready = await full.get("/readyz")
     assert status == 503
-    assert ready["servers"] == {SERVER: "paused"}
-    assert ready["problems"][0].startswith(f"server {SERVER} paused: MMOLove rejected")
+    assert ready["problems"][0].startswith("disk nearly full")
+
+
+async def test_two_servers_one_paused_is_reported_per_server(
+    start_relay: StartRelay, settings: Settings
+) -> None:
+    """srv-2's secret is wrong: it pauses alone, and status, /readyz and /metrics say which."""
+    async with running_sandbox({SERVER: SECRET, "srv-2": "secret-2"}) as upstream:
+        relay = await start_relay(
+            endpoint=upstream.url,
+            servers=(
+                ServerConfig(SERVER, Secret(SECRET)),
+                ServerConfig("srv-2", Secret("not-secret-2")),
+            ),
+        )
+        _, one = await relay.post(registered("tok-a", "p", server_id=SERVER))
+        await relay.post(registered("tok-b", "q", server_id="srv-2"))
+        await relay.wait_finished([one["id"]])
+        await _until(relay, lambda s: s["servers"][1]["paused"])
+
+        code, out, err = await cli("status", "--url", relay.url)
+        assert code == 0, err
+        rows = {line.split()[0]: line.split()[1:6] for line in out.splitlines()[4:6]}
+        assert rows == {
+            SERVER: ["delivering", "0", "0", "1", "0"],
+            "srv-2": ["PAUSED", "1", "0", "0", "0"],
+        }
+        assert "srv-2 is paused: MMOLove rejected the signature" in out
+
+        status, ready = await relay.get("/readyz")
+        assert (status, ready["servers"]) == (503, {SERVER: "ok", "srv-2": "paused"})
+        async with relay.http.get(relay.url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'mmolove_relay_server_paused{server_id="srv-2"} 1.0' in text
+        assert f'mmolove_relay_server_paused{{server_id="{SERVER}"}} 0.0' in text
 
 
 async def test_metrics_count_ingest_outcomes_and_depth(
