@@ -126,6 +126,7 @@ def add_commands(sub: Any, environ: Environ) -> None:
     )
     sign.add_argument("--server-id", help="which configured server's secret")
     sign.add_argument("--ts", type=int, help="signing time t in Unix seconds (default now)")
+    sign.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -409,7 +410,10 @@ def _sign(args: argparse.Namespace, environ: Environ) -> int:
     body = sys.stdin.buffer.read()
     t = args.ts if args.ts is not None else int(time.time())
     header = signature_header(body, server.secret.reveal(), t, server.kid)
-    print(f"{HEADER}: {header}")
+    if args.json:
+        _print_json({"header": HEADER, "value": header, "t": t, "body_bytes": len(body)})
+    else:
+        print(f"{HEADER}: {header}")
     if body.endswith(b"\n"):
         print(
             "note: the body ends with a newline, and the signature covers it; send exactly "

@@ -213,6 +213,13 @@ async def test_sign_prints_the_published_vector_header(sandbox: RunningSandbox) 
         body.encode() + b"\n", secret, t, "k1"
     )
     assert "ends with a newline" in err
+    code, out, _ = await cli("sign", "--ts", str(t), "--json", env=env, stdin=body.encode())
+    assert json.loads(out) == {
+        "header": "X-MMOLove-Signature",
+        "value": f"t={t},v1=sha256={expected},kid=k1",
+        "t": t,
+        "body_bytes": len(body.encode()),
+    }
 
 
 async def test_readyz_fails_while_a_server_is_paused(
@@ -340,13 +347,22 @@ async def _until(relay: Relay, check: Any, timeout_s: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
-    [{"ids": []}, {"ids": ["x"]}, {"filter": {"colour": "red"}}, {"filter": {}}, [1]],
+    ("path", "body"),
+    [
+        ("retry", {"ids": []}),
+        ("retry", {"ids": ["x"]}),
+        ("retry", {"filter": {"colour": "red"}}),
+        ("retry", {"filter": {}}),
+        ("retry", {"filter": {"status": "dead"}, "limit": 0}),
+        ("retry", [1]),
+        ("purge", {"status": "pending", "before": 0}),
+        ("purge", {"status": "dead", "before": "yesterday"}),
+    ],
 )
-async def test_admin_retry_refuses_bad_requests_with_422(
-    start_relay: StartRelay, body: Any
+async def test_admin_refuses_bad_requests_with_422(
+    start_relay: StartRelay, path: str, body: Any
 ) -> None:
     relay = await start_relay()
-    status, answer = await relay.post(body, "/v1/admin/retry")
+    status, answer = await relay.post(body, f"/v1/admin/{path}")
     assert status == 422, answer
     assert answer["error"]["message"]
