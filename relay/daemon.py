@@ -39,6 +39,12 @@ class RunningRelay:
     dispatcher: Dispatcher
     outbox: Outbox
     _app: web.Application = field(repr=False)
+    _dispatch_task: asyncio.Task[None] = field(repr=False)
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether the dispatcher still runs: what the systemd watchdog vouches for."""
+        return not self._dispatch_task.done()
 
     def reload(self, settings: Settings) -> None:
         """Apply new servers (secrets, kids) and ingest rules now; name what needs a restart."""
@@ -65,6 +71,7 @@ async def run(
     *,
     shutdown: asyncio.Event,
     on_ready: Callable[[RunningRelay], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
 ) -> None:
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
@@ -115,7 +122,12 @@ async def run(
         await site.start()
         url = _bound_url(runner, settings)
         relay = RunningRelay(
-            url=url, settings=settings, dispatcher=dispatcher, outbox=outbox, _app=app
+            url=url,
+            settings=settings,
+            dispatcher=dispatcher,
+            outbox=outbox,
+            _app=app,
+            _dispatch_task=dispatch_task,
         )
         log.info(
             "relay.ready",
@@ -134,6 +146,8 @@ async def run(
         await shutdown.wait()
         # Stop taking events first: a late POST gets 503 + Retry-After, never a silent drop.
         log.info("relay.stopping")
+        if on_stopping is not None:
+            on_stopping()
         app[INGEST].draining = True
         stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
         # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
