@@ -25,6 +25,7 @@ from relay.sender import Sender
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
 INGEST_GRACE_S = 1.0
+UNIX_SOCKET_MODE = 0o660
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
 # says so in its log line.
 RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
@@ -120,6 +121,10 @@ async def run(
         else:
             site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
         await site.start()
+        if settings.listen.path is not None:
+            # The owner and its group may connect (put the game server in that group), others
+            # not. Before this chmod the umask applies, which denies others with any sane one.
+            settings.listen.path.chmod(UNIX_SOCKET_MODE)
         url = _bound_url(runner, settings)
         relay = RunningRelay(
             url=url,
