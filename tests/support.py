@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.daemon import RunningRelay
 
@@ -72,3 +75,15 @@ def registered(token: str, player: str, **extra: Any) -> dict[str, Any]:
 
 def qualified(token: str, player: str, **extra: Any) -> dict[str, Any]:
     return {"event": "qualified", "token": token, "server_event_id": f"qual-{player}", **extra}
+
+
+def require_tools(*names: str, why: str) -> None:
+    """Missing tools fail the test in CI, where ``.ci/run`` installs them; elsewhere they
+    skip it, naming the packages to install."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not found; {why}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -1,7 +1,7 @@
 """The systemd notify protocol, judged by what arrives on a real datagram socket.
 
-The last test runs ``mmolove-relay serve`` as systemd would: ``NOTIFY_SOCKET`` and
-``WATCHDOG_USEC`` set, a stop signal at the end.
+The last test runs ``mmolove-relay serve`` in the environment systemd gives the unit:
+``NOTIFY_SOCKET``, ``WATCHDOG_USEC``, ``CREDENTIALS_DIRECTORY``, ``STATE_DIRECTORY``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from relay.config import CREDENTIAL_NAME
 from relay.notify import Notifier
 
 
@@ -135,15 +137,20 @@ async def test_serve_is_ready_once_bound_feeds_the_watchdog_and_says_stopping(
     """READY=1 comes with the listener answering, pings every half WATCHDOG_USEC, then
     STOPPING=1 as the stop signal starts the drain, and exit 0."""
     manager = listener(True)
+    credentials, state = tmp_path / "credentials", tmp_path / "state"
+    credentials.mkdir()
+    state.mkdir()
+    (credentials / CREDENTIAL_NAME).write_text("s3cret-notify-test\n")
+    inherited = ("MMOLOVE_", "WATCHDOG_", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY")
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MMOLOVE_", "WATCHDOG_"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(inherited)},
         "NOTIFY_SOCKET": manager.address,
         "WATCHDOG_USEC": "200000",
+        "CREDENTIALS_DIRECTORY": str(credentials),
+        "STATE_DIRECTORY": str(state),
         "MMOLOVE_SERVER_ID": "srv-1",
-        "MMOLOVE_SECRET": "s3cret-notify-test",
         "MMOLOVE_ENDPOINT": "http://127.0.0.1:9/api/referral/events",
         "MMOLOVE_RELAY_LISTEN": "127.0.0.1:0",
-        "MMOLOVE_RELAY_DB": str(tmp_path / "outbox.db"),
         "MMOLOVE_RELAY_LOG_FORMAT": "json",
     }
     with (tmp_path / "stderr").open("wb") as stderr:
@@ -165,7 +172,7 @@ async def test_serve_is_ready_once_bound_feeds_the_watchdog_and_says_stopping(
         assert ready == ["READY=1", f"STATUS=ingest on {url}"]
         async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as resp:
             assert resp.status == 200, "READY=1 came before the listener answered"
-        assert (tmp_path / "outbox.db").exists()
+        assert stat.S_IMODE((state / "outbox.db").stat().st_mode) == 0o600
 
         started = time.monotonic()
         for _ in range(3):
