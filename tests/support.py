@@ -78,12 +78,15 @@ def qualified(token: str, player: str, **extra: Any) -> dict[str, Any]:
 
 
 def require_tools(*names: str, why: str) -> None:
-    """Missing tools fail the test in CI, where ``.ci/run`` installs them; elsewhere they
-    skip it, naming the packages to install."""
+    """Stop the test unless every tool named is on PATH (see ``unavailable``)."""
     missing = [name for name in names if shutil.which(name) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not found; {why}"
+    if missing:
+        unavailable(f"{', '.join(missing)} not found; {why}")
+
+
+def unavailable(message: str) -> None:
+    """A test that cannot run here fails in CI, where ``.ci/run`` provides what it needs, and
+    is skipped elsewhere with ``message`` saying what is missing."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
