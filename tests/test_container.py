@@ -5,12 +5,16 @@ No registry and no container engine are needed: the base image is a Debian bookw
 made with debootstrap and imported into podman (both cached between runs), the image is
 built with ``podman build --isolation=chroot``, and the relay runs in it with ``buildah run
 --isolation chroot --network host``, which needs neither cgroups nor a daemon.
+To rebuild the base (after changing ``debootstrap``), remove ``BASE_TAG`` with ``podman rmi``
+and the tarball under ``~/.cache/mmolove-relay``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +35,8 @@ from tests.support import require_tools, unavailable
 
 ROOT = Path(__file__).parent.parent
 BASE_TAG = "localhost/mmolove-relay-base:bookworm"
-IMAGE_TAG = "localhost/mmolove-relay:test"
+# One tag per checkout, so test runs in several checkouts never use each other's image.
+IMAGE_TAG = f"localhost/mmolove-relay:test-{hashlib.sha256(bytes(ROOT.resolve())).hexdigest()[:12]}"
 MIRROR = os.environ.get("DEBOOTSTRAP_MIRROR", "http://deb.debian.org/debian")
 RELAY_UID = 10001  # the image's non-root user
 SERVER_ID = "srv-c1"
@@ -66,14 +71,17 @@ def cache_dir() -> Path:
 
 def ensure_base_image() -> None:
     """Import the Debian root as ``BASE_TAG`` unless podman has it; debootstrap it first unless
-    its tarball is cached."""
-    exists = subprocess.run(["podman", "image", "exists", BASE_TAG], check=False)
-    if exists.returncode == 0:
-        return
-    tarball = cache_dir() / "debian-bookworm-minbase.tar"
-    if not tarball.exists():
-        debootstrap(tarball)
-    sh("podman", "import", str(tarball), BASE_TAG, timeout_s=300, what="podman import")
+    its tarball is cached. A lock keeps test runs of several checkouts from racing here."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        exists = subprocess.run(["podman", "image", "exists", BASE_TAG], check=False)
+        if exists.returncode == 0:
+            return
+        tarball = cache_dir() / "debian-bookworm-minbase.tar"
+        if not tarball.exists():
+            debootstrap(tarball)
+        sh("podman", "import", str(tarball), BASE_TAG, timeout_s=300, what="podman import")
 
 
 def debootstrap(tarball: Path) -> None:
