@@ -24,6 +24,7 @@ from relay import __version__, logs, ops
 from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError, OutboxError
+from relay.notify import Notifier
 from relay.ops import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, http_json
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 
@@ -127,6 +128,7 @@ async def _serve_until_signalled(settings: Settings, config: Path | None) -> Non
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     handles: list[RunningRelay] = []
+    systemd = Notifier.from_environ(os.environ, pid=os.getpid())
 
     def stop(name: str) -> None:
         if shutdown.is_set():
@@ -145,10 +147,20 @@ async def _serve_until_signalled(settings: Settings, config: Path | None) -> Non
         for relay in handles:
             relay.reload(settings)
 
+    def ready(relay: RunningRelay) -> None:
+        handles.append(relay)
+        systemd.notify("READY=1", f"STATUS=ingest on {relay.url}")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await run(settings, shutdown=shutdown, on_ready=handles.append)
+    async with systemd.watchdog(alive=lambda: all(r.dispatching for r in handles)):
+        await run(
+            settings,
+            shutdown=shutdown,
+            on_ready=ready,
+            on_stopping=lambda: systemd.notify("STOPPING=1"),
+        )
 
 
 def _redact(settings: Settings) -> None:

@@ -26,6 +26,7 @@ from relay.sender import Sender
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
 INGEST_GRACE_S = 1.0
+UNIX_SOCKET_MODE = 0o660
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
 # says so in its log line.
 RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
@@ -40,6 +41,12 @@ class RunningRelay:
     dispatcher: Dispatcher
     outbox: Outbox
     _app: web.Application = field(repr=False)
+    _dispatch_task: asyncio.Task[None] = field(repr=False)
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether the dispatcher still runs: what the systemd watchdog vouches for."""
+        return not self._dispatch_task.done()
 
     def reload(self, settings: Settings) -> None:
         """Apply new servers (secrets, kids) and ingest rules now; name what needs a restart."""
@@ -66,6 +73,7 @@ async def run(
     *,
     shutdown: asyncio.Event,
     on_ready: Callable[[RunningRelay], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
 ) -> None:
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
@@ -116,9 +124,18 @@ async def run(
         else:
             site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
         await site.start()
+        if settings.listen.path is not None:
+            # The owner and its group may connect (put the game server in that group), others
+            # not. Before this chmod the umask applies, which denies others with any sane one.
+            settings.listen.path.chmod(UNIX_SOCKET_MODE)
         url = _bound_url(runner, settings)
         relay = RunningRelay(
-            url=url, settings=settings, dispatcher=dispatcher, outbox=outbox, _app=app
+            url=url,
+            settings=settings,
+            dispatcher=dispatcher,
+            outbox=outbox,
+            _app=app,
+            _dispatch_task=dispatch_task,
         )
         log.info(
             "relay.ready",
@@ -137,6 +154,8 @@ async def run(
         await shutdown.wait()
         # Stop taking events first: a late POST gets 503 + Retry-After, never a silent drop.
         log.info("relay.stopping")
+        if on_stopping is not None:
+            on_stopping()
         app[INGEST].draining = True
         stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
         # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.daemon import RunningRelay
 
@@ -93,3 +95,16 @@ def registered(token: str, player: str, **extra: Any) -> dict[str, Any]:
 
 def qualified(token: str, player: str, **extra: Any) -> dict[str, Any]:
     return {"event": "qualified", "token": token, "server_event_id": f"qual-{player}", **extra}
+
+
+def require_tools(*names: str, why: str) -> None:
+    """Fail the test, saying what to install, unless every tool named is on PATH."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        unavailable(f"{', '.join(missing)} not found; {why}")
+
+
+def unavailable(message: str) -> None:
+    """A test whose tools are missing fails with ``message``: it is never skipped, because
+    a skipped test proves nothing. ``.ci/run`` installs every tool the suite needs."""
+    pytest.fail(message)

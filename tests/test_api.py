@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 from typing import Any
 
 import pytest
@@ -403,6 +404,8 @@ async def test_unix_socket_listener(start_relay: StartRelay, tmp_path: Any) -> N
     path = tmp_path / "relay.sock"
     relay = await start_relay(listen=Listen(path=path))
     assert relay.url == f"unix:{path}"
+    # The owner and its group may connect; others may not.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as http:
         async with http.post("http://relay/v1/events", json=qualified("tok-u", "p")) as resp:
             assert resp.status == 202
