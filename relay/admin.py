@@ -94,7 +94,11 @@ async def retry(request: web.Request) -> web.Response:
         ids = body["ids"]
         if not isinstance(ids, list) or not all(_is_id(i) for i in ids) or not ids:
             raise InvalidEvent(422, "invalid_ids", "ids is a non-empty list of outbox ids.", "ids")
-        results = await outbox.retry(ids[:MAX_CHUNK], time.time())
+        if len(ids) > MAX_CHUNK:
+            raise InvalidEvent(
+                422, "too_many_ids", f"at most {MAX_CHUNK} ids per call; split the list.", "ids"
+            )
+        results = await outbox.retry(ids, time.time())
     else:
         where = _filter(body.get("filter"), required=("status",))
         results = await outbox.retry(where, time.time(), limit=limit)

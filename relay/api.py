@@ -39,7 +39,7 @@ class Ingest:
 
 
 INGEST = web.AppKey("ingest", Ingest)
-_PUBLIC_PATHS = ("/healthz",)
+_PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
 _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 

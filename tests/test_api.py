@@ -286,8 +286,12 @@ async def test_ingest_token_is_required_when_configured(start_relay: StartRelay)
         qualified("tok-g", "p"), headers={"Authorization": "Bearer tok-en"}
     )
     assert status == 202
-    async with relay.http.get(relay.url + "/healthz") as resp:
-        assert resp.status == 200  # liveness probes carry no token
+    for probe in ("/healthz", "/readyz"):
+        async with relay.http.get(relay.url + probe) as resp:
+            assert resp.status == 200, probe  # probes carry no token
+    for private in ("/v1/status", "/metrics", "/v1/events"):
+        async with relay.http.get(relay.url + private) as resp:
+            assert resp.status == 401, private
 
 
 async def test_several_servers_need_server_id(start_relay: StartRelay, settings: Any) -> None:

@@ -351,6 +351,7 @@ async def _until(relay: Relay, check: Any, timeout_s: float = 10.0) -> None:
     [
         ("retry", {"ids": []}),
         ("retry", {"ids": ["x"]}),
+        ("retry", {"ids": list(range(5001))}),
         ("retry", {"filter": {"colour": "red"}}),
         ("retry", {"filter": {}}),
         ("retry", {"filter": {"status": "dead"}, "limit": 0}),
