@@ -116,11 +116,16 @@ static class Referral
         return sb.Append('"').ToString();
     }
 
-    // Mono's compiler has no async Main, so Main waits for the async demo.
-    static void Main(string[] args) => Demo(
-        args.Length > 1 ? args[0] : "7842",
-        args.Length > 1 ? args[1] : "/register?mmref=mmref-example",
-        args.Length > 2 ? args[2] : "").GetAwaiter().GetResult();
+    // Mono's compiler has no async Main, so Main waits for the async demo. It then exits
+    // explicitly: Mono 6.8 can hang at exit after HttpClient use (about one run in twenty).
+    static void Main(string[] args)
+    {
+        Demo(
+            args.Length > 1 ? args[0] : "7842",
+            args.Length > 1 ? args[1] : "/register?mmref=mmref-example",
+            args.Length > 2 ? args[2] : "").GetAwaiter().GetResult();
+        Environment.Exit(0);
+    }
 
     static async Task Demo(string accountId, string requestUri, string cookie)
     {
