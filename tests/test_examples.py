@@ -24,7 +24,9 @@ import pytest
 from relay.sandbox import RunningSandbox
 from tests.support import SERVER, Relay, StartRelay
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
 # What every example prints for each event it reports.
 OUTCOME = re.compile(r"mmolove: (\S+) (done|rejected|spooled) ?(.*)$")
 RUN_TIMEOUT_S = 20
@@ -123,8 +125,11 @@ class Game:
                 out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
-            await proc.wait()
-            raise
+            out, _ = await proc.communicate()
+            raise AssertionError(
+                f"the {self.client.name} example did not exit within {RUN_TIMEOUT_S} s; "
+                f"it printed:\n{out.decode(errors='replace')}"
+            ) from None
         assert proc.returncode is not None
         return Run(proc.returncode, out.decode(errors="replace"))
 
@@ -278,7 +283,19 @@ async def test_while_the_relay_is_down_or_full_events_are_spooled_then_resent(
     assert await settled(relay) == {"delivered": 6}
 
 
-def test_every_example_is_run_by_these_tests() -> None:
+def test_every_example_is_run_by_these_tests_and_linked_from_the_readme() -> None:
     """A new example must be added to SOURCES, or it would go untested."""
-    programs = {p.name for p in EXAMPLES.iterdir() if p.name != "README.md"}
+    suffixes = {Path(source).suffix for source in SOURCES.values()}
+    programs = {p.name for p in EXAMPLES.iterdir() if p.suffix in suffixes}
     assert programs == set(SOURCES.values())
+    readme = README.read_text()
+    for source in SOURCES.values():
+        assert f"(examples/{source})" in readme
+
+
+def test_the_readme_shows_the_php_example_as_it_is() -> None:
+    """The inline copy cannot drift from the file the tests run."""
+    inline = re.search(r"```php\n(.*?)```", README.read_text(), re.DOTALL)
+    assert inline is not None
+    assert len(inline[1].splitlines()) > 40
+    assert inline[1] in (EXAMPLES / SOURCES["php"]).read_text()
