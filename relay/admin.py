@@ -198,7 +198,7 @@ def _zero() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
 
 
-async def _touch(db: Any) -> None:
+def _touch(db: Any) -> None:
     """A write transaction with nothing in it: proves the write lock can be taken."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import uvloop
 
 from relay import __version__, logs, ops
 from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
@@ -113,7 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_format)
     _redact(settings)
     try:
-        asyncio.run(_serve_until_signalled(settings, args.config))
+        # uvloop: its transports cost less per request than asyncio's, which ingest feels.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve_until_signalled(settings, args.config))
     except OSError as exc:
         print(
             f"mmolove-relay: cannot listen on {settings.listen}: {exc.strerror}; pick another "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import shutil
 import sqlite3
@@ -167,14 +168,14 @@ class Outbox:
     def __init__(
         self,
         path: Path,
-        writer: aiosqlite.Connection,
+        writer: Writer,
         reader: aiosqlite.Connection,
         lock_fd: int,
         *,
         min_free_bytes: int,
     ) -> None:
         self.path = path
-        self.writer = Writer(writer)
+        self.writer = writer
         self._write = self.writer.run
         self._reader = reader
         self._lock_fd = lock_fd
@@ -192,12 +193,12 @@ class Outbox:
         lock_fd = _lock(path)
         try:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            writer = await _connect(path)
+            reader = await _connect(path)
             try:
-                await migrate(writer)
-                reader = await _connect(path)
+                await migrate(reader)
+                writer = await Writer.open(functools.partial(_connect_writer, path))
             except BaseException:
-                await writer.close()
+                await reader.close()
                 raise
         except sqlite3.Error as exc:
             os.close(lock_fd)
@@ -227,10 +228,10 @@ class Outbox:
             )
         await self._check_disk()
 
-        async def insert(db: aiosqlite.Connection) -> list[Added]:
+        def insert(db: sqlite3.Connection) -> list[Added]:
             results = []
             for ev in events:
-                rows = await db.execute_fetchall(
+                rows = db.execute(
                     "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
                     " body, fingerprint, created_at, next_attempt_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
@@ -246,7 +247,7 @@ class Outbox:
                         now,
                         now,
                     ),
-                )
+                ).fetchall()
                 if rows:
                     results.append(
                         Added(
@@ -254,11 +255,11 @@ class Outbox:
                         )
                     )
                     continue
-                found = await db.execute_fetchall(
+                found = db.execute(
                     "SELECT id, status, fingerprint FROM events WHERE token = ? AND server_id = ?"
                     " AND event = ? AND server_event_id = ?",
                     (ev.token, ev.server_id, ev.event, ev.server_event_id),
-                )
+                ).fetchall()
                 row = next(iter(found))
                 results.append(
                     Added(
@@ -275,8 +276,8 @@ class Outbox:
     async def requeue_in_flight(self, now: float) -> int:
         """Make every in-flight row pending again (start-up: a crash left them); how many."""
 
-        async def requeue(db: aiosqlite.Connection) -> int:
-            return await _requeue(db, now, expired_only=False)
+        def requeue(db: sqlite3.Connection) -> int:
+            return _requeue(db, now, expired_only=False)
 
         count: int = await self._write(requeue)
         return count
@@ -305,9 +306,9 @@ class Outbox:
         )
         params = [value for server_id in servers for value in (server_id, now, limit)]
 
-        async def claim(db: aiosqlite.Connection) -> list[EventRecord]:
-            await _requeue(db, now, expired_only=True)
-            candidates = await db.execute_fetchall(
+        def claim(db: sqlite3.Connection) -> list[EventRecord]:
+            _requeue(db, now, expired_only=True)
+            candidates = db.execute(
                 "SELECT e.id, e.age_from, b.id, b.status, b.outcome, b.next_attempt_at"
                 f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
@@ -317,13 +318,13 @@ class Outbox:
                 "   ORDER BY p.status = 'dead' DESC, p.rank, p.id LIMIT 1)"
                 " ORDER BY e.next_attempt_at LIMIT ?",
                 (*params, limit),
-            )
+            ).fetchall()
             ready: list[int] = []
             for event_id, age_from, blocker, blocker_status, why, blocker_due in candidates:
                 if age_from + max_age_s <= now:
                     error = f"not delivered within max_age_s={max_age_s:g} of ingest"
                     outcome = Outcome(status="dead", outcome="expired", error=error)
-                    await _finish_row(db, event_id, outcome, now)
+                    _finish_row(db, event_id, outcome, now)
                 elif blocker is None:
                     ready.append(event_id)
                 elif blocker_status == "dead":
@@ -332,22 +333,22 @@ class Outbox:
                         "was not sent, to keep the order. Replay both once the cause is fixed."
                     )
                     outcome = Outcome(status="dead", outcome="predecessor_dead", error=error)
-                    await _finish_row(db, event_id, outcome, now)
+                    _finish_row(db, event_id, outcome, now)
                 else:
                     # At least a second later: a predecessor that is due but was not claimed
                     # this round must not turn the dispatcher into a busy loop.
-                    await db.execute(
+                    db.execute(
                         "UPDATE events SET next_attempt_at = ? WHERE id = ?",
                         (max(blocker_due, now + 1.0), event_id),
                     )
             if not ready:
                 return []
-            rows = await db.execute_fetchall(
+            rows = db.execute(
                 "UPDATE events SET status = 'in_flight', attempts = attempts + 1,"
                 f" next_attempt_at = ? WHERE id IN ({', '.join('?' * len(ready))})"
                 f" RETURNING {_EVENT_COLUMNS}",
                 (now + lease_s, *ready),
-            )
+            ).fetchall()
             return sorted((EventRecord.from_row(r) for r in rows), key=lambda r: ready.index(r.id))
 
         claimed: list[EventRecord] = await self._write(claim)
@@ -356,8 +357,8 @@ class Outbox:
     async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None:
         """Record one attempt and what it decided; a finished event wakes its followers."""
 
-        async def finish(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def finish(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO attempts (event_id, started_at, duration_ms, http_status, outcome,"
                 " detail) VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -369,11 +370,11 @@ class Outbox:
                     attempt.detail,
                 ),
             )
-            await _finish_row(db, record.id, outcome, attempt.started_at)
+            _finish_row(db, record.id, outcome, attempt.started_at)
             if outcome.status in ("delivered", "dead"):
                 # "+status" keeps SQLite on the token index: the status index would walk
                 # the whole pending backlog to find one referral's events.
-                await db.execute(
+                db.execute(
                     "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
                     " AND +status = 'pending' AND attempts = 0 AND id != ?",
                     (time.time(), record.token, record.server_id, record.id),
@@ -389,8 +390,8 @@ class Outbox:
         if not ids:
             return
 
-        async def release(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def release(db: sqlite3.Connection) -> None:
+            db.execute(
                 f"UPDATE events SET status = 'pending', next_attempt_at = ? WHERE id IN"
                 f" ({', '.join('?' * len(ids))}) AND status = 'in_flight'",
                 (now, *ids),
@@ -401,11 +402,11 @@ class Outbox:
     async def prune(self, before: float) -> tuple[int, int]:
         """Delete delivered events finished and attempt rows started before ``before``."""
 
-        async def prune(db: aiosqlite.Connection) -> tuple[int, int]:
-            events = await db.execute(
+        def prune(db: sqlite3.Connection) -> tuple[int, int]:
+            events = db.execute(
                 "DELETE FROM events WHERE finished_at < ? AND +status = 'delivered'", (before,)
             )
-            attempts = await db.execute("DELETE FROM attempts WHERE started_at < ?", (before,))
+            attempts = db.execute("DELETE FROM attempts WHERE started_at < ?", (before,))
             return events.rowcount, attempts.rowcount
 
         pruned: tuple[int, int] = await self._write(prune)
@@ -420,12 +421,12 @@ class Outbox:
         pending event is made due now; delivered and in-flight ones are left alone.
         """
 
-        async def retry(db: aiosqlite.Connection) -> list[Retried]:
+        def retry(db: sqlite3.Connection) -> list[Retried]:
             if isinstance(ids, EventFilter):
                 where, params = ids.where()
-                rows = await db.execute_fetchall(
+                rows = db.execute(
                     f"SELECT id FROM events WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
-                )
+                ).fetchall()
                 chosen = [row[0] for row in rows]
             else:
                 chosen = list(ids)
@@ -433,7 +434,7 @@ class Outbox:
             requeued_as_followers: set[int] = set()
             for event_id in chosen:
                 if event_id not in requeued_as_followers:
-                    results.append(await _retry_one(db, event_id, now))
+                    results.append(_retry_one(db, event_id, now))
                     requeued_as_followers.update(results[-1].followers)
             return results
 
@@ -447,17 +448,17 @@ class Outbox:
         if status not in ("dead", "delivered"):
             raise ValueError(f"only dead or delivered events can be purged, not {status}")
 
-        async def purge(db: aiosqlite.Connection) -> int:
+        def purge(db: sqlite3.Connection) -> int:
             rows = list(
-                await db.execute_fetchall(
+                db.execute(
                     "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE status = ?"
                     " AND finished_at < ? ORDER BY id LIMIT ?) RETURNING id",
                     (status, before, limit),
-                )
+                ).fetchall()
             )
             ids = [row[0] for row in rows]
             if ids:
-                await db.execute(
+                db.execute(
                     f"DELETE FROM attempts WHERE event_id IN ({', '.join('?' * len(ids))})", ids
                 )
             return len(ids)
@@ -584,9 +585,9 @@ class Outbox:
             )
 
 
-async def _requeue(db: aiosqlite.Connection, now: float, *, expired_only: bool) -> int:
+def _requeue(db: sqlite3.Connection, now: float, *, expired_only: bool) -> int:
     lease_clause = " AND next_attempt_at <= ?" if expired_only else ""
-    cursor = await db.execute(
+    cursor = db.execute(
         "UPDATE events SET status = 'pending', next_attempt_at = ?"
         f" WHERE status = 'in_flight'{lease_clause}",
         (now, now) if expired_only else (now,),
@@ -594,17 +595,17 @@ async def _requeue(db: aiosqlite.Connection, now: float, *, expired_only: bool) 
     return cursor.rowcount
 
 
-async def _retry_one(db: aiosqlite.Connection, event_id: int, now: float) -> Retried:
+def _retry_one(db: sqlite3.Connection, event_id: int, now: float) -> Retried:
     rows = list(
-        await db.execute_fetchall(
+        db.execute(
             "SELECT status, server_id, token, rank, test FROM events WHERE id = ?", (event_id,)
-        )
+        ).fetchall()
     )
     if not rows:
         return Retried(event_id, "not_found")
     status, server_id, token, rank, test = rows[0]
     if status == "pending":
-        await db.execute("UPDATE events SET next_attempt_at = ? WHERE id = ?", (now, event_id))
+        db.execute("UPDATE events SET next_attempt_at = ? WHERE id = ?", (now, event_id))
         return Retried(event_id, "due_now")
     if status != "dead":
         return Retried(event_id, status)
@@ -612,24 +613,22 @@ async def _retry_one(db: aiosqlite.Connection, event_id: int, now: float) -> Ret
         "UPDATE events SET status = 'pending', outcome = NULL, next_attempt_at = ?,"
         " finished_at = NULL, replayed_at = ? WHERE "
     )
-    await db.execute(requeue + "id = ?", (now, now, event_id))
+    db.execute(requeue + "id = ?", (now, now, event_id))
     followers: list[Any] = []
     if not test:
         followers = list(
-            await db.execute_fetchall(
+            db.execute(
                 requeue + "token = ? AND server_id = ? AND +status = 'dead'"
                 " AND outcome = 'predecessor_dead' AND rank > ? AND test = 0 RETURNING id",
                 (now, now, token, server_id, rank),
-            )
+            ).fetchall()
         )
     return Retried(event_id, "requeued", tuple(sorted(row[0] for row in followers)))
 
 
-async def _finish_row(
-    db: aiosqlite.Connection, event_id: int, outcome: Outcome, now: float
-) -> None:
+def _finish_row(db: sqlite3.Connection, event_id: int, outcome: Outcome, now: float) -> None:
     finished = now if outcome.status in ("delivered", "dead") else None
-    await db.execute(
+    db.execute(
         "UPDATE events SET status = ?, outcome = ?, next_attempt_at = ?, last_error = ?,"
         " last_http_status = COALESCE(?, last_http_status), response = COALESCE(?, response),"
         " referral_id = COALESCE(?, referral_id), state = COALESCE(?, state), finished_at = ?"
@@ -649,12 +648,26 @@ async def _finish_row(
     )
 
 
+# WAL lets the reader run beside the writer; FULL makes each commit survive power loss.
+_PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 5000")
+
+
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
-    # WAL lets the reader run beside the writer; FULL makes each commit survive power loss.
-    await db.execute("PRAGMA journal_mode = WAL")
-    await db.execute("PRAGMA synchronous = FULL")
-    await db.execute("PRAGMA busy_timeout = 5000")
+    for pragma in _PRAGMAS:
+        await db.execute(f"PRAGMA {pragma}")
+    return db
+
+
+def _connect_writer(path: Path) -> sqlite3.Connection:
+    """The writer's connection, made and used on the writer's thread only."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in _PRAGMAS:
+            db.execute(f"PRAGMA {pragma}")
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

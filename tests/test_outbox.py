@@ -273,7 +273,7 @@ async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
             steps[0] += 1
             return 0
 
-        await box.writer.db.set_progress_handler(count, 100)
+        box.writer.db.set_progress_handler(count, 100)
         await box._reader.set_progress_handler(count, 100)  # test-only peek at the reader
         [claimed] = await box.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
         await box.finish(
