@@ -19,6 +19,9 @@ from relay.daemon import RunningRelay, run
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.support import SECRET, SERVER, Relay, StartRelay
 
+# The subprocess harness: the `spawn` and `http` fixtures.
+pytest_plugins = ("tests.harness",)
+
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[RunningSandbox]:
