@@ -25,7 +25,6 @@ from tests.harness import (
     CONCURRENCY,
     DRAIN_TIMEOUT_S,
     EXIT_CONFIG,
-    INGEST_TOKEN,
     SECRET,
     SERVER_ID,
     Key,
@@ -48,7 +47,6 @@ from tests.harness import (
     wait_delivered,
     wait_outbox_settled,
 )
-from tests.support import cli
 
 WRONG_SECRET = "s3cret-0b5d83aa-wrong"
 
@@ -514,46 +512,3 @@ async def test_sighup_under_ingest_load_drops_no_request(
     assert len(acked) == 300
     assert len(accepted_keys(sandbox)) == 300
     assert relay.proc.poll() is None
-
-
-async def test_secrets_never_appear_in_the_output_or_the_outbox(
-    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    """Through a 401, a recovery, a delivery and a shutdown, neither secret is ever written."""
-    # A sandbox clock far ahead makes MMOLove answer 401 until the relay corrects its skew.
-    sandbox.sandbox.faults.clock_offset_s = 900
-    db = tmp_path / "outbox.db"
-    env = relay_env(sandbox.url, db, MMOLOVE_RELAY_INGEST_TOKEN=INGEST_TOKEN)
-    relay = await spawn(env, config=tuning()).ready()
-    status, _, _ = await post(http, relay.url, registered("nope"), token="wrong-token")
-    assert status == 401
-    event_id = await ingest(http, relay.url, registered("secretive"), token=INGEST_TOKEN)
-    await wait_delivered(http, relay.url, [event_id], token=INGEST_TOKEN)
-    assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1, "200": 1}
-    # What operators and scrapers see: the CLI (given the token to reach the relay) and metrics.
-    seen = []
-    given = {name: value for name, value in env.items() if value is not None}
-    for command in (
-        ["status", "--url", relay.url],
-        ["events", "show", str(event_id), "--url", relay.url],
-        ["check-config"],
-    ):
-        code, out, err = await cli(*command, env=given)
-        assert code == 0, err
-        seen.append(out + err)
-    async with http.get(
-        f"{relay.url}/metrics", headers={"Authorization": f"Bearer {INGEST_TOKEN}"}
-    ) as resp:
-        seen.append(await resp.text())
-    relay.send(signal.SIGTERM)
-    assert await relay.exited() == 0
-
-    output = relay.output() + "".join(seen)
-    assert relay.find_logs("sender.paused"), "the run should have included a 401"
-    assert relay.find_logs("delivery.delivered")
-    assert SECRET not in output
-    assert INGEST_TOKEN not in output
-    for path in db.parent.glob(db.name + "*"):
-        data = path.read_bytes()
-        assert SECRET.encode() not in data, path
-        assert INGEST_TOKEN.encode() not in data, path
