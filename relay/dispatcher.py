@@ -262,7 +262,8 @@ class Dispatcher:
             outcome=label,
             detail=detail,
         )
-        await self._outbox.finish(record, outcome, attempt)
+        if not await self._save(record, outcome, attempt):
+            return
         self._metrics.attempt(
             record.server_id,
             label,
@@ -286,6 +287,31 @@ class Dispatcher:
         else:
             retry_in_s = round(outcome.next_attempt_at - self._clock(), 2)
             bound.info("delivery.retry_scheduled", error=outcome.error, retry_in_s=retry_in_s)
+
+    async def _save(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> bool:
+        """Record the attempt's outcome, retrying while the outbox refuses writes (disk full,
+        locked) until the event's lease ends; False if it never could.
+
+        Giving up leaves the row in flight; once its lease has run out the next claim makes
+        it pending again and it is resent, which MMOLove deduplicates.
+        """
+        while True:
+            try:
+                await self._outbox.finish(record, outcome, attempt)
+                return True
+            except OutboxError as exc:
+                left_s = record.next_attempt_at - self._clock()
+                log.error(
+                    "delivery.outcome_not_saved",
+                    outbox_id=record.id,
+                    error=str(exc),
+                    retry_in_s=_OUTBOX_RETRY_S if left_s > _OUTBOX_RETRY_S else None,
+                )
+                if left_s <= _OUTBOX_RETRY_S:
+                    # Ending with the lease wakes the dispatcher just as the row can be reclaimed.
+                    await asyncio.sleep(max(0.0, left_s))
+                    return False
+                await asyncio.sleep(_OUTBOX_RETRY_S)
 
     async def _send(
         self, record: EventRecord, state: ServerState | None, now: float

@@ -10,6 +10,7 @@ import functools
 import json
 import random
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -60,6 +61,7 @@ class Faults:
     outage: bool = False
     hang: bool = False
     reset: bool = False
+    slow_body_ms: float = 0
     clock_offset_s: float = 0
     redirect_to: str | None = None
     unknown_tokens: set[str] = field(default_factory=set)
@@ -188,6 +190,8 @@ class Sandbox:
             self._ledger.dropped += 1
             return _abort(request)
         self._ledger.by_status[str(response.status)] += 1
+        if self.faults.slow_body_ms > 0:
+            return await _trickle(request, response, self.faults.slow_body_ms / 1000)
         return response
 
     async def _respond(self, request: web.Request) -> web.Response | None:
@@ -321,15 +325,20 @@ async def running_sandbox(
     host: str = "127.0.0.1",
     port: int = 0,
     faults: Faults | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RunningSandbox]:
-    """Serve a fresh sandbox on ``host:port`` (0 picks a free port) for the block's duration."""
+    """Serve a fresh sandbox on ``host:port`` (0 picks a free port) for the block's duration.
+
+    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate.
+    """
     sandbox = Sandbox(servers, faults)
     runner = web.AppRunner(sandbox.app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
-        base_url = _base_url(runner.addresses[0])
+        scheme = "http" if ssl_context is None else "https"
+        base_url = _base_url(runner.addresses[0], scheme)
         yield RunningSandbox(sandbox, base_url + EVENT_PATH, base_url)
     finally:
         await runner.cleanup()
@@ -441,10 +450,29 @@ def _abort(request: web.Request) -> web.StreamResponse:
     return web.Response()
 
 
-def _base_url(address: Any) -> str:
+async def _trickle(
+    request: web.Request, response: web.Response, seconds: float
+) -> web.StreamResponse:
+    """Send the answer's headers now and its body a byte at a time over ``seconds``."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    step_s = seconds / max(1, len(body))
+    try:
+        await stream.prepare(request)
+        for i in range(len(body)):
+            await asyncio.sleep(step_s)
+            await stream.write(body[i : i + 1])
+        await stream.write_eof()
+    except ConnectionError:
+        pass  # the client gave up mid-body, as a client with a timeout does
+    return stream
+
+
+def _base_url(address: Any, scheme: str = "http") -> str:
     host, port = address[0], address[1]
     # A wildcard bind is reachable over loopback; the wildcard itself is not an address to dial.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"

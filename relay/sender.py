@@ -68,7 +68,7 @@ class Sender:
             async with self._session.post(
                 self.endpoint, data=body, headers=headers, allow_redirects=False
             ) as resp:
-                raw = await resp.content.read(_READ_LIMIT)
+                raw = await _read_answer(resp)
                 status, resp_headers = resp.status, resp.headers
         except TimeoutError as exc:
             raise RetryableDelivery("timeout", "MMOLove did not answer in time") from exc
@@ -88,6 +88,16 @@ class Sender:
             resp_headers.get("Retry-After"),
             resp_headers.get("Location"),
         )
+
+
+async def _read_answer(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body up to ``_READ_LIMIT``: all of it, not just what has arrived so far."""
+    raw = b""
+    # read(n) returns whatever is buffered; an answer arriving in pieces would be cut short
+    # and misread (a duplicate taken for accepted, the referral id lost).
+    while len(raw) < _READ_LIMIT and (chunk := await resp.content.read(_READ_LIMIT - len(raw))):
+        raw += chunk
+    return raw
 
 
 def classify(

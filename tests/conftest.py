@@ -5,19 +5,20 @@ Every relay listens on a real loopback port with a real SQLite file under ``tmp_
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from relay.config import Listen, Secret, ServerConfig, Settings
-from relay.daemon import RunningRelay, run
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.support import SECRET, SERVER, Relay, StartRelay
+from tests.support import SECRET, SERVER, Relay, StartRelay, running_relay
+
+# The subprocess harness: the `spawn` and `http` fixtures.
+pytest_plugins = ("tests.harness",)
 
 
 @pytest.fixture
@@ -49,22 +50,11 @@ def settings(tmp_path: Path, sandbox: RunningSandbox) -> Settings:
 @pytest.fixture
 async def start_relay(settings: Settings) -> AsyncIterator[StartRelay]:
     """Start relays in-process (``start(**overrides)``); all are shut down after the test."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None], aiohttp.ClientSession]] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(custom: Settings | None = None, **overrides: Any) -> Relay:
-        chosen = replace(custom or settings, **overrides)
-        shutdown = asyncio.Event()
-        ready: asyncio.Future[RunningRelay] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(run(chosen, shutdown=shutdown, on_ready=ready.set_result))
-        await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            await task  # start-up failed: raise its error
-        http = aiohttp.ClientSession()
-        running.append((shutdown, task, http))
-        return Relay(ready.result(), http)
+        async def start(custom: Settings | None = None, **overrides: Any) -> Relay:
+            return await stack.enter_async_context(
+                running_relay(replace(custom or settings, **overrides))
+            )
 
-    yield start
-    for shutdown, task, http in reversed(running):
-        shutdown.set()
-        await http.close()
-        await task
+        yield start

@@ -7,14 +7,16 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 
-from relay.daemon import RunningRelay
+from relay.config import Settings
+from relay.daemon import RunningRelay, run
 
 SERVER = "srv-1"
 SECRET = "secret-1-for-tests"
@@ -62,6 +64,23 @@ class Relay:
 
 
 StartRelay = Callable[..., Awaitable[Relay]]
+
+
+@asynccontextmanager
+async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
+    """An in-process relay for the block's duration; shut down (drained) on leaving it."""
+    shutdown = asyncio.Event()
+    ready: asyncio.Future[RunningRelay] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run(settings, shutdown=shutdown, on_ready=ready.set_result))
+    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        await task  # start-up failed: raise its error
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Relay(ready.result(), http)
+    finally:
+        shutdown.set()
+        await task
 
 
 async def cli(

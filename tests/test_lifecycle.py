@@ -2,405 +2,53 @@
 
 Each test starts ``python -m relay.cli serve`` configured by environment variables only (plus a
 TOML file for tuning keys), against the project's sandbox served in the test process, and
-judges it by what MMOLove (the sandbox) saw and what the outbox file holds afterwards.
+judges it by what MMOLove (the sandbox) saw and what the outbox file holds afterwards. The
+subprocess harness lives in ``tests/harness.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import itertools
 import json
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from relay.sandbox import EVENT_PATH, RunningSandbox, running_sandbox
-from relay.signing import HEADER
-from tests.support import cli
+from relay.sandbox import RunningSandbox
+from tests.harness import (
+    CONCURRENCY,
+    DRAIN_TIMEOUT_S,
+    EXIT_CONFIG,
+    SECRET,
+    SERVER_ID,
+    Key,
+    Spawn,
+    accepted_keys,
+    cpu_seconds,
+    eventually,
+    get_json,
+    held_answers,
+    in_progress,
+    ingest,
+    key_of,
+    outbox_rows,
+    poll,
+    post,
+    qualified,
+    registered,
+    relay_env,
+    tuning,
+    wait_delivered,
+    wait_outbox_settled,
+)
 
-Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
-
-SERVER_ID = "srv-1"
-# Distinctive values, so finding one in the output is unambiguous.
-SECRET = "s3cret-7c1e9f42-right"
 WRONG_SECRET = "s3cret-0b5d83aa-wrong"
-INGEST_TOKEN = "ingest-tok-4f9e2d71"
-CONCURRENCY = 4
-DRAIN_TIMEOUT_S = 5.0
-EXIT_CONFIG = 3
-
-
-def tuning(*, drain_timeout_s: float = DRAIN_TIMEOUT_S, extra: str = "") -> str:
-    """Fast retries so a test never waits on production backoff; the rest stays default."""
-    return (
-        "[delivery]\n"
-        f"concurrency = {CONCURRENCY}\n"
-        "backoff_base_s = 0.05\n"
-        "backoff_cap_s = 0.5\n"
-        f"drain_timeout_s = {drain_timeout_s}\n"
-        f"{extra}"
-    )
-
-
-# -- the daemon as a subprocess ----------------------------------------------------------
-
-
-def _pump(pipe: IO[bytes], sink: list[str]) -> None:
-    """Read a pipe to its end so the child never blocks on a full pipe."""
-    for raw in iter(pipe.readline, b""):
-        sink.append(raw.decode("utf-8", "replace"))
-
-
-class Relay:
-    """One ``mmolove-relay serve`` process; threads drain its stdout and stderr."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.url = ""
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        self._pumps = [
-            threading.Thread(target=_pump, args=(proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=_pump, args=(proc.stderr, self.stderr), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far (anything else on stderr is skipped)."""
-        out = []
-        for line in list(self.stderr):
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
-
-    def find_logs(self, event: str) -> list[dict[str, Any]]:
-        return [record for record in self.logs() if record.get("event") == event]
-
-    async def wait_log(self, event: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            matches = self.find_logs(event)
-            if matches:
-                return matches[0]
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"the relay exited with {self.proc.returncode} before logging {event}:\n"
-                    + "".join(self.stderr)
-                )
-            return None
-
-        record: dict[str, Any] = await eventually(
-            found, timeout_s=timeout_s, what=f"log line {event}"
-        )
-        return record
-
-    async def ready(self) -> Relay:
-        record = await self.wait_log("relay.ready")
-        self.url = str(record["listen"])
-        return self
-
-    def send(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def exited(self, *, timeout_s: float = 10.0) -> int:
-        """Wait for the process to end and its pipes to drain; returns the exit status."""
-        await eventually(
-            lambda: self.proc.poll() is not None, timeout_s=timeout_s, what="the relay to exit"
-        )
-        await asyncio.to_thread(self._join)
-        return self.proc.returncode
-
-    def output(self) -> str:
-        """Everything the process wrote; complete once ``exited`` has returned."""
-        return "".join(self.stdout) + "".join(self.stderr)
-
-    def _join(self) -> None:
-        for pump in self._pumps:
-            pump.join(timeout=5)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._join()
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-Spawn = Callable[..., Relay]
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """Start relay processes (``env`` on top of a clean environment); all are killed after."""
-    started: list[Relay] = []
-    configs = itertools.count()
-    base_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MMOLOVE_") and k not in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY")
-    }
-
-    def start(env: Mapping[str, str | None], *, config: str | None = None) -> Relay:
-        full = dict(base_env)
-        for name, value in env.items():
-            if value is None:
-                full.pop(name, None)
-            else:
-                full[name] = value
-        args = [sys.executable, "-m", "relay.cli"]
-        if config is not None:
-            path = tmp_path / f"relay-{next(configs)}.toml"
-            path.write_text(config, encoding="utf-8")
-            args += ["--config", str(path)]
-        proc = subprocess.Popen(
-            [*args, "serve"],
-            env=full,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        relay = Relay(proc)
-        started.append(relay)
-        return relay
-
-    yield start
-    for relay in started:
-        relay.close()
-
-
-def relay_env(endpoint: str, db: Path, **overrides: str | None) -> dict[str, str | None]:
-    """The environment a container would get; ``overrides`` set or (with None) remove."""
-    env: dict[str, str | None] = {
-        "MMOLOVE_SERVER_ID": SERVER_ID,
-        "MMOLOVE_SECRET": SECRET,
-        "MMOLOVE_ENDPOINT": endpoint,
-        "MMOLOVE_RELAY_LISTEN": "127.0.0.1:0",
-        "MMOLOVE_RELAY_DB": str(db),
-        "MMOLOVE_RELAY_LOG_FORMAT": "json",
-    }
-    env.update(overrides)
-    return env
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[RunningSandbox]:
-    async with running_sandbox({SERVER_ID: SECRET}) as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    # A fresh connection per request, as a game server would open, so a killed relay shows
-    # up as a refused connection rather than a stale pooled one.
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True),
-        timeout=aiohttp.ClientTimeout(total=10),
-    ) as session:
-        yield session
-
-
-class HeldAnswers:
-    """A hop in front of the sandbox: forwards each event at once, holds back the answer.
-
-    MMOLove has then applied the event while the relay still waits for the answer, the
-    window in which a crash makes the relay resend something MMOLove already has.
-    """
-
-    def __init__(self, upstream: str, client: aiohttp.ClientSession, hold_s: float) -> None:
-        self.upstream = upstream
-        self.hold_s = hold_s
-        self.url = ""
-        self.seen: list[bytes] = []  # every body the relay sent, in order
-        self._client = client
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.seen.append(body)
-        headers = {"Content-Type": request.content_type, HEADER: request.headers[HEADER]}
-        async with self._client.post(self.upstream, data=body, headers=headers) as resp:
-            payload, status = await resp.read(), resp.status
-            answer_headers = {"Content-Type": resp.headers["Content-Type"]}
-            answer_headers["Date"] = resp.headers["Date"]
-        await asyncio.sleep(self.hold_s)
-        return web.Response(body=payload, status=status, headers=answer_headers)
-
-
-@contextlib.asynccontextmanager
-async def held_answers(upstream: str, *, hold_s: float) -> AsyncIterator[HeldAnswers]:
-    async with aiohttp.ClientSession() as client:
-        hop = HeldAnswers(upstream, client, hold_s)
-        app = web.Application()
-        app.router.add_post(EVENT_PATH, hop.handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            hop.url = f"http://{host}:{port}{EVENT_PATH}"
-            yield hop
-        finally:
-            await runner.cleanup()
-
-
-# -- events, ingest and polling -----------------------------------------------------------
-
-
-def registered(token: str) -> dict[str, Any]:
-    return {
-        "event": "registered",
-        "token": token,
-        "referee_identity": f"player-{token}",
-        "server_event_id": f"reg-{token}",
-    }
-
-
-def qualified(token: str) -> dict[str, Any]:
-    return {"event": "qualified", "token": token, "server_event_id": f"qual-{token}"}
-
-
-def key_of(body: Mapping[str, Any]) -> Key:
-    return (str(body["token"]), str(body["event"]), str(body["server_event_id"]))
-
-
-async def post(
-    http: aiohttp.ClientSession, base: str, body: Any, *, token: str | None = None
-) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.post(f"{base}/v1/events", json=body, headers=headers) as resp:
-        return resp.status, await resp.json(), resp.headers
-
-
-async def ingest(
-    http: aiohttp.ClientSession, base: str, body: Any, *, token: str | None = None
-) -> int:
-    """POST one event that must be acknowledged as durable; returns its outbox id."""
-    status, answer, _ = await post(http, base, body, token=token)
-    assert (status, answer.get("status")) == (202, "pending"), answer
-    return int(answer["id"])
-
-
-async def get_json(
-    http: aiohttp.ClientSession, url: str, *, token: str | None = None
-) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.get(url, headers=headers) as resp:
-        assert resp.status == 200, await resp.text()
-        answer: dict[str, Any] = await resp.json()
-        return answer
-
-
-async def poll(
-    check: Callable[[], Any], until: Callable[[Any], object], *, timeout_s: float
-) -> Any:
-    """Call ``check`` (sync or async) until ``until`` accepts its result or time is up.
-
-    Returns the last result, so the caller's assertion can say what it was.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if until(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
-
-
-async def eventually(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail by name at the deadline."""
-    result = await poll(check, bool, timeout_s=timeout_s)
-    if not result:
-        pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-    return result
-
-
-async def wait_delivered(
-    http: aiohttp.ClientSession,
-    base: str,
-    ids: Iterable[int],
-    *,
-    timeout_s: float = 15.0,
-    token: str | None = None,
-) -> dict[int, dict[str, Any]]:
-    """Wait until every id is ``delivered``; returns each final record by id."""
-    wanted = sorted(set(ids))
-    records: dict[int, dict[str, Any]] = {}
-
-    async def all_delivered() -> bool:
-        pending = [i for i in wanted if records.get(i, {}).get("status") != "delivered"]
-        found = await asyncio.gather(
-            *(get_json(http, f"{base}/v1/events/{i}", token=token) for i in pending)
-        )
-        records.update(zip(pending, found, strict=True))
-        return all(records[i]["status"] == "delivered" for i in wanted)
-
-    await eventually(all_delivered, timeout_s=timeout_s, what=f"{len(wanted)} events delivered")
-    return records
-
-
-async def wait_outbox_settled(
-    http: aiohttp.ClientSession, base: str, *, timeout_s: float = 15.0
-) -> dict[str, int]:
-    """Wait until nothing is pending or in flight; returns the counts by status."""
-
-    async def settled() -> dict[str, int] | None:
-        counts: dict[str, int] = (await get_json(http, f"{base}/v1/status"))["counts"]
-        return counts if counts["pending"] == counts["in_flight"] == 0 else None
-
-    counts: dict[str, int] = await eventually(
-        settled, timeout_s=timeout_s, what="the outbox to settle"
-    )
-    return counts
-
-
-def in_progress(sb: RunningSandbox) -> int:
-    """Requests the sandbox is still working on (e.g. sleeping through its latency)."""
-    snap = sb.sandbox.snapshot()
-    answered: int = sum(snap["by_status"].values())
-    return int(snap["requests"]) - answered - int(snap["dropped"])
-
-
-def accepted_keys(sb: RunningSandbox) -> Counter[Key]:
-    return Counter(
-        (r["token"], r["event"], r["server_event_id"]) for r in sb.sandbox.snapshot()["accepted"]
-    )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far (Linux /proc)."""
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def outbox_rows(db: Path) -> dict[Key, tuple[int, str, int]]:
-    """(id, status, attempts) by key, read from the file of a relay that has exited."""
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute(
-            "SELECT token, event, server_event_id, id, status, attempts FROM events"
-        ).fetchall()
-    return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
 
 
 # -- crash safety --------------------------------------------------------------------------
@@ -864,46 +512,3 @@ async def test_sighup_under_ingest_load_drops_no_request(
     assert len(acked) == 300
     assert len(accepted_keys(sandbox)) == 300
     assert relay.proc.poll() is None
-
-
-async def test_secrets_never_appear_in_the_output_or_the_outbox(
-    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    """Through a 401, a recovery, a delivery and a shutdown, neither secret is ever written."""
-    # A sandbox clock far ahead makes MMOLove answer 401 until the relay corrects its skew.
-    sandbox.sandbox.faults.clock_offset_s = 900
-    db = tmp_path / "outbox.db"
-    env = relay_env(sandbox.url, db, MMOLOVE_RELAY_INGEST_TOKEN=INGEST_TOKEN)
-    relay = await spawn(env, config=tuning()).ready()
-    status, _, _ = await post(http, relay.url, registered("nope"), token="wrong-token")
-    assert status == 401
-    event_id = await ingest(http, relay.url, registered("secretive"), token=INGEST_TOKEN)
-    await wait_delivered(http, relay.url, [event_id], token=INGEST_TOKEN)
-    assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1, "200": 1}
-    # What operators and scrapers see: the CLI (given the token to reach the relay) and metrics.
-    seen = []
-    given = {name: value for name, value in env.items() if value is not None}
-    for command in (
-        ["status", "--url", relay.url],
-        ["events", "show", str(event_id), "--url", relay.url],
-        ["check-config"],
-    ):
-        code, out, err = await cli(*command, env=given)
-        assert code == 0, err
-        seen.append(out + err)
-    async with http.get(
-        f"{relay.url}/metrics", headers={"Authorization": f"Bearer {INGEST_TOKEN}"}
-    ) as resp:
-        seen.append(await resp.text())
-    relay.send(signal.SIGTERM)
-    assert await relay.exited() == 0
-
-    output = relay.output() + "".join(seen)
-    assert relay.find_logs("sender.paused"), "the run should have included a 401"
-    assert relay.find_logs("delivery.delivered")
-    assert SECRET not in output
-    assert INGEST_TOKEN not in output
-    for path in db.parent.glob(db.name + "*"):
-        data = path.read_bytes()
-        assert SECRET.encode() not in data, path
-        assert INGEST_TOKEN.encode() not in data, path

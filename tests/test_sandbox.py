@@ -358,6 +358,29 @@ async def test_latency_delays_normal_answers(
     assert reply.status == 200
 
 
+async def test_slow_body_sends_headers_at_once_and_trickles_an_applied_answer(
+    upstream: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    """The effect is applied before the body starts; a client that times out mid-body and
+    resends gets the duplicate answer."""
+    upstream.sandbox.faults.slow_body_ms = 400
+    raw = encode(event())
+    header = {HEADER: signature_header(raw, SECRET, int(time.time()))}
+    started = time.monotonic()
+    async with http.post(upstream.url, data=raw, headers=header) as response:
+        headers_after = time.monotonic() - started
+        assert response.status == 200
+        assert (await response.json())["state"] == "registered"
+    assert headers_after < 0.2
+    assert time.monotonic() - started >= 0.4
+    with pytest.raises(TimeoutError):
+        await send(http, upstream.url, event(), timeout=aiohttp.ClientTimeout(total=0.1))
+    upstream.sandbox.faults.slow_body_ms = 0
+    assert (await send(http, upstream.url, event())).json == {"ok": True, "duplicate": True}
+    snap = upstream.sandbox.snapshot()
+    assert (len(snap["accepted"]), snap["duplicates"], snap["double_effects"]) == (1, 2, 0)
+
+
 async def test_hang_never_answers_and_lets_go_when_the_client_leaves(
     upstream: RunningSandbox, http: aiohttp.ClientSession
 ) -> None:

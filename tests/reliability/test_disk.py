@@ -1,0 +1,190 @@
+"""The outbox's disk fills up, or another process holds SQLite's write lock.
+
+Ingest must answer 503 with Retry-After instead of storing (or hanging), the daemon must stay
+up, nothing acknowledged before may be lost, and ingest must recover once the cause goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.sandbox import RunningSandbox
+from tests.harness import (
+    RelayProcess,
+    Spawn,
+    get_json,
+    post,
+    registered,
+    relay_env,
+    tuning,
+    wait_outbox_settled,
+)
+from tests.reliability.checker import Tally
+from tests.support import require_tools, unavailable
+
+# Larger than SQLite's 4 MB auto-checkpoint, so the WAL can be reset once space returns.
+TMPFS_SIZE = "16m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs mounted under tmp_path (needs root), always unmounted after."""
+    require_tools("mount", "umount", why="the disk-full scenario mounts a small tmpfs")
+    if os.geteuid() != 0:
+        unavailable("the disk-full scenario mounts a tmpfs and must run as root (CI does)")
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mountpoint)],
+        check=True,
+    )
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until the file system is full; returns the bytes written."""
+    written = 0
+    chunk = b"\0" * 4096
+    with path.open("wb", buffering=0) as sink:
+        while True:
+            try:
+                written += sink.write(chunk) or 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return written
+
+
+async def post_counted(
+    http: aiohttp.ClientSession, relay: RelayProcess, tally: Tally, body: dict[str, Any]
+) -> tuple[int, dict[str, Any], Any]:
+    status, answer, headers = await post(http, relay.url, body)
+    tally.ack(body, status, answer)
+    return status, answer, headers
+
+
+@pytest.mark.timeout(120)
+async def test_a_full_disk_answers_503_keeps_what_was_acknowledged_and_recovers(
+    spawn: Spawn,
+    sandbox: RunningSandbox,
+    http: aiohttp.ClientSession,
+    small_disk: Path,
+) -> None:
+    """Filled to the last byte: 503 + Retry-After, the daemon stays up, space returns and
+    ingest with it, and every 202 reaches MMOLove once."""
+    # Only the real ENOSPC guards here: min_free_bytes would refuse before the disk is full.
+    config = tuning() + "[ingest]\nmin_free_bytes = 1\n"
+    relay = await spawn(relay_env(sandbox.url, small_disk / "outbox.db"), config=config).ready()
+    tally = Tally("disk full: tmpfs filled, then freed")
+    counter = iter(range(1_000_000))
+    for _ in range(50):
+        assert (await post_counted(http, relay, tally, registered(f"disk-{next(counter)}")))[
+            0
+        ] == 202
+    filler = small_disk / "filler"
+    filled = await asyncio.to_thread(fill, filler)
+
+    refused: list[tuple[int, dict[str, Any], Any]] = []
+    for _ in range(5000):  # the WAL's free frames are used first; ENOSPC follows
+        body = registered(f"disk-{next(counter)}")
+        status, answer, headers = await post_counted(http, relay, tally, body)
+        if status != 202:
+            refused.append((status, answer, headers))
+            if len(refused) == 20:
+                break
+    assert len(refused) == 20, "the relay never noticed the full disk"
+    assert [r[0] for r in refused] == [503] * 20, refused[0]
+    assert {r[1]["error"]["code"] for r in refused} == {"unavailable"}
+    assert all(int(r[2]["Retry-After"]) > 0 for r in refused)
+    assert "full" in refused[0][1]["error"]["message"]
+    assert relay.proc.poll() is None
+    assert (await get_json(http, f"{relay.url}/healthz"))["ok"] is True
+    acked_while_full = len(tally.acked)
+
+    filler.unlink()
+    recovered = 0
+    for _ in range(50):
+        status, _, _ = await post_counted(http, relay, tally, registered(f"disk-{next(counter)}"))
+        recovered += status == 202
+    assert recovered == 50, "ingest did not recover once space returned"
+
+    counts = await wait_outbox_settled(http, relay.url, timeout_s=30)
+    tally.check(
+        sandbox,
+        tmpfs_size=TMPFS_SIZE,
+        filler_bytes=filled,
+        refused_503=len(refused),
+        acknowledged_before_full=acked_while_full,
+        acknowledged_after_recovery=recovered,
+        outcome_writes_retried=len(relay.find_logs("delivery.outcome_not_saved")),
+    )
+    assert counts == {**counts, "dead": 0, "delivered": len(tally.acked)}
+    relay.send(signal.SIGTERM)
+    assert await relay.exited() == 0
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("COMMIT")
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A second process in a write transaction: ingest answers 503 + Retry-After after the
+    busy timeout, nothing is lost, and everything flows once the lock is released."""
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    tally = Tally("disk: another process holds the SQLite write lock")
+    for i in range(20):
+        assert (await post_counted(http, relay, tally, registered(f"lock-{i}")))[0] == 202
+    await wait_outbox_settled(http, relay.url)
+
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LOCK_HOLDER, str(db),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdin is not None
+    try:
+        assert await holder.stdout.readline() == b"locked\n"
+        results = await asyncio.gather(
+            *(post_counted(http, relay, tally, registered(f"locked-{i}")) for i in range(4))
+        )
+        assert relay.proc.poll() is None
+        assert (await get_json(http, f"{relay.url}/healthz"))["ok"] is True
+    finally:
+        holder.stdin.close()
+        await holder.wait()
+    statuses = [status for status, _, _ in results]
+    assert statuses == [503] * 4, results
+    assert all(int(headers["Retry-After"]) > 0 for _, _, headers in results)
+    assert all("locked" in answer["error"]["message"] for _, answer, _ in results)
+
+    for i in range(20):
+        assert (await post_counted(http, relay, tally, registered(f"after-{i}")))[0] == 202
+    counts = await wait_outbox_settled(http, relay.url)
+    tally.check(sandbox, refused_503=len(results))
+    assert counts == {**counts, "dead": 0, "delivered": 40}
+    relay.send(signal.SIGTERM)
+    assert await relay.exited() == 0
