@@ -243,23 +243,19 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
-_FILTER_TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome")
-_FILTER_NUMBER = ("since", "finished_before", "after_id", "before_id")
-
-
 def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:
     """An ``EventFilter`` from a JSON object or query string; unknown keys are refused."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise InvalidEvent(422, "invalid_filter", "filter is a JSON object.", "filter")
-    unknown = set(data) - set(_FILTER_TEXT) - set(_FILTER_NUMBER)
+    unknown = set(data) - set(EventFilter.TEXT) - set(EventFilter.NUMBER)
     if unknown:
         raise InvalidEvent(
             422,
             "unknown_filter",
             f"unknown filter {sorted(unknown)[0]!r}; filters are "
-            f"{', '.join(_FILTER_TEXT + _FILTER_NUMBER)}.",
+            f"{', '.join(EventFilter.TEXT + EventFilter.NUMBER)}.",
             sorted(unknown)[0],
         )
     for name in required:
@@ -267,7 +263,7 @@ def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:
             raise InvalidEvent(422, "missing_filter", f"the filter needs {name}.", name)
     values: dict[str, Any] = {}
     for name, value in data.items():
-        if name in _FILTER_TEXT:
+        if name in EventFilter.TEXT:
             if not isinstance(value, str):
                 raise InvalidEvent(422, "invalid_filter", f"{name} is a string.", name)
             values[name] = value

@@ -22,7 +22,7 @@ from typing import Any
 
 import tenacity
 
-from relay.config import Listen, Settings, describe, load_settings
+from relay.config import Listen, ServerConfig, Settings, describe, load_settings
 from relay.errors import DeliveryError, SenderPaused
 from relay.events import validate
 from relay.sender import Sender
@@ -499,7 +499,7 @@ def _test_result(
     }
 
 
-def _server(settings: Settings, server_id: str | None) -> Any:
+def _server(settings: Settings, server_id: str | None) -> ServerConfig:
     if server_id is None:
         if len(settings.servers) > 1:
             names = ", ".join(s.server_id for s in settings.servers)

@@ -131,12 +131,15 @@ class EventFilter:
     since: float | None = None  # ingested at or after
     finished_before: float | None = None
     after_id: int | None = None  # for walking a large set in chunks
-    before_id: int | None = None
+
+    # The fields matched by equality; the rest are numbers compared as ``where`` says.
+    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome")
+    NUMBER = ("since", "finished_before", "after_id")
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL condition and its parameters."""
         clauses, params = ["1"], []
-        for column in ("status", "event", "token", "server_id", "server_event_id", "outcome"):
+        for column in self.TEXT:
             value = getattr(self, column)
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -145,7 +148,6 @@ class EventFilter:
             ("created_at", ">=", self.since),
             ("finished_at", "<", self.finished_before),
             ("id", ">", self.after_id),
-            ("id", "<", self.before_id),
         ):
             if value is not None:
                 clauses.append(f"{column} {op} ?")
@@ -515,19 +517,6 @@ class Outbox:
     async def get(self, event_id: int) -> EventRecord | None:
         rows = await self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
         return EventRecord.from_row(rows[0]) if rows else None
-
-    async def find(
-        self, *, server_event_id: str | None = None, token: str | None = None, limit: int = 100
-    ) -> list[EventRecord]:
-        """Events by ``server_event_id`` or ``token``, newest first."""
-        column, value = (
-            ("server_event_id", server_event_id) if server_event_id else ("token", token)
-        )
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {column} = ? ORDER BY id DESC LIMIT ?",
-            (value, limit),
-        )
-        return [EventRecord.from_row(r) for r in rows]
 
     async def attempts(self, event_id: int, limit: int = 50) -> list[Attempt]:
         """The delivery log of one event, newest first."""
