@@ -46,6 +46,19 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 _RECORD_FIELDS = ("server_id", "token", "event", "server_event_id")
+
+# The `impostor` fault: 2xx answers that are not MMOLove speaking (a captive portal, a CDN
+# maintenance page, a cut answer), as (status, content type, body).
+IMPOSTORS: dict[str, tuple[int, str, bytes]] = {
+    "html": (200, "text/html", b"<html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"),
+    "empty": (200, "application/json", b""),
+    "ok_false": (200, "application/json", b'{"ok":false}'),
+    "empty_object": (200, "application/json", b"{}"),
+    "cut": (200, "application/json", b'{"ok":tr'),
+    "201": (201, "application/json", b'{"ok":true}'),
+    "202": (202, "application/json", b'{"ok":true}'),
+    "204": (204, "application/json", b""),
+}
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -64,6 +77,7 @@ class Faults:
     slow_body_ms: float = 0
     clock_offset_s: float = 0
     redirect_to: str | None = None
+    impostor: str | None = None  # a key of IMPOSTORS: answer that instead of MMOLove
     unknown_tokens: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict[str, Any]:
@@ -222,6 +236,9 @@ class Sandbox:
         faults = self.faults
         if faults.outage:
             return _json({"error": "outage"}, status=503)
+        if faults.impostor in IMPOSTORS:
+            status, content_type, body = IMPOSTORS[faults.impostor]
+            return web.Response(status=status, body=body or None, content_type=content_type)
         if faults.redirect_to:
             return _json({"error": "moved"}, status=307, headers={"Location": faults.redirect_to})
         if faults.throttle_next > 0:

@@ -1,0 +1,69 @@
+"""Upstream answers that once made the relay record a wrong delivery or stall it: a 2xx that
+is not MMOLove speaking, a qualified that overtakes its registered, a Retry-After of an hour.
+
+Each scenario runs an in-process relay against the sandbox with a fault switched on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.sandbox import IMPOSTORS, RunningSandbox
+from tests.harness import eventually
+from tests.support import StartRelay, cli, registered
+
+pytestmark = pytest.mark.timeout(40)
+
+
+async def _record(relay: Any, event_id: int) -> dict[str, Any]:
+    _, record = await relay.get(f"/v1/events/{event_id}")
+    return record
+
+
+@pytest.mark.parametrize("impostor", sorted(IMPOSTORS))
+async def test_a_2xx_that_is_not_mmoloves_answer_is_not_a_delivery(
+    start_relay: StartRelay, sandbox: RunningSandbox, impostor: str
+) -> None:
+    """A captive portal's 200 page, an empty or cut body, ok: false, {} or a 201/202/204:
+    the event stays pending, the server pauses saying what came back, and once MMOLove
+    answers again the event is delivered."""
+    sandbox.sandbox.faults.impostor = impostor
+    relay = await start_relay()
+    status, answer = await relay.post(registered("tok-portal", "p1"))
+    assert status == 202
+    event_id = answer["id"]
+
+    async def paused() -> dict[str, Any] | None:
+        _, body = await relay.get("/v1/status")
+        [server] = body["servers"]
+        return server if server["paused"] else None
+
+    server = await eventually(paused, timeout_s=10, what="the server pauses")
+    assert f"answered {IMPOSTORS[impostor][0]} with" in server["paused_reason"]
+    assert "not MMOLove's answer" in server["paused_reason"]
+    # Probes keep trying it (in flight for a moment each time); it is never delivered.
+    record = await _record(relay, event_id)
+    assert record["status"] in ("pending", "in_flight")
+    assert record["delivery_log"][-1]["outcome"] == "unexpected_answer"
+    assert sandbox.sandbox.snapshot()["accepted"] == []
+
+    sandbox.sandbox.faults.impostor = None
+    done = await relay.wait_finished([event_id])
+    assert (done[event_id]["status"], done[event_id]["outcome"]) == ("delivered", "accepted")
+    assert len(sandbox.sandbox.snapshot()["accepted"]) == 1
+
+
+async def test_mmolove_relay_test_refuses_the_same_answers(sandbox: RunningSandbox) -> None:
+    """`mmolove-relay test` and delivery share one classification of MMOLove's answers."""
+    sandbox.sandbox.faults.impostor = "html"
+    env = {
+        "MMOLOVE_SERVER_ID": "srv-1",
+        "MMOLOVE_SECRET": "secret-1-for-tests",
+        "MMOLOVE_ENDPOINT": sandbox.url,
+    }
+    code, out, _ = await cli("test", env=env)
+    assert code != 0
+    assert "not MMOLove's answer" in out
+    assert "guest Wi-Fi" in out  # says what came back
