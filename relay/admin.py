@@ -56,6 +56,9 @@ async def status(request: web.Request) -> web.Response:
     settings = request.app[INGEST].settings
     next_due = await outbox.next_due([s.server_id for s in settings.servers])
     delivery = request.app[DELIVERY_STATE]()
+    reopens_at = delivery["circuit_reopens_at"]
+    if next_due is not None and isinstance(reopens_at, float):
+        next_due = max(next_due, reopens_at)  # nothing but a probe starts before then
     counts = summary["counts"]
     configured = {s["server_id"] for s in delivery["servers"]}
     servers = [
@@ -76,6 +79,7 @@ async def status(request: web.Request) -> web.Response:
         "in_flight": delivery["in_flight"],
         "circuit": delivery["circuit"],
         "circuit_open_until": delivery["circuit_open_until"],
+        "circuit_reopens_in_s": None if reopens_at is None else round(reopens_at - now, 1),
         "servers": servers,
         "dead": await outbox.dead_by_reason(),
         "outbox": {"path": str(outbox.path), "bytes": summary["outbox_bytes"]},

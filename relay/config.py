@@ -101,6 +101,7 @@ class Settings:
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 600.0
     retry_after_cap_s: float = 3600.0
+    breaker_retry_after_cap_s: float = 300.0
     max_send_rate_per_s: float = 100.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
@@ -131,6 +132,7 @@ _TUNABLES: dict[str, dict[str, str]] = {
             "backoff_base_s",
             "backoff_cap_s",
             "retry_after_cap_s",
+            "breaker_retry_after_cap_s",
             "max_send_rate_per_s",
             "breaker_failures",
             "breaker_cooldown_s",

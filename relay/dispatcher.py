@@ -83,6 +83,7 @@ class Dispatcher:
             failures=settings.breaker_failures,
             cooldown_s=settings.breaker_cooldown_s,
             cap_s=max(settings.backoff_cap_s, settings.breaker_cooldown_s),
+            retry_after_cap_s=settings.breaker_retry_after_cap_s,
         )
         self._pacer = Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}
@@ -104,6 +105,7 @@ class Dispatcher:
         return {
             "circuit": self.breaker.state,
             "circuit_open_until": self.breaker.open_until,
+            "circuit_reopens_at": self.breaker.reopens_at,
             "in_flight": len(self._tasks),
             "servers": [s.as_json() for s in self.servers.values()],
         }

@@ -184,8 +184,11 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
         f"relay {data['version']}, up {_age(data['uptime_s'])}; outbox {outbox['path']} "
         f"({_size(outbox['bytes'])})"
     )
+    circuit = data["circuit"]
+    if data.get("circuit_reopens_in_s") is not None:
+        circuit += f" (probe in {_age(data['circuit_reopens_in_s'])})"
     print(
-        f"circuit to MMOLove: {data['circuit']}   in flight: {data['in_flight']}   "
+        f"circuit to MMOLove: {circuit}   in flight: {data['in_flight']}   "
         f"oldest pending: {_age(data['oldest_pending_age_s'])}   "
         f"next attempt in: {_age(data['next_attempt_in_s'])}"
     )

@@ -6,6 +6,7 @@ Each scenario runs an in-process relay against the sandbox with a fault switched
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -67,3 +68,31 @@ async def test_mmolove_relay_test_refuses_the_same_answers(sandbox: RunningSandb
     assert code != 0
     assert "not MMOLove's answer" in out
     assert "guest Wi-Fi" in out  # says what came back
+
+
+async def test_one_retry_after_of_an_hour_holds_the_shared_breaker_only_its_cap(
+    start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    """One 429 with Retry-After: 3600: that event waits its hour, but the shared breaker
+    reopens after breaker_retry_after_cap_s, status says when, and the rest flows."""
+    faults = sandbox.sandbox.faults
+    faults.throttle_next, faults.retry_after_s = 1, 3600
+    relay = await start_relay(concurrency=1, breaker_retry_after_cap_s=2.0)
+    _, answer = await relay.post(registered("tok-429", "p0"))
+    throttled = answer["id"]
+
+    async def was_throttled() -> bool:
+        return (await _record(relay, throttled))["outcome"] == "http_429"
+
+    await eventually(was_throttled, timeout_s=10, what="the 429 to be recorded")
+    _, status = await relay.get("/v1/status")
+    assert status["circuit"] == "open"
+    assert 0 < status["circuit_reopens_in_s"] <= 2.0
+    assert status["next_attempt_in_s"] >= status["circuit_reopens_in_s"] - 0.1
+
+    others = [(await relay.post(registered(f"tok-{i}", f"p{i}")))[1]["id"] for i in range(1, 6)]
+    done = await relay.wait_finished(others, timeout_s=15)
+    assert {r["status"] for r in done.values()} == {"delivered"}
+    record = await _record(relay, throttled)
+    assert record["status"] == "pending"
+    assert record["next_attempt_at"] - time.time() > 3000  # its own Retry-After still holds
