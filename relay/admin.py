@@ -77,6 +77,7 @@ async def status(request: web.Request) -> web.Response:
         "oldest_pending_age_s": summary["oldest_pending_age_s"],
         "next_attempt_in_s": None if next_due is None else round(max(0.0, next_due - now), 1),
         "in_flight": delivery["in_flight"],
+        "outbox_lost": delivery["outbox_lost"],
         "circuit": delivery["circuit"],
         "circuit_open_until": delivery["circuit_open_until"],
         "circuit_reopens_in_s": None if reopens_at is None else round(reopens_at - now, 1),
@@ -142,6 +143,8 @@ async def readyz(request: web.Request) -> web.Response:
     outbox = request.app[OUTBOX]
     if request.app[INGEST].draining:
         problems.append("shutting down")
+    if (lost := await outbox.check_file()) is not None:
+        problems.append(f"outbox file lost: {lost}; restart the relay")
     try:
         await outbox.writer.run(_touch)
     except OutboxError as exc:
@@ -167,6 +170,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     summary = await _summary(request, time.time())
     delivery = request.app[DELIVERY_STATE]()
+    request.app[METRICS].outbox_lost.set(1 if request.app[OUTBOX].lost else 0)
     text = request.app[METRICS].render(
         counts=summary["counts"],
         oldest_pending_age_s=summary["oldest_pending_age_s"],

@@ -107,6 +107,7 @@ class Dispatcher:
             "circuit_open_until": self.breaker.open_until,
             "circuit_reopens_at": self.breaker.reopens_at,
             "in_flight": len(self._tasks),
+            "outbox_lost": self._outbox.lost,
             "servers": [s.as_json() for s in self.servers.values()],
         }
 

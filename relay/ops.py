@@ -184,6 +184,8 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
         f"relay {data['version']}, up {_age(data['uptime_s'])}; outbox {outbox['path']} "
         f"({_size(outbox['bytes'])})"
     )
+    if data.get("outbox_lost"):
+        print(f"OUTBOX FILE LOST: {data['outbox_lost']}; ingest is refused: restart the relay")
     circuit = data["circuit"]
     if data.get("circuit_reopens_in_s") is not None:
         circuit += f" (probe in {_age(data['circuit_reopens_in_s'])})"

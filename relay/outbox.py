@@ -24,6 +24,7 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.fileguard import identities, vanished
 from relay.schema import migrate
 from relay.writer import Writer
 
@@ -185,6 +186,10 @@ class Outbox:
         self._disk_checked_at = 0.0
         self._disk_ok = True
         self.closing = False
+        self._identities = identities(lock_fd, path)
+        self._file_checked_at = 0.0
+        # Why the file this relay writes is no longer the one at its path; None while it is.
+        self.lost: str | None = None
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
@@ -194,7 +199,6 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             reader = await _connect(path)
             try:
                 await migrate(reader)
@@ -229,6 +233,7 @@ class Outbox:
                 "(another instance may be starting)."
             )
         await self._check_disk()
+        await self._check_file()
 
         def insert(db: sqlite3.Connection) -> list[Added]:
             results = []
@@ -560,6 +565,37 @@ class Outbox:
                 "file and its disk are healthy."
             ) from exc
 
+    async def check_file(self) -> str | None:
+        """Whether the outbox was deleted or replaced under the relay: why, or None.
+
+        Once lost it stays lost: the relay's descriptors still reach the old, unlinked file,
+        so nothing stored from then on would survive a restart.
+        """
+        self._file_checked_at = time.monotonic()
+        if self.lost is None:
+            problem = await asyncio.to_thread(vanished, self._lock_fd, self._identities)
+            if problem is not None:
+                self.lost = problem
+                log.critical(
+                    "outbox.file_lost",
+                    path=str(self.path),
+                    problem=problem,
+                    action="ingest refused; restart the relay, and restore the outbox from a "
+                    "backup if you have one: undelivered events in it are gone",
+                )
+        return self.lost
+
+    async def _check_file(self) -> None:
+        if time.monotonic() - self._file_checked_at >= _DISK_CHECK_EVERY_S:
+            await self.check_file()
+        if self.lost is not None:
+            raise OutboxUnavailable(
+                f"the outbox file is gone ({self.lost}): events stored now would be lost at "
+                "the next restart, so none are taken; the operator must restart the relay. "
+                "Retry later.",
+                retry_after_s=30,
+            )
+
     async def _check_disk(self) -> None:
         now = time.monotonic()
         if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
@@ -661,14 +697,21 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
 
 
 def _lock(path: Path) -> int:
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    """Create the file (0600) and lock the file itself, so no second relay can open it.
+
+    Keyed by the file, not its name: a second relay reaching it through a symlink or a
+    hard link would otherwise start, and its start-up recovery would turn the first one's
+    in-flight events back to pending, to be sent twice. flock is separate from SQLite's
+    POSIX locks; the descriptor stays open until both connections are closed, because
+    closing any descriptor of the file drops the process's POSIX locks on it.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
         raise OutboxError(
-            f"another relay is already using the outbox {path}; stop it or point "
-            "MMOLOVE_RELAY_DB at another file."
+            f"another relay is already using the outbox {path} (the same file, maybe through "
+            "a symlink or a hard link); stop it or point MMOLOVE_RELAY_DB at another file."
         ) from exc
     return fd
