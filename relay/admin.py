@@ -20,7 +20,7 @@ from relay import __version__
 from relay.api import DELIVERY_STATE, INGEST, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent, OutboxError
 from relay.metrics import CONTENT_TYPE
-from relay.outbox import STATUSES, EventFilter, Outbox
+from relay.outbox import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -83,6 +83,9 @@ async def status(request: web.Request) -> web.Response:
         "circuit_reopens_in_s": None if reopens_at is None else round(reopens_at - now, 1),
         "servers": servers,
         "dead": await outbox.dead_by_reason(),
+        "waiting_for_registered": await outbox.count(
+            EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
+        ),
         "outbox": {"path": str(outbox.path), "bytes": summary["outbox_bytes"]},
     }
     return web.json_response(body)

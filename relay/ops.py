@@ -217,6 +217,12 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
     for server in data["servers"]:
         if server.get("paused"):
             print(f"\n{server['server_id']} is paused: {server['paused_reason']}")
+    if data.get("waiting_for_registered"):
+        print(
+            f"\n{data['waiting_for_registered']} qualified or reversed events arrived before "
+            "their registered and wait for it (mmolove-relay events list --status pending "
+            "--reason waiting_for_registered)"
+        )
     if data["dead"]:
         print("\ndead events by reason (replay: mmolove-relay retry --dead --reason REASON)")
         _table(

@@ -38,6 +38,9 @@ _EVENT_COLUMNS = (
 )
 _DISK_CHECK_EVERY_S = 1.0
 STATUSES = ("pending", "in_flight", "delivered", "dead")
+# A qualified or reversed that MMOLove refused as illegal before any registered for its
+# token was delivered: pending until one is, dead as "orphaned" at max_age_s.
+WAITING_FOR_REGISTERED = "waiting_for_registered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +308,7 @@ class Outbox:
             return []
         # One index range per server: a paused server's backlog is never walked.
         due = " UNION ALL ".join(
-            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at,"
+            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at, outcome,"
             " COALESCE(replayed_at, created_at) AS age_from"
             " FROM events WHERE status = 'pending' AND server_id = ? AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?)"
@@ -316,7 +319,7 @@ class Outbox:
         def claim(db: sqlite3.Connection) -> list[EventRecord]:
             _requeue(db, now, expired_only=True)
             candidates = db.execute(
-                "SELECT e.id, e.age_from, b.id, b.status, b.outcome, b.next_attempt_at"
+                "SELECT e.id, e.age_from, e.outcome, b.id, b.status, b.outcome, b.next_attempt_at"
                 f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
                 "   SELECT p.id FROM events AS p WHERE p.token = e.token"
@@ -327,10 +330,14 @@ class Outbox:
                 (*params, limit),
             ).fetchall()
             ready: list[int] = []
-            for event_id, age_from, blocker, blocker_status, why, blocker_due in candidates:
+            for event_id, age_from, was, blocker, blocker_status, why, blocker_due in candidates:
                 if age_from + max_age_s <= now:
                     error = f"not delivered within max_age_s={max_age_s:g} of ingest"
-                    outcome = Outcome(status="dead", outcome="expired", error=error)
+                    expired = "expired"
+                    if was == WAITING_FOR_REGISTERED:
+                        expired = "orphaned"
+                        error += "; no registered for its token was delivered in that time"
+                    outcome = Outcome(status="dead", outcome=expired, error=error)
                     _finish_row(db, event_id, outcome, now)
                 elif blocker is None:
                     ready.append(event_id)
@@ -385,6 +392,17 @@ class Outbox:
                     "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
                     " AND +status = 'pending' AND attempts = 0 AND id != ?",
                     (time.time(), record.token, record.server_id, record.id),
+                )
+            if (
+                outcome.status in ("delivered", "dead")
+                and record.event == "registered"
+                and not record.test
+            ):
+                # The events that overtook this registered may go now (or die with it).
+                db.execute(
+                    "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
+                    " AND +status = 'pending' AND outcome = ?",
+                    (time.time(), record.token, record.server_id, WAITING_FOR_REGISTERED),
                 )
 
         await self._write(finish)
@@ -544,6 +562,15 @@ class Outbox:
         rows = await self._read(f"SELECT MIN(due) FROM ({per_server})", tuple(servers))
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
+
+    async def registered_delivered_at(self, server_id: str, token: str) -> float | None:
+        """When the attempt that delivered this token's registered started; None if none did."""
+        rows = await self._read(
+            "SELECT MIN(finished_at) FROM events WHERE token = ? AND server_id = ?"
+            " AND event = 'registered' AND test = 0 AND +status = 'delivered'",
+            (token, server_id),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def oldest_pending_created(self) -> float | None:
         """When the oldest undelivered event was ingested (ids grow with ingest time)."""

@@ -6,6 +6,7 @@ Each scenario runs an in-process relay against the sandbox with a fault switched
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from relay.sandbox import IMPOSTORS, RunningSandbox
 from tests.harness import eventually
-from tests.support import StartRelay, cli, registered
+from tests.support import StartRelay, cli, qualified, registered
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -96,3 +97,48 @@ async def test_one_retry_after_of_an_hour_holds_the_shared_breaker_only_its_cap(
     record = await _record(relay, throttled)
     assert record["status"] == "pending"
     assert record["next_attempt_at"] - time.time() > 3000  # its own Retry-After still holds
+
+
+@pytest.mark.parametrize("early", ["qualified", "reversed"])
+async def test_an_event_that_overtakes_its_registered_waits_for_it_then_lands_after_it(
+    start_relay: StartRelay, sandbox: RunningSandbox, early: str
+) -> None:
+    """The game server's race: a qualified (or reversed) posted a second before its
+    registered. MMOLove refuses the early one (422); the relay holds it, visibly, and sends
+    it again once the registered is delivered: both accepted, in order."""
+    relay = await start_relay()
+    body = {"event": early, "token": "tok-race", "server_event_id": f"{early}-p1"}
+    _, answer = await relay.post(body)
+    first = answer["id"]
+
+    async def refused() -> dict[str, Any] | None:
+        record = await _record(relay, first)
+        return record if record["outcome"] == "waiting_for_registered" else None
+
+    record = await eventually(refused, timeout_s=10, what=f"the {early} to wait")
+    assert record["status"] == "pending"
+    assert "no registered for token tok-race" in record["last_error"]
+    assert "orphaned" in record["last_error"]
+    _, status = await relay.get("/v1/status")
+    assert status["waiting_for_registered"] == 1
+    code, out, _ = await cli("status", "--url", relay.url)
+    assert "wait for it" in out, (code, out)
+
+    await asyncio.sleep(1.0)  # the registered comes a second later
+    _, answer = await relay.post(registered("tok-race", "p1"))
+    done = await relay.wait_finished([first, answer["id"]])
+    assert {r["status"] for r in done.values()} == {"delivered"}
+    assert [a["http_status"] for a in done[first]["delivery_log"]] == [200, 422]
+    accepted = [a["event"] for a in sandbox.sandbox.snapshot()["accepted"]]
+    assert accepted == ["registered", early]
+
+
+async def test_an_early_qualified_whose_registered_never_comes_dies_orphaned_at_max_age(
+    start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    relay = await start_relay(max_age_s=1.5)
+    _, answer = await relay.post(qualified("tok-alone", "p1"))
+    record = (await relay.wait_finished([answer["id"]]))[answer["id"]]
+    assert (record["status"], record["outcome"]) == ("dead", "orphaned")
+    assert "no registered for its token" in record["last_error"]
+    assert sandbox.sandbox.snapshot()["requests"] == 1  # held, not resent while it waited
