@@ -45,8 +45,14 @@ async def test_a_2xx_that_is_not_mmoloves_answer_is_not_a_delivery(
     server = await eventually(paused, timeout_s=10, what="the server pauses")
     assert f"answered {IMPOSTORS[impostor][0]} with" in server["paused_reason"]
     assert "not MMOLove's answer" in server["paused_reason"]
-    # Probes keep trying it (in flight for a moment each time); it is never delivered.
-    record = await _record(relay, event_id)
+
+    # The pause comes before the attempt is recorded; probes then keep trying the event
+    # (in flight for a moment each time), and it is never delivered.
+    async def recorded() -> dict[str, Any] | None:
+        record = await _record(relay, event_id)
+        return record if record["delivery_log"] else None
+
+    record = await eventually(recorded, timeout_s=10, what="the first attempt's record")
     assert record["status"] in ("pending", "in_flight")
     assert record["delivery_log"][-1]["outcome"] == "unexpected_answer"
     assert sandbox.sandbox.snapshot()["accepted"] == []
