@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -32,12 +30,12 @@ import pytest
 
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.support import require_tools, unavailable
+from tests.systems import cache_dir, cache_lock, debootstrap, free_port, sh, tail
 
 ROOT = Path(__file__).parent.parent
 BASE_TAG = "localhost/mmolove-relay-base:bookworm"
 # One tag per checkout, so test runs in several checkouts never use each other's image.
 IMAGE_TAG = f"localhost/mmolove-relay:test-{hashlib.sha256(bytes(ROOT.resolve())).hexdigest()[:12]}"
-MIRROR = os.environ.get("DEBOOTSTRAP_MIRROR", "http://deb.debian.org/debian")
 RELAY_UID = 10001  # the image's non-root user
 SERVER_ID = "srv-c1"
 SECRET = "s3cret-container-5e1d"
@@ -46,61 +44,27 @@ INGEST_TOKEN = "ingest-tok-container-93ab"
 pytestmark = pytest.mark.timeout(1800)  # a cold run debootstraps a Debian root first
 
 
-def sh(*args: str, timeout_s: float, what: str) -> str:
-    """Run a command; on failure, fail the test with the tail of what it printed."""
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{what} took more than {timeout_s} s:\n{_tail(exc.stdout, exc.stderr)}")
-    if done.returncode != 0:
-        pytest.fail(f"{what} failed (exit {done.returncode}):\n{_tail(done.stdout, done.stderr)}")
-    return done.stdout
-
-
-def _tail(*outputs: str | bytes | None, lines: int = 40) -> str:
-    text = "".join(o.decode() if isinstance(o, bytes) else (o or "") for o in outputs)
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # -- the base image and the build --------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmolove-relay"
 
 
 def ensure_base_image() -> None:
     """Import the Debian root as ``BASE_TAG`` unless podman has it; debootstrap it first unless
     its tarball is cached. A lock keeps test runs of several checkouts from racing here."""
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with (cache_dir() / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock():
         exists = subprocess.run(["podman", "image", "exists", BASE_TAG], check=False)
         if exists.returncode == 0:
             return
         tarball = cache_dir() / "debian-bookworm-minbase.tar"
         if not tarball.exists():
-            debootstrap(tarball)
+            debootstrap_base(tarball)
         sh("podman", "import", str(tarball), BASE_TAG, timeout_s=300, what="podman import")
 
 
-def debootstrap(tarball: Path) -> None:
+def debootstrap_base(tarball: Path) -> None:
     root = tarball.with_suffix(".root")
-    shutil.rmtree(root, ignore_errors=True)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    sh(
-        "debootstrap",
-        "--variant=minbase",
-        "--include=python3,python3-venv,ca-certificates",
-        "bookworm",
-        str(root),
-        MIRROR,
-        timeout_s=1200,
-        what="debootstrap",
-    )
+    debootstrap(root, "python3,python3-venv,ca-certificates")
     # Half the root is package caches and docs that no image needs.
     for junk in (
-        "var/cache/apt/archives",
         "var/lib/apt/lists",
         "usr/share/doc",
         "usr/share/man",
@@ -161,13 +125,6 @@ def container(image: str) -> Iterator[str]:
 # -- running the relay in it -------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, children first."""
     children: dict[int, list[int]] = {}
@@ -210,7 +167,7 @@ class InContainer:
         deadline = time.monotonic() + timeout_s
         while not self.logs(event):
             if self.proc.returncode is not None or time.monotonic() > deadline:
-                pytest.fail(f"no {event} from the relay in the container:\n{_tail(*self.lines)}")
+                pytest.fail(f"no {event} from the relay in the container:\n{tail(*self.lines)}")
             await asyncio.sleep(0.1)
         return self.logs(event)[0]
 
@@ -297,7 +254,7 @@ async def test_image_runs_as_a_sidecar_and_relays_an_event_to_the_sandbox(
         deadline = time.monotonic() + 30
         while not sandbox.sandbox.snapshot()["accepted"]:
             assert time.monotonic() < deadline, (
-                f"nothing reached the sandbox:\n{_tail(*relay.lines)}"
+                f"nothing reached the sandbox:\n{tail(*relay.lines)}"
             )
             await asyncio.sleep(0.1)
         [accepted] = sandbox.sandbox.snapshot()["accepted"]
@@ -310,7 +267,7 @@ async def test_image_runs_as_a_sidecar_and_relays_an_event_to_the_sandbox(
 
         os.kill(relay.relay_pid(), signal.SIGTERM)
         async with asyncio.timeout(30):
-            assert await proc.wait() == 0, _tail(*relay.lines)
+            assert await proc.wait() == 0, tail(*relay.lines)
         await relay.wait_log("relay.stopped")
     finally:
         await relay.stop()
