@@ -160,16 +160,21 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     }
 
     def start(
-        env: Mapping[str, str | None], *, config: str | None = None, wrap: Sequence[str] = ()
+        env: Mapping[str, str | None],
+        *,
+        config: str | None = None,
+        wrap: Sequence[str] = (),
+        program: Sequence[str] = (sys.executable, "-m", "relay.cli"),
     ) -> RelayProcess:
-        """``wrap`` prefixes the command, e.g. to run it in a network namespace."""
+        """``wrap`` prefixes the command, e.g. to run it in a network namespace; ``program``
+        is another relay's command, e.g. an older release's."""
         full = dict(base_env)
         for name, value in env.items():
             if value is None:
                 full.pop(name, None)
             else:
                 full[name] = value
-        args = [*wrap, sys.executable, "-m", "relay.cli"]
+        args = [*wrap, *program]
         if config is not None:
             path = tmp_path / f"relay-{next(configs)}.toml"
             path.write_text(config, encoding="utf-8")
