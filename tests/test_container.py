@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 
 from relay.sandbox import RunningSandbox, running_sandbox
+from tests.harness import accepted_keys, eventually, in_progress, key_of, post, registered
 from tests.support import require_tools, unavailable
 from tests.systems import cache_dir, cache_lock, debootstrap, free_port, sh, tail
 
@@ -190,6 +191,19 @@ class InContainer:
         await self._reader
 
 
+async def serve_in(run: list[str]) -> InContainer:
+    """``mmolove-relay serve`` as the image's entry point runs it, under ``run``."""
+    proc = await asyncio.create_subprocess_exec(
+        *run,
+        "mmolove-relay",
+        "serve",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return InContainer(proc)
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[RunningSandbox]:
     async with running_sandbox({SERVER_ID: SECRET}) as running:
@@ -224,15 +238,8 @@ async def test_image_runs_as_a_sidecar_and_relays_an_event_to_the_sandbox(
         "MMOLOVE_RELAY_INGEST_TOKEN": INGEST_TOKEN,
     }
     run = buildah_run(container, env, [f"{data}:/data", f"{secret}:/run/secrets/mmolove-secret:ro"])
-    proc = await asyncio.create_subprocess_exec(
-        *run,
-        "mmolove-relay",
-        "serve",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    relay = InContainer(proc)
+    relay = await serve_in(run)
+    proc = relay.proc
     try:
         ready = await relay.wait_log("relay.ready")
         assert ready["listen"] == f"http://0.0.0.0:{port}"
@@ -302,3 +309,74 @@ def test_image_refuses_to_listen_on_the_pod_network_without_a_token(container: s
     assert done.returncode == 3, done.stderr
     assert "MMOLOVE_RELAY_INGEST_TOKEN" in done.stderr
     assert "not loopback" in done.stderr
+
+
+async def test_as_the_snippets_run_it_a_killed_container_loses_nothing(
+    container: str, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """As the README's Kubernetes and compose snippets run it: both secrets mounted as files
+    under /run/secrets (the token through MMOLOVE_RELAY_INGEST_TOKEN_FILE), the outbox on a
+    volume. Killed mid-delivery and started again on the same volume, it loses nothing."""
+    data, secrets = tmp_path / "data", tmp_path / "secrets"
+    data.mkdir()
+    secrets.mkdir()
+    (secrets / "mmolove-secret").write_text(SECRET + "\n")
+    (secrets / "ingest-token").write_text(INGEST_TOKEN + "\n")
+    for path in (data, secrets, *secrets.iterdir()):
+        os.chown(path, RELAY_UID, RELAY_UID)
+    for path in secrets.iterdir():
+        path.chmod(0o400)
+    port = free_port()
+    env = {
+        "MMOLOVE_SERVER_ID": SERVER_ID,
+        "MMOLOVE_ENDPOINT": sandbox.url,
+        "MMOLOVE_RELAY_LISTEN": f"0.0.0.0:{port}",
+        "MMOLOVE_RELAY_INGEST_TOKEN_FILE": "/run/secrets/ingest-token",
+    }
+    run = buildah_run(container, env, [f"{data}:/data", f"{secrets}:/run/secrets:ro"])
+    url = f"http://127.0.0.1:{port}"
+    bodies = [registered(f"pod-{n}") for n in range(40)]
+    sandbox.sandbox.faults.latency_ms = 200  # so deliveries are on the wire at the kill
+
+    relay = await serve_in(run)
+    try:
+        await relay.wait_log("relay.ready")
+        async with aiohttp.ClientSession() as http:
+            assert (await post(http, url, bodies[0]))[0] == 401
+            for body in bodies:
+                status, answer, _ = await post(http, url, body, token=INGEST_TOKEN)
+                assert status == 202, answer
+        await eventually(
+            lambda: len(accepted_keys(sandbox)) >= 5 and in_progress(sandbox),
+            timeout_s=30,
+            what="deliveries under way",
+        )
+    finally:
+        await relay.stop()  # SIGKILL, the whole container
+    killed_at = len(accepted_keys(sandbox))
+    sandbox.sandbox.faults.latency_ms = 0
+
+    again = await serve_in(run)
+    try:
+        await again.wait_log("relay.ready")
+        sent = {key_of(body) for body in bodies}
+        await eventually(
+            lambda: set(accepted_keys(sandbox)) >= sent, timeout_s=60, what="every event"
+        )
+    finally:
+        await again.stop()
+
+    delivered = accepted_keys(sandbox)
+    snapshot = sandbox.sandbox.snapshot()
+    duplicates = snapshot["duplicates"] + sum(count - 1 for count in delivered.values())
+    print(
+        f"container: {len(sent)} events sent, {len(set(delivered) & sent)} delivered "
+        f"({killed_at} before the kill), {len(sent - set(delivered))} lost, "
+        f"{duplicates} duplicate sends (answers lost to the kill, absorbed by MMOLove)"
+    )
+    assert killed_at < len(sent), "everything was delivered before the kill"
+    assert set(delivered) == sent
+    assert snapshot["double_effects"] == 0
+    output = "".join(relay.lines + again.lines)
+    assert SECRET not in output
+    assert INGEST_TOKEN not in output

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.config import CREDENTIAL_NAME
 from relay.sandbox import running_sandbox
@@ -123,6 +124,7 @@ def exposure(booted: Booted) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.timeout(1800)  # a cold run debootstraps the root first (about a minute)
 async def test_installed_as_install_md_says_it_runs_under_a_real_systemd(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
