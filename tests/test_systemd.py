@@ -182,10 +182,11 @@ async def test_installed_as_install_md_says_it_runs_under_a_real_systemd(
                 sent.append(registered(f"sd-watchdog-{n}"))
                 await ingest(http, relay, sent[-1])
             stuck = booted.show("mmolove-relay", "MainPID")
+            restarts = int(booted.show("mmolove-relay", "NRestarts"))
             await inside("sh", "-c", f"kill -STOP {stuck}")
             await eventually(
                 lambda: (
-                    booted.show("mmolove-relay", "NRestarts") == "1"
+                    int(booted.show("mmolove-relay", "NRestarts")) == restarts + 1
                     and booted.show("mmolove-relay", "ActiveState") == "active"
                 ),
                 timeout_s=30,
