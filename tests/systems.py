@@ -285,22 +285,6 @@ class Host:
 
     name: str
 
-    def run(
-        self, *args: str, timeout_s: float = 60, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.name, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            pytest.fail(
-                f"{' '.join(args)} in {self.name} failed:\n{tail(done.stdout, done.stderr)}"
-            )
-        return done
-
     def exec_args(self) -> list[str]:
         """A prefix that runs a command in this namespace."""
         return ["ip", "netns", "exec", self.name]
