@@ -176,9 +176,13 @@ def load_settings(
     listen = parse_listen(
         environ.get("MMOLOVE_RELAY_LISTEN") or ingest.get("listen", DEFAULT_LISTEN)
     )
+    # Either variable overrides both keys of the file, as for every other setting.
+    env_token = (
+        environ.get("MMOLOVE_RELAY_INGEST_TOKEN"),
+        environ.get("MMOLOVE_RELAY_INGEST_TOKEN_FILE"),
+    )
     token = _secret_from(
-        environ.get("MMOLOVE_RELAY_INGEST_TOKEN") or ingest.get("token"),
-        ingest.get("token_file"),
+        *(env_token if any(env_token) else (ingest.get("token"), ingest.get("token_file"))),
         what="ingest token",
     )
     log_format = environ.get("MMOLOVE_RELAY_LOG_FORMAT") or doc.get("log_format")
@@ -197,7 +201,8 @@ def load_settings(
     if not listen.is_loopback and settings.ingest_token is None:
         raise ConfigError(
             f"ingest would listen on {listen}, which is not loopback, without a token; "
-            "set MMOLOVE_RELAY_INGEST_TOKEN (or [ingest] token_file) or listen on 127.0.0.1."
+            "set MMOLOVE_RELAY_INGEST_TOKEN (or MMOLOVE_RELAY_INGEST_TOKEN_FILE, or [ingest] "
+            "token_file) or listen on 127.0.0.1."
         )
     return settings
 

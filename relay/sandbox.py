@@ -10,6 +10,7 @@ import functools
 import json
 import random
 import secrets
+import socket
 import ssl
 import time
 from collections import Counter
@@ -343,16 +344,22 @@ async def running_sandbox(
     port: int = 0,
     faults: Faults | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve a fresh sandbox on ``host:port`` (0 picks a free port) for the block's duration.
 
-    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate.
+    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate. With ``sock``
+    (bound, e.g. in another network namespace) it serves there instead of ``host:port``.
     """
     sandbox = Sandbox(servers, faults)
     runner = web.AppRunner(sandbox.app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock, ssl_context=ssl_context)
+            if sock is not None
+            else web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        )
         await site.start()
         scheme = "http" if ssl_context is None else "https"
         base_url = _base_url(runner.addresses[0], scheme)
