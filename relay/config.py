@@ -93,6 +93,11 @@ class Settings:
     max_batch: int = 500
     allow_extra_fields: bool = False
     min_free_bytes: int = 64 * 1024 * 1024
+    # hostile clients (relay.guard)
+    max_connections: int = 4096
+    header_timeout_s: float = 15.0  # also how long an idle keep-alive connection stays open
+    body_timeout_s: float = 30.0
+    max_body_bytes_in_flight: int = 16 * 1024 * 1024
     # delivery
     concurrency: int = 4
     connect_timeout_s: float = 5.0
@@ -120,6 +125,10 @@ _TUNABLES: dict[str, dict[str, str]] = {
         "max_batch": "max_batch",
         "allow_extra_fields": "allow_extra_fields",
         "min_free_bytes": "min_free_bytes",
+        "max_connections": "max_connections",
+        "header_timeout_s": "header_timeout_s",
+        "body_timeout_s": "body_timeout_s",
+        "max_body_bytes_in_flight": "max_body_bytes_in_flight",
     },
     "delivery": {
         name: name

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 import structlog
 from aiohttp import web
 
-from relay import __version__, admin
+from relay import __version__, admin, guard
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
@@ -77,6 +77,7 @@ async def run(
 ) -> None:
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
+    max_connections = guard.connection_cap(settings, guard.raise_fd_limit())
     async with AsyncExitStack() as stack:
         outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
         stack.push_async_callback(outbox.close)
@@ -111,10 +112,20 @@ async def run(
 
         app = make_app(outbox, settings, dispatcher.snapshot, metrics)
         admin.add_routes(app)
+        app.middlewares.append(guard.body_guard(settings))
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s)
+        runner = guard.GuardedRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s),
+            max_connections=max_connections,
+            # aiohttp closes a connection still waiting for a complete request head when
+            # this runs out, counted from its opening or its last answer: slowloris included.
+            keepalive_timeout=settings.header_timeout_s,
+            # What a connection may buffer before its body is read: 1,000 attackers' worth
+            # stays small (aiohttp pauses the socket at twice this).
+            read_bufsize=16 * 1024,
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay.config import CREDENTIAL_NAME
+from relay.config import CREDENTIAL_NAME, Settings
+from relay.guard import FD_RESERVE
 from tests.support import require_tools
 
 UNIT = Path(__file__).parent.parent / "systemd" / "mmolove-relay.service"
@@ -50,3 +51,10 @@ def test_unit_asks_for_what_the_relay_implements() -> None:
     assert {"Type=notify", "DynamicUser=yes", "StateDirectory=mmolove-relay"} <= lines
     assert f"LoadCredential={CREDENTIAL_NAME}:/etc/mmolove-relay/secret" in lines
     assert any(re.fullmatch(r"WatchdogSec=\d+s", line) for line in lines)
+
+
+def test_unit_gives_room_for_every_connection_the_relay_serves() -> None:
+    """The unit forbids setrlimit, so its LimitNOFILE is the limit the relay gets: it must hold
+    the default connection cap plus the descriptors kept for the rest."""
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.MULTILINE)
+    assert int(limit) >= Settings().max_connections + FD_RESERVE
