@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import structlog
 from aiohttp import web
 
 from relay import __version__, admin, guard
 from relay.api import INGEST, make_app
-from relay.config import Settings, describe
+from relay.config import Settings, describe, mask_url
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
@@ -77,7 +78,8 @@ async def run(
 ) -> None:
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
-    max_connections = guard.connection_cap(settings, guard.raise_fd_limit())
+    fd_limit = guard.raise_fd_limit()
+    max_connections = guard.connection_cap(settings, fd_limit.soft)
     async with AsyncExitStack() as stack:
         outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
         stack.push_async_callback(outbox.close)
@@ -153,12 +155,23 @@ async def run(
             version=__version__,
             listen=url,
             outbox=str(settings.db_path),
-            endpoint=settings.endpoint,
+            endpoint=mask_url(settings.endpoint),
             servers=[s.server_id for s in settings.servers],
             startup_ms=round((time.monotonic() - started) * 1000, 1),
         )
         # The settings in force, secrets masked: what an operator checks first.
         log.info("relay.settings", **describe(settings))
+        log.log(
+            # A lowered cap or a limit that could not be raised: the operator should know.
+            logging.WARNING
+            if fd_limit.error or max_connections < settings.max_connections
+            else logging.INFO,
+            "relay.fd_limit",
+            **asdict(fd_limit),
+            max_connections=max_connections,
+        )
+        for note in settings.notes:
+            log.log(logging.getLevelName(note.level.upper()), note.event, message=note.message)
         if on_ready is not None:
             on_ready(relay)
 

@@ -21,6 +21,7 @@ import ctypes.util
 import json
 import resource
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
@@ -43,39 +44,39 @@ TRIM_AFTER_BYTES = 256 * 1024
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
 
 
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force.
+@dataclass(frozen=True, slots=True)
+class FdLimit:
+    """The open-file limit in force, and what raising it did (logged once the relay is up)."""
+
+    soft: int
+    hard: int
+    raised_from: int | None = None
+    error: str | None = None
+
+
+def raise_fd_limit() -> FdLimit:
+    """Raise the soft RLIMIT_NOFILE to the hard limit.
 
     Most systems start services with a soft limit of 1,024 and a far higher hard one. A
     sandbox that forbids ``setrlimit`` (systemd's ``~@resources``) keeps the limit it set
-    with ``LimitNOFILE=``; that is logged, not fatal.
+    with ``LimitNOFILE=``; that is reported, not fatal.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == hard or soft == resource.RLIM_INFINITY:
-        log.info("relay.fd_limit", soft=soft, hard=hard, raised=False)
-        return soft
+        return FdLimit(soft, hard)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (OSError, ValueError) as exc:
-        log.warning("relay.fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
-        return soft
-    log.info("relay.fd_limit", soft=hard, hard=hard, raised_from=soft, raised=True)
-    return hard
+        return FdLimit(soft, hard, error=str(exc))
+    return FdLimit(hard, hard, raised_from=soft)
 
 
 def connection_cap(settings: Settings, fd_limit: int) -> int:
-    """``max_connections``, lowered so that the cap is reached before the descriptors run out."""
-    room = max(1, fd_limit - FD_RESERVE)
-    if fd_limit != resource.RLIM_INFINITY and settings.max_connections > room:
-        log.warning(
-            "relay.max_connections_lowered",
-            max_connections=settings.max_connections,
-            to=room,
-            fd_limit=fd_limit,
-            hint="raise LimitNOFILE (or ulimit -n) to serve more connections",
-        )
-        return room
-    return settings.max_connections
+    """``max_connections``, lowered so that the cap is reached before the descriptors run out
+    (the daemon logs it, at warning level when lowered: raise LimitNOFILE or ``ulimit -n``)."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return settings.max_connections
+    return min(settings.max_connections, max(1, fd_limit - FD_RESERVE))
 
 
 class GuardedRunner(web.AppRunner):
