@@ -30,7 +30,7 @@ INGEST_GRACE_S = 1.0
 UNIX_SOCKET_MODE = 0o660
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
 # says so in its log line.
-RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
+RELOADABLE = ("servers", "allow_extra_fields", "max_batch", "notes")
 
 
 @dataclass
@@ -67,6 +67,7 @@ class RunningRelay:
             servers=[s.server_id for s in self.settings.servers],
             needs_restart=needs_restart or None,
         )
+        _log_notes(settings)
 
 
 async def run(
@@ -170,8 +171,7 @@ async def run(
             **asdict(fd_limit),
             max_connections=max_connections,
         )
-        for note in settings.notes:
-            log.log(logging.getLevelName(note.level.upper()), note.event, message=note.message)
+        _log_notes(settings)
         if on_ready is not None:
             on_ready(relay)
 
@@ -185,6 +185,12 @@ async def run(
         # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
         # within its budget), HTTP client, outbox.
     log.info("relay.stopped")
+
+
+def _log_notes(settings: Settings) -> None:
+    """The configuration's warnings (unknown variables, short secrets, trims), one line each."""
+    for note in settings.notes:
+        log.log(logging.getLevelName(note.level.upper()), note.event, message=note.message)
 
 
 async def _finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:

@@ -129,7 +129,7 @@ class _JsonErrors(RequestHandler):
         else:
             # Bad input from a client: one line, no traceback (the parser's message says
             # what was wrong, cut short: it may quote what the client sent).
-            reason = (message or str(exc) or "bad request")[:200]
+            reason = (message or str(exc) or "bad request").split("\n", 1)[0][:200]
             log.info("api.malformed_request", status=status, reason=reason)
             code, text = "malformed_request", f"the request is not valid HTTP: {reason}."
         response = error_response(status, code, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from relay.config import (
 )
 from relay.errors import ConfigError
 from relay.sandbox import RunningSandbox
-from tests.harness import SECRET, Spawn, relay_env
+from tests.harness import SECRET, Spawn, eventually, relay_env
 from tests.support import cli
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "relay.example.toml"
@@ -281,4 +282,13 @@ async def test_serve_logs_each_note_once_without_a_secret(
     assert (unknown["level"], unknown["message"][:18]) == ("warning", "MMOLOVE_RELAY_TYPO")
     trimmed = await relay.wait_log("config.secret_trimmed")
     assert trimmed["level"] == "info"
+    # A reload logs them again, and does not take the notes for a setting needing a restart.
+    relay.send(signal.SIGHUP)
+    reloaded = await relay.wait_log("relay.reloaded")
+    assert reloaded["needs_restart"] is None
+    await eventually(
+        lambda: len(relay.find_logs("config.unknown_variable")) == 2,
+        timeout_s=5,
+        what="the warning again after the reload",
+    )
     assert SECRET not in "".join(relay.stderr)
