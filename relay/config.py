@@ -25,8 +25,9 @@ _KID = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII except the header's "," 
 # Shorter than this, a secret is guessable and too common a string for the log scrubber to
 # mask wherever it appears: tokens are refused, signing secrets (MMOLove issues them) warned.
 MIN_SECRET_CHARS = 16
-# Every MMOLOVE_* variable something reads: SPEC.md's table, the CLI's MMOLOVE_RELAY_URL, and
-# the file variants. Any other is a typo or a setting this version ignores.
+# Every MMOLOVE_* variable something reads: SPEC.md's table, the file variants, and what the
+# CLI and the examples read (MMOLOVE_RELAY_URL, MMOLOVE_SPOOL), since one environment may
+# serve both. Any other is a typo or a setting this version ignores.
 KNOWN_VARIABLES = frozenset(
     [
         "MMOLOVE_SERVER_ID",
@@ -45,6 +46,7 @@ KNOWN_VARIABLES = frozenset(
         "MMOLOVE_RELAY_ALERT_URL_FILE",
         "MMOLOVE_RELAY_ALERT_KIND",
         "MMOLOVE_RELAY_URL",
+        "MMOLOVE_SPOOL",
     ]
 )
 
