@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import json
 import resource
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # upstream connection pool, logs, the listening socket.
 FD_RESERVE = 128
 REFUSED_LINGER_S = 1.0
+RECEIVE_BUFFER_BYTES = 32 * 1024  # the kernel doubles it for its bookkeeping
 RETRY_AFTER_S = 1
 # After a body this large, hand freed heap memory back to the system once nothing is in
 # flight: glibc keeps it otherwise, and a burst of large bodies would stay resident.
@@ -87,7 +89,8 @@ class GuardedRunner(web.AppRunner):
         self._max_connections = max_connections
 
     async def _make_server(self) -> web.Server:
-        # BaseRunner's hook for building the server; the app's own one, re-made as ours.
+        # BaseRunner's hook for building the server: the app's own one, re-made as ours with
+        # the same handler settings (aiohttp keeps them in ``_kwargs``).
         made = await super()._make_server()
         return _CappedServer(
             made.request_handler,
@@ -110,11 +113,22 @@ class _CappedServer(web.Server):
 
 
 class _JsonErrors(RequestHandler):
-    """aiohttp's connection handler, answering HTTP it cannot parse in the JSON error shape.
+    """aiohttp's connection handler, answering HTTP it cannot parse in the JSON error shape,
+    with a small receive buffer.
 
     Malformed requests never reach the app's middlewares; aiohttp answers them here, by
     default in plain text after logging a traceback at error level.
     """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # One read takes what the kernel buffered, up to 256 KiB, before aiohttp can pause
+        # the socket; with 1,000 connections sending bodies that was 250 MiB waiting for an
+        # answer. A fixed buffer bounds each read (and still moves a 1 MiB body in well
+        # under body_timeout_s on any LAN).
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        super().connection_made(transport)
 
     def handle_error(
         self,
@@ -123,6 +137,9 @@ class _JsonErrors(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of an answer went out already: aiohttp's own rule, the connection is broken.
+            raise ConnectionError("the answer was partly sent; the connection is dropped")
         if status >= 500:
             log.error("api.request_failed", status=status, error=repr(exc))
             code, text = "internal_error", "the relay failed on this request; retry later."
