@@ -239,9 +239,9 @@ def load_settings(
     )
     if token is not None and len(token.reveal()) < MIN_SECRET_CHARS:
         raise ConfigError(
-            f"the ingest token is {len(token.reveal())} characters, under the "
-            f"{MIN_SECRET_CHARS} a guess cannot find; use a long random one, e.g. the output "
-            "of `openssl rand -hex 24`."
+            f"the ingest token is too short to resist guessing ({len(token.reveal())} of at "
+            f"least {MIN_SECRET_CHARS} characters); use a long random one, e.g. the output of "
+            "`openssl rand -hex 24`."
         )
     log_format = environ.get("MMOLOVE_RELAY_LOG_FORMAT") or doc.get("log_format")
     if log_format not in (None, "json", "console"):
@@ -503,9 +503,9 @@ def _server(
         notes.append(
             ConfigNote(
                 "config.short_secret",
-                f"the {what} is {len(secret.reveal())} characters; MMOLove's secrets are "
-                f"longer than {MIN_SECRET_CHARS}, so check it is the whole secret. Logs mask "
-                "it only where it appears whole.",
+                f"the {what} is short ({len(secret.reveal())} of the {MIN_SECRET_CHARS} or "
+                "more characters MMOLove's secrets have); check it is the whole secret. Logs "
+                "mask it only where it appears whole.",
             )
         )
     if secret is None:
