@@ -22,7 +22,7 @@ from typing import Any
 
 import tenacity
 
-from relay.config import Listen, ServerConfig, Settings, describe, load_settings
+from relay.config import Listen, ServerConfig, Settings, describe, load_settings, mask_url
 from relay.errors import DeliveryError, SenderPaused
 from relay.events import validate
 from relay.sender import Sender
@@ -439,10 +439,10 @@ def _test(args: argparse.Namespace, environ: Environ) -> int:
     servers = [_server(settings, args.server_id)] if args.server_id else settings.servers
     results = asyncio.run(_test_servers(settings, [s.server_id for s in servers]))
     if args.json:
-        _print_json({"endpoint": settings.endpoint, "servers": results})
+        _print_json({"endpoint": mask_url(settings.endpoint), "servers": results})
     else:
         for r in results:
-            print(f"server {r['server_id']} -> {settings.endpoint}: {r['message']}")
+            print(f"server {r['server_id']} -> {mask_url(settings.endpoint)}: {r['message']}")
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_REFUSED
 
 
