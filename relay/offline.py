@@ -1,0 +1,113 @@
+"""Offline reads: the read commands answered from the outbox file when the daemon is down.
+
+The file is opened read-only (``mode=ro``: no write, no write lock, no checkpoint, and no
+``.lock`` taken), so it is safe beside a running daemon. The same routes the daemon serves
+answer from it on a private loopback port for the command's duration, so a reply reads the
+same whether it came from the daemon or the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import aiosqlite
+from aiohttp import web
+
+from relay import admin, visibility
+from relay.api import make_app
+from relay.config import Settings
+from relay.errors import OutboxError
+from relay.metrics import Metrics
+from relay.outbox import Outbox
+from relay.records import Records
+
+
+class ReadOnlyOutbox(Outbox):
+    """An ``Outbox`` on a read-only connection; any write fails with a clear error."""
+
+    def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._reader = reader
+        self._write = _refuse
+        self.closing = True  # ingest would refuse
+        self.new_events = asyncio.Event()
+        self.records = Records(_refuse, self._read)
+
+    @classmethod
+    async def open_file(cls, path: Path) -> ReadOnlyOutbox:
+        """Open ``path`` (absolute, existing) read-only."""
+        uri = f"file:{quote(str(path))}?mode=ro"
+        try:
+            reader = await aiosqlite.connect(uri, uri=True)
+            try:
+                await reader.execute("PRAGMA query_only = 1")
+                await reader.execute("SELECT 1 FROM events LIMIT 1")
+            except BaseException:
+                await reader.close()
+                raise
+        except sqlite3.Error as exc:
+            raise OutboxError(
+                f"cannot read the outbox {path} ({exc}); check the path and that you may "
+                "read it (run as the relay's user, e.g. sudo -u mmolove-relay)."
+            ) from exc
+        return cls(path, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+
+
+async def _refuse(job: Any) -> Any:
+    raise OutboxError(
+        "the outbox was opened read-only (the daemon is not running); start "
+        "`mmolove-relay serve` to change it."
+    )
+
+
+def read(settings: Settings, db: Path, path: str) -> tuple[int, dict[str, Any]]:
+    """Answer ``GET path`` from the outbox file ``db``, as the daemon would."""
+    if not db.is_file():
+        raise OutboxError(
+            f"there is no outbox file at {db}; pass --db PATH of the relay's outbox "
+            "(see MMOLOVE_RELAY_DB)."
+        )
+    return asyncio.run(_read(settings, db.resolve(), path))
+
+
+async def _read(settings: Settings, db: Path, path: str) -> tuple[int, dict[str, Any]]:
+    outbox = await ReadOnlyOutbox.open_file(db)
+    try:
+        servers = [
+            {"server_id": s.server_id, "paused": False, "paused_reason": None}
+            for s in settings.servers
+        ]
+        snapshot = {
+            "circuit": "unknown (daemon not running)",
+            "circuit_open_until": None,
+            "in_flight": 0,
+            "servers": servers,
+        }
+        # Only this process reaches the private port: no token needed.
+        app = make_app(outbox, replace(settings, ingest_token=None), lambda: snapshot, Metrics())
+        admin.add_routes(app)
+        visibility.add_routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}{path}") as resp,
+            ):
+                return resp.status, await resp.json()
+        finally:
+            await runner.cleanup()
+    finally:
+        await outbox.close()
