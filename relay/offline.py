@@ -1,9 +1,11 @@
 """Offline reads: the read commands answered from the outbox file when the daemon is down.
 
-The file is opened read-only (``mode=ro``: no write, no write lock, no checkpoint, and no
-``.lock`` taken), so it is safe beside a running daemon. The same routes the daemon serves
-answer from it on a private loopback port for the command's duration, so a reply reads the
-same whether it came from the daemon or the file.
+The file is opened read-only (no write, no write lock, no checkpoint, and no ``.lock``
+taken), so it is safe beside a running daemon. With no write-ahead log beside it (the daemon
+stopped cleanly) it is opened ``immutable``, so not even the ``-wal`` and ``-shm`` files a
+read-only WAL reader makes appear: a root-owned pair of them would stop the daemon's user.
+The same routes the daemon serves answer from it on a private loopback port for the
+command's duration, so a reply reads the same whether it came from the daemon or the file.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ class ReadOnlyOutbox(Outbox):
         self.records = Records(_refuse, self._read)
 
     @classmethod
-    async def open_file(cls, path: Path) -> ReadOnlyOutbox:
-        """Open ``path`` (absolute, existing) read-only."""
-        uri = f"file:{quote(str(path))}?mode=ro"
+    async def open_file(cls, path: Path, *, immutable: bool) -> ReadOnlyOutbox:
+        """Open ``path`` (absolute, existing) read-only; ``immutable`` when no WAL is beside it."""
+        uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
         try:
             reader = await aiosqlite.connect(uri, uri=True)
             try:
@@ -76,11 +78,14 @@ def read(settings: Settings, db: Path, path: str) -> tuple[int, dict[str, Any]]:
             f"there is no outbox file at {db}; pass --db PATH of the relay's outbox "
             "(see MMOLOVE_RELAY_DB)."
         )
-    return asyncio.run(_read(settings, db.resolve(), path))
+    immutable = not Path(f"{db}-wal").exists()
+    return asyncio.run(_read(settings, db.resolve(), path, immutable=immutable))
 
 
-async def _read(settings: Settings, db: Path, path: str) -> tuple[int, dict[str, Any]]:
-    outbox = await ReadOnlyOutbox.open_file(db)
+async def _read(
+    settings: Settings, db: Path, path: str, *, immutable: bool
+) -> tuple[int, dict[str, Any]]:
+    outbox = await ReadOnlyOutbox.open_file(db, immutable=immutable)
     try:
         servers = [
             {"server_id": s.server_id, "paused": False, "paused_reason": None}
