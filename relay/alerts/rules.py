@@ -27,7 +27,10 @@ from relay.records import AlertState
 
 log = structlog.get_logger("relay.alerts")
 
-DEAD_BATCH_S = 30.0  # new dead events within this are told in one message
+# New dead events are told once deaths pause for DEAD_QUIET_S (a burst is one message), or
+# at the latest DEAD_BATCH_S after the first untold one (a steady trickle still is told).
+DEAD_QUIET_S = 2.0
+DEAD_BATCH_S = 30.0
 _DEAD_MARK = "dead_finished_at"
 
 
@@ -63,7 +66,7 @@ class Rules:
         self.firing: dict[str, AlertState] = {}
         self._active_since: dict[str, float] = {}
         self._clear_since: dict[str, float] = {}
-        self._dead_told_at = 0.0
+        self._dead_seen_at: float | None = None  # when untold dead events were first seen
 
     async def run(self) -> None:
         """Load the firing conditions, then evaluate every ``alert_every_s`` until cancelled."""
@@ -178,12 +181,15 @@ class Rules:
             self._tell(o.key, "resolved", text, state.since, now)
 
     async def _dead(self, now: float) -> None:
-        """New dead events, told in batches: one message per ``DEAD_BATCH_S`` at most."""
-        if now - self._dead_told_at < DEAD_BATCH_S:
-            return
+        """New dead events, told in batches (see ``DEAD_QUIET_S``)."""
         mark = await self._outbox.records.mark(_DEAD_MARK) or 0.0
         died = await self._outbox.records.dead_since(mark)
         if not died:
+            self._dead_seen_at = None
+            return
+        first_seen = self._dead_seen_at = self._dead_seen_at or now
+        latest = max(d.latest for d in died)
+        if now - latest < DEAD_QUIET_S and now - first_seen < DEAD_BATCH_S:
             return
         total = sum(d.count for d in died)
         reasons = ", ".join(f"{d.outcome} \u00d7{d.count}" for d in died)
@@ -191,8 +197,8 @@ class Rules:
             f"💀 {total} event{'s' if total != 1 else ''} died, {reasons}: "
             "`mmolove-relay events list --status dead`"
         )
-        await self._outbox.records.set_mark(_DEAD_MARK, max(d.latest for d in died))
-        self._dead_told_at = now
+        await self._outbox.records.set_mark(_DEAD_MARK, latest)
+        self._dead_seen_at = None
         self._tell("dead", "firing", text, None, now)
 
     def _tell(self, key: str, status: str, text: str, since: float | None, now: float) -> None:
