@@ -299,3 +299,18 @@ async def test_a_discord_message_never_exceeds_2000_characters(
     assert receiver.bad == []
     assert len(receiver.texts("discord")[0]) == 2000
     assert len(receiver.texts("slack")[0]) > 3000
+
+
+async def test_over_max_outbox_bytes_ingest_answers_503_and_the_alert_fires(
+    start_relay: StartRelay, settings: Settings, receiver: Receiver
+) -> None:
+    """Like low disk: refused with Retry-After, nothing stored, and the operator told."""
+    relay = await start_relay(alerting(settings, receiver, max_outbox_bytes=1))
+    async with relay.http.post(relay.url + "/v1/events", json=registered("t", "p")) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "30"
+        assert "max_outbox_bytes" in (await resp.json())["error"]["message"]
+    _, status = await relay.get("/v1/status")
+    assert status["counts"]["pending"] == 0
+    await until(lambda: receiver.got.get("webhook"), 5.0, "an outbox-full alert")
+    assert receiver.got["webhook"][0]["alert"] == "outbox_full"
