@@ -19,7 +19,6 @@ from relay.ops import (
     EXIT_OK,
     EXIT_REFUSED,
     Environ,
-    _age,
     _Daemon,
     _daemon_options,
     _duration,
@@ -68,13 +67,12 @@ def _player(args: argparse.Namespace, environ: Environ) -> int:
         return EXIT_OK
     where = f" on server {story['server_id']}" if story["server_id"] else ""
     print(f"player {story['referee_identity']}{where}, referral token {story['token'] or '-'}")
-    now = time.time()
     rows = []
     for e in story["events"]:
         if e["status"] == "dead":
             why = e["error"] or "-"
-        elif e["next_attempt_at"] is not None:
-            why = f"next attempt in {_age(e['next_attempt_at'] - now)}"
+        elif e["note"]:
+            why = e["note"]
         else:
             why = "from the ledger (body pruned)" if e["source"] == "ledger" else "-"
         rows.append(

@@ -7,7 +7,7 @@ token; every event for that token comes from the outbox or, once pruned, from th
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from relay.deliveryview import DeliveryView
@@ -34,6 +34,7 @@ class StoryEntry:
     next_attempt_at: float | None  # pending only
     error: str | None  # why it died, or the last failure of a pending event
     source: str  # "outbox", or "ledger" once the body was pruned
+    note: str = ""  # for a waiting event: what it waits for
 
     @classmethod
     def of_record(cls, r: EventRecord) -> StoryEntry:
@@ -138,7 +139,7 @@ async def story(
         if where is not None
         for r in await outbox.records.rejections(where, 20)
     }
-    events = tuple(entries[i] for i in sorted(entries))
+    events = _noted(tuple(entries[i] for i in sorted(entries)), server, view, now)
     found = tuple(sorted(rejected.values(), key=lambda r: -r.id))
     return PlayerStory(
         referee_identity=referee_identity,
@@ -241,6 +242,27 @@ def _pending(
             f"mmolove-relay retry {e.id}",
         )
     return Verdict(None, f"Pending: {what} is due now and will be sent shortly.")
+
+
+def _noted(
+    events: tuple[StoryEntry, ...], server_id: str | None, view: DeliveryView, now: float
+) -> tuple[StoryEntry, ...]:
+    """Say what each waiting event waits for: a pause, an earlier event, or its backoff."""
+    out = []
+    for e in events:
+        earlier = [p for p in events if p.id < e.id and not p.test and p.status != "delivered"]
+        if e.status != "pending":
+            note = ""
+        elif server_id in view.paused:
+            note = f"held: server {server_id} is paused"
+        elif earlier and not e.test:
+            note = f"waits behind #{earlier[0].id}"
+        elif e.next_attempt_at and e.next_attempt_at > now:
+            note = f"next attempt at {_clock(e.next_attempt_at)}"
+        else:
+            note = "due now"
+        out.append(replace(e, note=note))
+    return tuple(out)
 
 
 def _clock(timestamp: float) -> str:

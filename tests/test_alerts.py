@@ -142,7 +142,7 @@ async def test_a_pause_fires_within_5_s_on_every_target_and_resolves_once_fixed(
     relay.handle.reload(settings)  # the right secret: the probe resumes the server
     await until(lambda: len(receiver.got.get("webhook", [])) == 2, 10.0, "a resolved message")
     assert receiver.got["webhook"][1]["status"] == "resolved"
-    assert receiver.texts("slack")[1].startswith("mmolove-relay on")
+    assert receiver.texts("slack")[1].startswith("\u2705 mmolove-relay on")
     assert "resolved after" in receiver.texts("discord")[1]
     assert receiver.bad == []
     _, status = await relay.get("/v1/status")

@@ -62,9 +62,12 @@ async def test_a_referral_held_behind_a_401_pause_says_so_and_how_to_fix_it(
         assert time.monotonic() < deadline, "the server never paused"
         await asyncio.sleep(0.05)
 
+    _, qual = await relay.post(qualified("tok-held", "held-1"))
     told = await story(relay, "held-1")
-    [entry] = told["events"]
-    assert (entry["id"], entry["status"]) == (reg["id"], "pending")
+    assert [(e["id"], e["status"], e["note"]) for e in told["events"]] == [
+        (reg["id"], "pending", f"held: server {SERVER} is paused"),
+        (qual["id"], "pending", f"held: server {SERVER} is paused"),
+    ]
     verdict = told["verdict"]
     assert verdict["counted"] is None
     assert f"deliveries for server {SERVER} are paused" in verdict["sentence"]

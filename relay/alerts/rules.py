@@ -161,13 +161,13 @@ class Rules:
                 state = AlertState(o.key, since, now, text)
                 await self._outbox.records.save_alert(state)
                 self.firing[o.key] = state
-                self._tell(o.key, "firing", f"🔴 {text}", since, now)
+                self._tell(o.key, "firing", "🔴", text, since, now)
             elif state is not None and now - state.last_sent >= self._s.alert_reminder_s:
                 state = replace(state, last_sent=now)
                 await self._outbox.records.save_alert(state)
                 self.firing[o.key] = state
-                text = f"🔴 still firing, for {_span(now - state.since)}: {state.summary}"
-                self._tell(o.key, "reminder", text, state.since, now)
+                text = f"still firing, for {_span(now - state.since)}: {state.summary}"
+                self._tell(o.key, "reminder", "🔴", text, state.since, now)
             return
         self._active_since.pop(o.key, None)
         if state is None:
@@ -177,8 +177,8 @@ class Rules:
             await self._outbox.records.clear_alert(o.key)
             del self.firing[o.key]
             self._clear_since.pop(o.key, None)
-            text = f"✅ resolved after {_span(clear - state.since)}: {state.summary}"
-            self._tell(o.key, "resolved", text, state.since, now)
+            text = f"resolved after {_span(clear - state.since)}: {state.summary}"
+            self._tell(o.key, "resolved", "✅", text, state.since, now)
 
     async def _dead(self, now: float) -> None:
         """New dead events, told in batches (see ``DEAD_QUIET_S``)."""
@@ -194,15 +194,17 @@ class Rules:
         total = sum(d.count for d in died)
         reasons = ", ".join(f"{d.outcome} \u00d7{d.count}" for d in died)
         text = (
-            f"💀 {total} event{'s' if total != 1 else ''} died, {reasons}: "
+            f"{total} event{'s' if total != 1 else ''} died, {reasons}: "
             "`mmolove-relay events list --status dead`"
         )
         await self._outbox.records.set_mark(_DEAD_MARK, latest)
         self._dead_seen_at = None
-        self._tell("dead", "firing", text, None, now)
+        self._tell("dead", "firing", "💀", text, None, now)
 
-    def _tell(self, key: str, status: str, text: str, since: float | None, now: float) -> None:
-        text = f"mmolove-relay on {self._host}: {text}"
+    def _tell(
+        self, key: str, status: str, icon: str, text: str, since: float | None, now: float
+    ) -> None:
+        text = f"{icon} mmolove-relay on {self._host}: {text}"
         log.warning("alert.transition", alert=key, status=status)
         self._send(Message(key=key, status=status, text=text, since=since, at=now))
 
