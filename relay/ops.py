@@ -237,7 +237,26 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
                 for d in data["dead"]
             ],
         )
+    _status_visibility(data)
     return EXIT_OK
+
+
+def _status_visibility(data: Mapping[str, Any]) -> None:
+    """Rejected inputs and alerts; absent from a daemon that predates them."""
+    rejected = data.get("rejected") or {}
+    if rejected.get("last_hour"):
+        latest = rejected["latest"]
+        print(
+            f"\n{rejected['last_hour']} input(s) rejected in the last hour; latest "
+            f"{_when(latest['at'])}: {latest['http_status']} {latest['code']}: "
+            f"{latest['message']} (see: mmolove-relay rejected)"
+        )
+    alerts = data.get("alerts") or {}
+    for firing in alerts.get("firing", []):
+        print(f"\nALERT {firing['key']} since {_when(firing['since'])}")
+    for target in alerts.get("targets", []):
+        if target["ok"] is False:
+            print(f"\nalert target {target['target']} is failing: {target['last_error']}")
 
 
 def _last_error(server: Mapping[str, Any]) -> str:

@@ -116,3 +116,13 @@ async def test_a_rejection_is_logged_once_with_its_code_and_ids(
     assert "unknown_field" in lines[0]
     assert "tok-log" in lines[0]
     assert "q-1" in lines[0]
+
+
+async def test_status_names_the_rejected_count_and_the_latest(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    await relay.post({"event": "registered", "token": "tok-s", "server_event_id": "r-s"})
+    await rejected(relay, 1)
+    code, out, err = await cli("status", "--url", relay.url)
+    assert code == 0, err
+    assert "1 input(s) rejected in the last hour" in out
+    assert "422 missing_field: referee_identity is required." in out
