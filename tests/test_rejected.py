@@ -10,7 +10,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Relay, StartRelay, cli, registered
+from relay.events import validate
+from relay.records import Rejection
+from tests.support import SERVER, Relay, StartRelay, cli, registered
 
 
 async def rejected(relay: Relay, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -126,3 +128,22 @@ async def test_status_names_the_rejected_count_and_the_latest(start_relay: Start
     assert code == 0, err
     assert "1 input(s) rejected in the last hour" in out
     assert "422 missing_field: referee_identity is required." in out
+
+
+async def test_a_rejection_that_cannot_be_stored_never_fails_the_ingest_beside_it(
+    start_relay: StartRelay,
+) -> None:
+    """They share a group commit; only the record is lost, never the acknowledged event."""
+    relay = await start_relay()
+    outbox = relay.handle.outbox
+    now = time.time()
+    unstorable = Rejection(now, 422, "invalid_text", "\ud800", None, None, None, None, None, b"")
+    event = validate(
+        registered("tok-beside", "p-beside"), server_ids=[SERVER], allow_extra_fields=False, now=now
+    )
+    stored, added = await asyncio.gather(
+        outbox.records.add_rejections([unstorable], keep=10), outbox.add([event], now)
+    )
+    assert stored is False
+    assert added[0].created
+    assert (await outbox.get(added[0].id)) is not None
