@@ -111,6 +111,14 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     rejections = request.app.get(REJECTIONS)
     if rejections is None:
         return response
+    try:
+        _note(request, response, rejections)
+    except Exception:  # a bug here must cost the record, never the client's answer
+        log.exception("ingest.rejected_not_noted", path=request.path)
+    return response
+
+
+def _note(request: web.Request, response: web.StreamResponse, rejections: Rejections) -> None:
     raw = request.get(RAW_BODY, b"")
     now = time.time()
     if 400 <= response.status < 500 and isinstance(response, web.Response):
@@ -121,9 +129,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     sent = _loads(raw) if items else None
     for item in items:
         one = sent[item["index"]] if isinstance(sent, list) else None
-        body = json.dumps(one).encode()  # ASCII escapes: a lone surrogate stays storable
+        try:
+            body = json.dumps(one).encode()  # ASCII escapes: a lone surrogate stays storable
+        except (ValueError, RecursionError):
+            body = b""
         rejections.note(_rejection(now, item["status"], item, one, body, request.remote))
-    return response
 
 
 def _rejection(
