@@ -316,3 +316,43 @@ async def test_over_max_outbox_bytes_ingest_answers_503_and_the_alert_fires(
     assert status["counts"]["pending"] == 0
     await until(lambda: receiver.got.get("webhook"), 5.0, "an outbox-full alert")
     assert receiver.got["webhook"][0]["alert"] == "outbox_full"
+
+
+async def test_an_outage_fires_the_circuit_and_backlog_alerts_and_reminds_at_most_as_told(
+    start_relay: StartRelay, settings: Settings, receiver: Receiver, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.faults.outage = True
+    relay = await start_relay(
+        alerting(
+            settings, receiver, alert_after_s=0.5, alert_pending_age_s=0.5, alert_reminder_s=1.0
+        )
+    )
+    await relay.post(registered("tok-out", "p-out"))
+    hooks = receiver.got.setdefault("webhook", [])
+    await until(lambda: {"circuit", "backlog"} <= {h["alert"] for h in hooks}, 5.0, "both")
+    await asyncio.sleep(2.3)
+    circuit = [h["status"] for h in hooks if h["alert"] == "circuit"]
+    assert circuit[0] == "firing"
+    assert 1 <= circuit.count("reminder") <= 3  # one per alert_reminder_s, not one per check
+    assert (
+        "the circuit to MMOLove has been open"
+        in next(h for h in hooks if h["alert"] == "circuit")["text"]
+    )
+
+    sandbox.sandbox.faults.outage = False
+    await until(
+        lambda: {h["alert"] for h in hooks if h["status"] == "resolved"} >= {"circuit", "backlog"},
+        10.0,
+        "both resolved",
+    )
+
+
+async def test_a_disk_near_full_fires(
+    start_relay: StartRelay, settings: Settings, receiver: Receiver, tmp_path: Any
+) -> None:
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    await start_relay(alerting(settings, receiver, min_free_bytes=free))  # half of 2x: near
+    await until(lambda: receiver.got.get("webhook"), 5.0, "a disk alert")
+    assert receiver.got["webhook"][0]["alert"] == "disk"
