@@ -132,3 +132,41 @@ async def test_the_ledger_answers_after_the_bodies_are_pruned(start_relay: Start
     # Past ledger_retention_s the ledger entry goes too.
     await outbox.prune(now + 1, now + 1)
     assert (await story(relay, "old-1"))["events"] == []
+
+
+async def test_a_referral_backing_off_says_until_when_and_its_follower_waits(
+    start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    relay = await start_relay(backoff_base_s=1000.0, backoff_cap_s=1000.0)
+    sandbox.sandbox.faults.error_rate = 1.0  # every answer a 500
+    _, reg = await relay.post(registered("tok-slow", "slow-1"))
+    await relay.post(qualified("tok-slow", "slow-1"))
+    deadline = time.monotonic() + 10
+    while (await relay.get(f"/v1/events/{reg['id']}"))[1]["attempts"] == 0:
+        assert time.monotonic() < deadline, "never attempted"
+        await asyncio.sleep(0.05)
+
+    told = await story(relay, "slow-1")
+    assert told["events"][1]["note"] == f"waits behind #{reg['id']}"
+    verdict = told["verdict"]
+    assert verdict["counted"] is None
+    assert verdict["sentence"].startswith(f"Pending: registered #{reg['id']} is backing off after")
+    assert "next attempt at" in verdict["sentence"]
+    assert verdict["fix"] == f"mmolove-relay retry {reg['id']}"
+
+
+async def test_a_referral_behind_an_open_circuit_says_it_recovers_by_itself(
+    start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    relay = await start_relay(breaker_cooldown_s=60.0)
+    faults = sandbox.sandbox.faults
+    faults.throttle_next, faults.retry_after_s = 1, 60  # a 429 with Retry-After opens it
+    await relay.post(registered("tok-circ", "circ-1"))
+    deadline = time.monotonic() + 10
+    while (await relay.get("/v1/status"))[1]["circuit"] == "closed":
+        assert time.monotonic() < deadline, "the circuit never opened"
+        await asyncio.sleep(0.05)
+
+    verdict = (await story(relay, "circ-1"))["verdict"]
+    assert verdict["counted"] is None
+    assert verdict["sentence"].startswith("Pending: MMOLove is failing, so the circuit is open")
