@@ -150,6 +150,9 @@ async def readyz(request: web.Request) -> web.Response:
     needed = request.app[INGEST].settings.min_free_bytes
     if free < needed:
         problems.append(f"disk nearly full: {free} bytes free, {needed} needed for ingest")
+    cap = request.app[INGEST].settings.max_outbox_bytes
+    if cap and outbox.size_bytes() >= cap:
+        problems.append(f"outbox full: {outbox.size_bytes()} bytes, max_outbox_bytes is {cap}")
     delivery = request.app[DELIVERY_STATE]()
     for server in delivery["servers"]:
         if server["paused"]:

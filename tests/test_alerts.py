@@ -314,6 +314,9 @@ async def test_over_max_outbox_bytes_ingest_answers_503_and_the_alert_fires(
         assert "max_outbox_bytes" in (await resp.json())["error"]["message"]
     _, status = await relay.get("/v1/status")
     assert status["counts"]["pending"] == 0
+    status_code, ready = await relay.get("/readyz")
+    assert status_code == 503
+    assert any(p.startswith("outbox full") for p in ready["problems"])
     await until(lambda: receiver.got.get("webhook"), 5.0, "an outbox-full alert")
     assert receiver.got["webhook"][0]["alert"] == "outbox_full"
 
