@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from relay.config import Secret, ServerConfig
+from relay.deliveryview import OFFLINE
+from relay.outbox import Outbox
+from relay.player import story as player_story
 from relay.sandbox import RunningSandbox
+from relay.schema import MIGRATIONS
 from tests.support import SERVER, Relay, StartRelay, cli, qualified, registered
 
 
@@ -170,3 +176,27 @@ async def test_a_referral_behind_an_open_circuit_says_it_recovers_by_itself(
     verdict = (await story(relay, "circ-1"))["verdict"]
     assert verdict["counted"] is None
     assert verdict["sentence"].startswith("Pending: MMOLove is failing, so the circuit is open")
+
+
+async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Path) -> None:
+    """Migration 3 reads referee_identity out of the stored bodies of older registrations."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    body = json.dumps(registered("tok-v2", "v2-player") | {"server_id": SERVER, "ts": 1})
+    db.execute(
+        "INSERT INTO events (server_id, token, event, server_event_id, rank, test, body,"
+        " fingerprint, created_at, next_attempt_at) VALUES (?, 'tok-v2', 'registered',"
+        " 'reg-v2-player', 0, 0, ?, 'f', 1, 1)",
+        (SERVER, body.encode()),
+    )
+    db.close()
+
+    box = await Outbox.open(path)
+    try:
+        told = await player_story(box, OFFLINE, "v2-player")
+    finally:
+        await box.close()
+    assert told.token == "tok-v2"
+    assert [e.server_event_id for e in told.events] == ["reg-v2-player"]
