@@ -30,6 +30,7 @@ log = structlog.get_logger("relay.alerts")
 # New dead events are told once deaths pause for DEAD_QUIET_S (a burst is one message), or
 # at the latest DEAD_BATCH_S after the first untold one (a steady trickle still is told).
 DEAD_QUIET_S = 2.0
+SLOW_EVERY = 5  # rounds between reads of the outbox and the disk
 DEAD_BATCH_S = 30.0
 _DEAD_MARK = "dead_finished_at"
 
@@ -67,6 +68,8 @@ class Rules:
         self._active_since: dict[str, float] = {}
         self._clear_since: dict[str, float] = {}
         self._dead_seen_at: float | None = None  # when untold dead events were first seen
+        self._rounds = 0
+        self._slow: list[Observation] = []
 
     async def run(self) -> None:
         """Load the firing conditions, then evaluate every ``alert_every_s`` until cancelled."""
@@ -80,13 +83,19 @@ class Rules:
 
     async def evaluate(self) -> None:
         now = self._clock()
-        seen = {o.key: o for o in await self._observe(now)}
+        # The dispatcher's state is in memory and read every round (a pause alerts within
+        # seconds); what needs the outbox or the disk is read every SLOW_EVERY rounds, so
+        # the reader connection delivery also uses stays nearly idle.
+        if self._rounds % SLOW_EVERY == 0:
+            self._slow = await self._observe_outbox(now)
+            await self._dead(now)
+        self._rounds += 1
+        seen = {o.key: o for o in [*self._observe_delivery(), *self._slow]}
         for key in seen.keys() | self.firing.keys():
             await self._step(seen.get(key, Observation(key, active=False)), now)
-        await self._dead(now)
 
-    async def _observe(self, now: float) -> list[Observation]:
-        s, outbox = self._s, self._outbox
+    def _observe_delivery(self) -> list[Observation]:
+        s = self._s
         view = DeliveryView.of(self._state())
         found = [
             Observation(
@@ -107,6 +116,11 @@ class Rules:
                 after_s=s.alert_after_s,
             )
         )
+        return found
+
+    async def _observe_outbox(self, now: float) -> list[Observation]:
+        s, outbox = self._s, self._outbox
+        found = []
         oldest = await outbox.oldest_pending_created()
         age = now - oldest if oldest is not None else 0.0
         found.append(
