@@ -28,6 +28,7 @@ from relay.errors import OutboxError
 from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.records import Records
+from relay.schema import MIGRATIONS
 
 
 class ReadOnlyOutbox(Outbox):
@@ -49,7 +50,15 @@ class ReadOnlyOutbox(Outbox):
             reader = await aiosqlite.connect(uri, uri=True)
             try:
                 await reader.execute("PRAGMA query_only = 1")
-                await reader.execute("SELECT 1 FROM events LIMIT 1")
+                rows = list(await reader.execute_fetchall("PRAGMA user_version"))
+                version = int(rows[0][0]) if rows else 0
+                if version != len(MIGRATIONS):
+                    raise OutboxError(
+                        f"the outbox {path} has schema version {version} and this relay reads "
+                        f"version {len(MIGRATIONS)}; a read-only reader cannot migrate it. "
+                        "Start this relay's daemon once (it migrates), or read the file with "
+                        "the relay version that wrote it."
+                    )
             except BaseException:
                 await reader.close()
                 raise

@@ -8,12 +8,14 @@ import hashlib
 import json
 import signal
 import socket
+import sqlite3
 from pathlib import Path
 
 import aiohttp
 
 from relay.config import Settings
 from relay.sandbox import RunningSandbox
+from relay.schema import MIGRATIONS
 from tests.harness import Spawn, ingest, relay_env, tuning, wait_delivered
 from tests.support import SECRET, SERVER, StartRelay, cli, qualified, registered, running_relay
 
@@ -129,3 +131,18 @@ async def test_after_kill_9_the_wal_is_read_and_left_as_it_was(
     assert {k: v for k, v in after.items() if not k.endswith("-shm")} == {
         k: v for k, v in before.items() if not k.endswith("-shm")
     }
+
+
+async def test_an_outbox_of_another_schema_version_is_refused_with_the_way_out(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    conn.close()
+    before = files(tmp_path)
+    code, _, err = await cli("status", "--db", str(db))
+    assert code == 3
+    assert "schema version 1" in err
+    assert "cannot migrate it" in err
+    assert files(tmp_path) == before
