@@ -118,7 +118,9 @@ def table(results: dict[str, Any]) -> str:
         f"Backlog of {b['events']:,} events ({b['db_mb']:,.0f} MB outbox): start-up "
         f"{b['startup_s']:.2f} s from spawn to /healthz ({b['startup_in_process_ms']} ms "
         f"in-process), `status` {b['status_cli_s']:.2f} s (CLI) / {b['status_api_s']:.3f} s "
-        f"(API), RSS {b['rss_mb']:.0f} MB (peak {b['peak_rss_mb']:.0f} MB).",
+        f"(API), RSS {b['rss_mb']:.0f} MB (peak {b['peak_rss_mb']:.0f} MB). The player "
+        f"view of one referral took {b['player_api_s'] * 1000:.1f} ms (API); the ledger "
+        f"takes {b['ledger_mb_per_million']:.0f} MB per million delivered events.",
     ]
     return "\n".join(lines)
 

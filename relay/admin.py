@@ -16,7 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__
+from relay import __version__, visibility
+from relay.alerts.rules import RULES
+from relay.alerts.targets import TARGETS
 from relay.api import DELIVERY_STATE, INGEST, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent, OutboxError
 from relay.metrics import CONTENT_TYPE
@@ -87,6 +89,8 @@ async def status(request: web.Request) -> web.Response:
             EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
         ),
         "outbox": {"path": str(outbox.path), "bytes": summary["outbox_bytes"]},
+        "rejected": await visibility.rejected_summary(outbox, now),
+        "alerts": _alerts(request),
     }
     return web.json_response(body)
 
@@ -156,6 +160,9 @@ async def readyz(request: web.Request) -> web.Response:
     needed = request.app[INGEST].settings.min_free_bytes
     if free < needed:
         problems.append(f"disk nearly full: {free} bytes free, {needed} needed for ingest")
+    cap = request.app[INGEST].settings.max_outbox_bytes
+    if cap and outbox.size_bytes() >= cap:
+        problems.append(f"outbox full: {outbox.size_bytes()} bytes, max_outbox_bytes is {cap}")
     delivery = request.app[DELIVERY_STATE]()
     for server in delivery["servers"]:
         if server["paused"]:
@@ -194,6 +201,15 @@ async def _summary(request: web.Request, now: float) -> dict[str, Any]:
         "counts": await outbox.counts_by_server(),
         "oldest_pending_age_s": round(now - oldest, 1) if oldest is not None else None,
         "outbox_bytes": outbox.size_bytes(),
+    }
+
+
+def _alerts(request: web.Request) -> dict[str, Any]:
+    """Which conditions are firing, and how each alert target last answered."""
+    rules, targets = request.app.get(RULES), request.app.get(TARGETS)
+    return {
+        "firing": [asdict(s) for s in rules.firing.values()] if rules else [],
+        "targets": [asdict(h) for h in targets.health] if targets else [],
     }
 
 

@@ -20,6 +20,8 @@ from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
 from relay.outbox import Added, Outbox
+from relay.rejected import BATCH_REJECTS, RAW_BODY
+from relay.rejected import middleware as _rejections
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,7 +53,9 @@ def make_app(
 
     The operator routes (``relay.admin``) are added to it by the daemon.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[_rejections, _errors, _auth]
+    )
     app[OUTBOX] = outbox
     app[INGEST] = Ingest(settings)
     app[DELIVERY_STATE] = delivery_state
@@ -141,7 +145,9 @@ async def _read_json(request: web.Request) -> Any:
             "send the event with Content-Type: "
             f"application/json (got {request.content_type or 'none'}).",
         )
-    return parse_json(await request.read())
+    raw = await request.read()
+    request[RAW_BODY] = raw  # kept for the record of a rejection
+    return parse_json(raw)
 
 
 def _validate(request: web.Request, data: Any, now: float) -> Event:
@@ -235,6 +241,7 @@ async def post_batch(request: web.Request) -> web.Response:
                 "id": result.id,
                 "duplicate": not result.created,
             }
+    request[BATCH_REJECTS] = [r for r in results if r["status"] >= 400]
     return web.json_response({"results": results})
 
 

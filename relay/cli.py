@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 import uvloop
 
-from relay import __version__, logs, ops
+from relay import __version__, logs, ops, opsviews
 from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError, OutboxError
@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     ops.add_commands(sub, os.environ)
+    opsviews.add_commands(sub, os.environ)
     return parser
 
 
@@ -170,6 +171,9 @@ def _redact(settings: Settings) -> None:
     logs.redact(s.secret.reveal() for s in settings.servers)
     if settings.ingest_token is not None:
         logs.redact([settings.ingest_token.reveal()])
+    # An alert URL holds its target's token.
+    logs.redact(a.url.reveal() for a in settings.alerts)
+    logs.redact(a.secret.reveal() for a in settings.alerts if a.secret is not None)
 
 
 # -- sandbox -------------------------------------------------------------------------------

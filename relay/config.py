@@ -93,6 +93,29 @@ class ServerConfig:
     secret_file: Path | None = None
 
 
+ALERT_KINDS = ("discord", "slack", "webhook")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTarget:
+    """Where alerts go; the URL holds the target's token, so it is a secret too."""
+
+    kind: str  # discord, slack or webhook
+    url: Secret
+    secret: Secret | None = None  # webhook only: signs each body with HMAC-SHA256
+    name: str = ""
+
+    @property
+    def masked_url(self) -> str:
+        """Scheme and host only: enough to tell targets apart, nothing to post with."""
+        parts = urlsplit(self.url.reveal())
+        return f"{parts.scheme}://{parts.hostname or ''}/***"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.kind} {self.masked_url}"
+
+
 @dataclass(frozen=True, slots=True)
 class Listen:
     """Where ingest listens: a TCP ``host``/``port`` or a Unix socket ``path``."""
@@ -153,6 +176,18 @@ class Settings:
     retention_s: float = 7 * 24 * 3600.0
     # warnings found while loading, logged by the daemon at start-up and on reload
     notes: tuple[ConfigNote, ...] = ()
+    ledger_retention_s: float = 180 * 24 * 3600.0
+    max_outbox_bytes: int = 0  # 0: unlimited
+    rejected_keep: int = 10_000
+    # alerts: the targets, then when each condition fires
+    alerts: tuple[AlertTarget, ...] = ()
+    alert_after_s: float = 300.0  # circuit open this long
+    alert_pending_age_s: float = 900.0  # oldest pending this old
+    alert_rejected_count: int = 10  # this many rejected inputs ...
+    alert_rejected_window_s: float = 300.0  # ... within this window
+    alert_reminder_s: float = 3600.0  # while a condition stays firing
+    alert_resolve_after_s: float = 120.0  # clear this long before "resolved": no flapping
+    alert_every_s: float = 1.0  # how often the rules are evaluated
 
     def server(self, server_id: str) -> ServerConfig | None:
         return next((s for s in self.servers if s.server_id == server_id), None)
@@ -188,14 +223,40 @@ _TUNABLES: dict[str, dict[str, str]] = {
             "drain_timeout_s",
         )
     },
-    "outbox": {"retention_s": "retention_s"},
+    "outbox": {
+        name: name
+        for name in ("retention_s", "ledger_retention_s", "max_outbox_bytes", "rejected_keep")
+    },
+    "alerting": {
+        name: name
+        for name in (
+            "alert_after_s",
+            "alert_pending_age_s",
+            "alert_rejected_count",
+            "alert_rejected_window_s",
+            "alert_reminder_s",
+            "alert_resolve_after_s",
+        )
+    },
 }
 _SECTION_KEYS = {
-    "": {"endpoint", "log_format", "ca_file", "ingest", "delivery", "outbox", "servers"},
+    "": {
+        "endpoint",
+        "log_format",
+        "ca_file",
+        "ingest",
+        "delivery",
+        "outbox",
+        "servers",
+        "alerting",
+        "alerts",
+    },
     "ingest": {"listen", "token", "token_file", *_TUNABLES["ingest"]},
     "delivery": set(_TUNABLES["delivery"]),
     "outbox": {"path", *_TUNABLES["outbox"]},
     "servers": {"id", "secret", "secret_file", "kid"},
+    "alerting": set(_TUNABLES["alerting"]),
+    "alerts": {"kind", "url", "url_file", "secret", "secret_file", "name"},
 }
 
 
@@ -261,6 +322,7 @@ def load_settings(
         db_path=Path(environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
         servers=_servers(environ, doc.get("servers", []), require=require_servers, notes=notes),
+        alerts=_alerts(environ, doc.get("alerts", []), notes=notes),
     )
     settings = replace(settings, notes=tuple(notes))
     if not listen.is_loopback and settings.ingest_token is None:
@@ -349,6 +411,11 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = mask_url(value)
         elif f.name == "notes":
             value = [note.message for note in value]
+        elif f.name == "alerts":
+            value = [
+                {"kind": a.kind, "name": a.name, "url": a.masked_url, "signed": bool(a.secret)}
+                for a in value
+            ]
         elif isinstance(value, Secret):
             value = "***"
         elif isinstance(value, Path | Listen):
@@ -379,9 +446,14 @@ def _reject_unknown_keys(doc: dict[str, Any]) -> None:
                 )
 
     check("", doc, "(top level)")
-    for section in ("ingest", "delivery", "outbox"):
+    for section in ("ingest", "delivery", "outbox", "alerting"):
         if section in doc:
             check(section, doc[section], f"[{section}]")
+    alerts = doc.get("alerts", [])
+    if not isinstance(alerts, list):
+        raise ConfigError("alerts must be an array of tables: write [[alerts]].")
+    for i, entry in enumerate(alerts):
+        check("alerts", entry, f"alerts[{i}]")
     servers = doc.get("servers", [])
     if not isinstance(servers, list):
         raise ConfigError("servers must be an array of tables: write [[servers]].")
@@ -523,3 +595,44 @@ def _server(
             )
         secret = Secret("")
     return ServerConfig(server_id=server_id, secret=secret, kid=kid, secret_file=secret_file)
+
+
+def _alerts(
+    environ: Mapping[str, str], entries: list[dict[str, Any]], *, notes: list[ConfigNote]
+) -> tuple[AlertTarget, ...]:
+    """``[[alerts]]`` entries, plus one target from ``MMOLOVE_RELAY_ALERT_URL`` (or ``_FILE``)."""
+    entries = list(entries)
+    if environ.get("MMOLOVE_RELAY_ALERT_URL") or environ.get("MMOLOVE_RELAY_ALERT_URL_FILE"):
+        entries.append(
+            {
+                "kind": environ.get("MMOLOVE_RELAY_ALERT_KIND") or "webhook",
+                "url": environ.get("MMOLOVE_RELAY_ALERT_URL"),
+                "url_file": environ.get("MMOLOVE_RELAY_ALERT_URL_FILE"),
+                "name": "from the environment",
+            }
+        )
+    targets = []
+    for i, entry in enumerate(entries):
+        where = entry.get("name") or f"alerts[{i}]"
+        kind = entry.get("kind", "webhook")
+        if kind not in ALERT_KINDS:
+            raise ConfigError(
+                f"alert target {where} has kind {kind!r}; use one of {', '.join(ALERT_KINDS)} "
+                "(MMOLOVE_RELAY_ALERT_KIND or kind = in [[alerts]])."
+            )
+        url = _secret_from(
+            entry.get("url"), entry.get("url_file"), what=f"URL of {where}", notes=notes
+        )
+        if url is None:
+            raise ConfigError(f"alert target {where} has no url; give url or url_file.")
+        parts = urlsplit(url.reveal())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # Never echo the URL: it holds the target's token.
+            raise ConfigError(f"the URL of alert target {where} is not an http(s) URL.")
+        secret = _secret_from(
+            entry.get("secret"), entry.get("secret_file"), what=f"{where} secret", notes=notes
+        )
+        if secret is not None and kind != "webhook":
+            raise ConfigError(f"alert target {where}: only a webhook target takes a secret.")
+        targets.append(AlertTarget(kind, url, secret, str(entry.get("name") or "")))
+    return tuple(targets)

@@ -16,12 +16,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import structlog
 from aiohttp import web
 
-from relay import __version__, admin, guard
+from relay import __version__, admin, guard, visibility
+from relay.alerts.rules import RULES, Rules
+from relay.alerts.targets import TARGETS, Targets
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe, mask_url
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
+from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
 
 log = structlog.get_logger("relay.daemon")
@@ -84,7 +87,11 @@ async def run(
     fd_limit = guard.raise_fd_limit()
     max_connections = guard.connection_cap(settings, fd_limit.soft)
     async with AsyncExitStack() as stack:
-        outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
+        outbox = await Outbox.open(
+            settings.db_path,
+            min_free_bytes=settings.min_free_bytes,
+            max_outbox_bytes=settings.max_outbox_bytes,
+        )
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())
         if requeued:
@@ -120,6 +127,19 @@ async def run(
         app = make_app(outbox, settings, dispatcher.snapshot, metrics)
         admin.add_routes(app)
         app.middlewares.append(guard.body_guard(settings))
+        visibility.add_routes(app)
+        rejections = Rejections(outbox.records, metrics, keep=settings.rejected_keep)
+        app[REJECTIONS] = rejections
+        recorder = asyncio.create_task(rejections.run(), name="rejections")
+        # Cancelled before the outbox closes; what it still holds is written on the way out.
+        stack.push_async_callback(rejections.flush)
+        stack.push_async_callback(_cancel, recorder)
+        if settings.alerts:
+            # Their own tasks and HTTP client: a slow or failing target never touches delivery.
+            app[TARGETS] = Targets(settings.alerts, metrics)
+            app[RULES] = Rules(outbox, dispatcher.snapshot, settings, app[TARGETS].send)
+            for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
+                stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
         runner = guard.GuardedRunner(
@@ -214,7 +234,9 @@ async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
         await asyncio.sleep(HOUSEKEEPING_EVERY_S)
         now = time.time()
         try:
-            events, attempts = await outbox.prune(now - settings.retention_s)
+            events, attempts = await outbox.prune(
+                now - settings.retention_s, now - settings.ledger_retention_s
+            )
         except Exception as exc:  # the next round may succeed; never kill the daemon
             log.error("outbox.housekeeping_failed", error=str(exc))
             continue

@@ -39,6 +39,7 @@ class Event:
     test: bool
     body: bytes
     fingerprint: str  # digest of what the client sent: tells an exact repeat from a conflict
+    referee_identity: str | None = None  # the player, the anchor the player view finds
 
     @property
     def rank(self) -> int:
@@ -145,6 +146,7 @@ def validate(
         test=bool(test),
         body=_dumps(body),
         fingerprint=fingerprint,
+        referee_identity=referee,
     )
 
 

@@ -39,6 +39,18 @@ class Metrics:
             ["server_id", "event"],
             registry=r,
         )
+        self.rejected = Counter(
+            f"{_PREFIX}_ingest_rejected",
+            "Inputs ingest refused with a 4xx, by error code (see mmolove-relay rejected).",
+            ["code"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            f"{_PREFIX}_alerts",
+            "Alert messages by target kind and result (sent, failed).",
+            ["kind", "result"],
+            registry=r,
+        )
         self.delivered = Counter(
             f"{_PREFIX}_delivered",
             "Attempts MMOLove took, by outcome (accepted, duplicate, ignored, test).",

@@ -18,10 +18,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import tenacity
 
+from relay import offline
 from relay.config import Listen, ServerConfig, Settings, describe, load_settings, mask_url
 from relay.errors import DeliveryError, SenderPaused
 from relay.events import validate
@@ -68,6 +70,7 @@ def add_commands(sub: Any, environ: Environ) -> None:
 
     status = command("status", "what is pending, dead and paused, per server", _status)
     _daemon_options(status)
+    db_option(status)
 
     events = sub.add_parser("events", help="list events or show one with its delivery log")
     events_sub = events.add_subparsers(metavar="list|show")
@@ -81,11 +84,14 @@ def add_commands(sub: Any, environ: Environ) -> None:
     listing.add_argument("--reason", help="why dead events died, e.g. not_found (see status)")
     listing.add_argument("--since", type=_duration, help="ingested within, e.g. 30m, 2h, 7d")
     listing.add_argument("--limit", type=int, default=50, help="at most (default %(default)s)")
+    listing.add_argument("--player", help="the referral whose registered names this player")
     _daemon_options(listing)
+    db_option(listing)
     show = events_sub.add_parser("show", help="one event, every attempt and MMOLove's answers")
     show.set_defaults(handler=lambda args: _events_show(args, environ))
     show.add_argument("id", type=int)
     _daemon_options(show)
+    db_option(show)
     events.set_defaults(handler=lambda args: _usage(events))
 
     retry = command(
@@ -133,6 +139,16 @@ def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) 
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument("--url", help="relay base URL (default from the listen setting)")
+
+
+def db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="read this outbox file read-only instead of asking the daemon (default: ask the "
+        "daemon, and read the configured file when it does not answer)",
+    )
 
 
 def _bulk_options(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +248,26 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
                 for d in data["dead"]
             ],
         )
+    _status_visibility(data)
     return EXIT_OK
+
+
+def _status_visibility(data: Mapping[str, Any]) -> None:
+    """Rejected inputs and alerts; absent from a daemon that predates them."""
+    rejected = data.get("rejected") or {}
+    if rejected.get("last_hour"):
+        latest = rejected["latest"]
+        print(
+            f"\n{rejected['last_hour']} input(s) rejected in the last hour; latest "
+            f"{_when(latest['at'])}: {latest['http_status']} {latest['code']}: "
+            f"{latest['message']} (see: mmolove-relay rejected)"
+        )
+    alerts = data.get("alerts") or {}
+    for firing in alerts.get("firing", []):
+        print(f"\nALERT {firing['key']} since {_when(firing['since'])}")
+    for target in alerts.get("targets", []):
+        if target["ok"] is False:
+            print(f"\nalert target {target['target']} is failing: {target['last_error']}")
 
 
 def _last_error(server: Mapping[str, Any]) -> str:
@@ -249,6 +284,7 @@ def _events_list(args: argparse.Namespace, environ: Environ) -> int:
         "server_id": args.server_id,
         "server_event_id": args.server_event_id,
         "outcome": args.reason,
+        "player": args.player,
         "since": time.time() - args.since if args.since is not None else None,
         "limit": args.limit,
     }
@@ -532,11 +568,18 @@ class _Daemon:
 
     def __init__(self, args: argparse.Namespace, environ: Environ) -> None:
         settings = load_settings(environ, args.config, require_servers=False)
+        # Read commands take --db, and fall back to the configured file when no daemon answers.
+        self._settings, self._db = settings, getattr(args, "db", None)
+        self._reads_file = hasattr(args, "db")
+        if self._db is not None:
+            return
         self.base = (args.url or _base_url(settings.listen)).rstrip("/")
         self._token = settings.ingest_token.reveal() if settings.ingest_token else None
 
     def call(self, method: str, path: str, body: Any = None, *, wait_s: float = 0.0) -> Any:
         """One request; a failure raises ``CommandFailed`` saying what to do."""
+        if self._db is not None:
+            return self._from_file(self._db, path)
         # A relay that is restarting is unreachable or answers 503 for a moment: a script
         # can ask to wait that out instead of failing at once.
         retrying = tenacity.Retrying(
@@ -549,19 +592,34 @@ class _Daemon:
         try:
             status, answer = retrying(http_json, method, self.base + path, body, self._token)
         except OSError as exc:
+            if self._reads_file and method == "GET" and self._settings.db_path.is_file():
+                return self._from_file(self._settings.db_path, path)
             raise CommandFailed(
                 EXIT_UNAVAILABLE,
                 f"cannot reach the relay at {self.base} ({exc}); is `mmolove-relay serve` "
                 "running (systemctl status mmolove-relay), and is --url or "
-                "MMOLOVE_RELAY_LISTEN right?",
+                "MMOLOVE_RELAY_LISTEN right? (retry and purge need the daemon; read "
+                "commands also work with --db PATH)",
             ) from exc
-        if status >= 400:
-            error = answer.get("error", {})
-            raise CommandFailed(
-                EXIT_UNAVAILABLE if status == 503 else EXIT_REFUSED,
-                f"{status} {error.get('code')}: {error.get('message')}",
-            )
-        return answer
+        return _answer(status, answer)
+
+    def _from_file(self, db: Path, path: str) -> Any:
+        print(
+            f"(read from the outbox file {db}, read-only: the daemon is not answering, so "
+            "pauses and the circuit are not known)",
+            file=sys.stderr,
+        )
+        return _answer(*offline.read(self._settings, db, path))
+
+
+def _answer(status: int, answer: dict[str, Any]) -> Any:
+    if status >= 400:
+        error = answer.get("error", {})
+        raise CommandFailed(
+            EXIT_UNAVAILABLE if status == 503 else EXIT_REFUSED,
+            f"{status} {error.get('code')}: {error.get('message')}",
+        )
+    return answer
 
 
 def _base_url(listen: Listen) -> str:

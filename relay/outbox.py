@@ -25,6 +25,7 @@ import structlog
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.fileguard import identities, vanished
+from relay.records import Records, prune_ledger, to_ledger
 from relay.schema import migrate
 from relay.writer import Writer
 
@@ -34,7 +35,7 @@ log = structlog.get_logger("relay.outbox")
 _EVENT_COLUMNS = (
     "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
     "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
-    "state, finished_at, replayed_at, body"
+    "state, finished_at, replayed_at, body, referee_identity"
 )
 _DISK_CHECK_EVERY_S = 1.0
 STATUSES = ("pending", "in_flight", "delivered", "dead")
@@ -66,6 +67,7 @@ class EventRecord:
     finished_at: float | None
     replayed_at: float | None  # the last operator retry of this event, if any
     body: bytes
+    referee_identity: str | None = None  # on registered events: the player
 
     @property
     def age_from(self) -> float:
@@ -132,12 +134,13 @@ class EventFilter:
     server_id: str | None = None
     server_event_id: str | None = None
     outcome: str | None = None  # for dead events: why they died
+    player: str | None = None  # every event of the referral whose registered names this player
     since: float | None = None  # ingested at or after
     finished_before: float | None = None
     after_id: int | None = None  # for walking a large set in chunks
 
     # The fields matched by equality; the rest are numbers compared as ``where`` says.
-    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome")
+    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome", "player")
     NUMBER = ("since", "finished_before", "after_id")
 
     def where(self) -> tuple[str, list[Any]]:
@@ -145,7 +148,13 @@ class EventFilter:
         clauses, params = ["1"], []
         for column in self.TEXT:
             value = getattr(self, column)
-            if value is not None:
+            if value is not None and column == "player":
+                clauses.append(
+                    "(token, server_id) IN (SELECT token, server_id FROM events"
+                    " WHERE referee_identity = ?)"
+                )
+                params.append(value)
+            elif value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         for column, op, value in (
@@ -179,6 +188,7 @@ class Outbox:
         lock_fd: int,
         *,
         min_free_bytes: int,
+        max_outbox_bytes: int = 0,
     ) -> None:
         self.path = path
         self.writer = writer
@@ -186,8 +196,11 @@ class Outbox:
         self._reader = reader
         self._lock_fd = lock_fd
         self._min_free_bytes = min_free_bytes
+        self._max_outbox_bytes = max_outbox_bytes  # 0: unlimited
+        self.records = Records(self._write, self._read)
         self._disk_checked_at = 0.0
         self._disk_ok = True
+        self._size_ok = True
         self.closing = False
         self._identities = identities(lock_fd, path)
         self._file_checked_at = 0.0
@@ -197,7 +210,9 @@ class Outbox:
         self.new_events = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: Path, *, min_free_bytes: int = 0) -> Outbox:
+    async def open(
+        cls, path: Path, *, min_free_bytes: int = 0, max_outbox_bytes: int = 0
+    ) -> Outbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
@@ -217,7 +232,14 @@ class Outbox:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes)
+        return cls(
+            path,
+            writer,
+            reader,
+            lock_fd,
+            min_free_bytes=min_free_bytes,
+            max_outbox_bytes=max_outbox_bytes,
+        )
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the file."""
@@ -243,8 +265,9 @@ class Outbox:
             for ev in events:
                 rows = db.execute(
                     "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
-                    " body, fingerprint, created_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                    " body, fingerprint, created_at, next_attempt_at, referee_identity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING RETURNING id",
                     (
                         ev.server_id,
                         ev.token,
@@ -256,6 +279,7 @@ class Outbox:
                         ev.fingerprint,
                         now,
                         now,
+                        ev.referee_identity if ev.event == "registered" else None,
                     ),
                 ).fetchall()
                 if rows:
@@ -424,10 +448,15 @@ class Outbox:
 
         await self._write(release)
 
-    async def prune(self, before: float) -> tuple[int, int]:
-        """Delete delivered events finished and attempt rows started before ``before``."""
+    async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
+        """Delete delivered events finished and attempt rows started before ``before``.
+
+        Each pruned event leaves its compact ledger entry, kept until ``ledger_before``.
+        """
 
         def prune(db: sqlite3.Connection) -> tuple[int, int]:
+            to_ledger(db, before)
+            prune_ledger(db, ledger_before)
             events = db.execute(
                 "DELETE FROM events WHERE finished_at < ? AND +status = 'delivered'", (before,)
             )
@@ -629,6 +658,14 @@ class Outbox:
             self._disk_checked_at = now
             usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
             self._disk_ok = usage.free >= self._min_free_bytes
+            self._size_ok = not self._max_outbox_bytes or self.size_bytes() < self._max_outbox_bytes
+        if not self._size_ok:
+            raise OutboxUnavailable(
+                f"the outbox has reached max_outbox_bytes ({self._max_outbox_bytes} bytes); "
+                "the relay takes no new events until deliveries or a purge shrink it. Retry "
+                "later.",
+                retry_after_s=30,
+            )
         if not self._disk_ok:
             raise OutboxUnavailable(
                 f"the disk holding the outbox has less than {self._min_free_bytes} bytes free; "

@@ -310,3 +310,52 @@ async def test_serve_logs_each_note_once_without_a_secret(
         what="the warning again after the reload",
     )
     assert SECRET not in "".join(relay.stderr)
+
+
+def test_alert_targets_come_from_the_file_and_one_from_the_environment(tmp_path: Path) -> None:
+    url_file = tmp_path / "discord.url"
+    url_file.write_text("https://discord.example/api/webhooks/1/t0ken-in-url\n")
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[[alerts]]\nkind = "discord"\nurl_file = "{url_file}"\nname = "ops"\n\n'
+        '[[alerts]]\nkind = "webhook"\nurl = "https://hooks.example/x/t0ken-2"\nsecret = "hs"\n\n'
+        "[alerting]\nalert_after_s = 60\nalert_rejected_count = 3\n"
+    )
+    env = {
+        **BASE,
+        "MMOLOVE_RELAY_ALERT_URL": "https://hooks.slack.example/services/t0ken-3",
+        "MMOLOVE_RELAY_ALERT_KIND": "slack",
+    }
+    settings = load_settings(env, config)
+    assert [(a.kind, a.label) for a in settings.alerts] == [
+        ("discord", "ops"),
+        ("webhook", "webhook https://hooks.example/***"),
+        ("slack", "from the environment"),
+    ]
+    assert settings.alerts[0].url.reveal().endswith("t0ken-in-url")
+    assert settings.alerts[1].secret is not None
+    assert (settings.alert_after_s, settings.alert_rejected_count) == (60.0, 3)
+    assert "t0ken" not in repr(describe(settings))
+
+
+@pytest.mark.parametrize(
+    ("environ", "names"),
+    [
+        (
+            {
+                "MMOLOVE_RELAY_ALERT_URL": "https://x.example/t0ken",
+                "MMOLOVE_RELAY_ALERT_KIND": "irc",
+            },
+            "discord, slack, webhook",
+        ),
+        ({"MMOLOVE_RELAY_ALERT_URL": "ftp://x.example/t0ken"}, "not an http(s) URL"),
+        ({"MMOLOVE_RELAY_ALERT_URL_FILE": "/nonexistent/url"}, "/nonexistent/url"),
+    ],
+)
+def test_a_wrong_alert_target_is_one_clear_line_without_its_url(
+    environ: dict[str, str], names: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**BASE, **environ})
+    assert names in str(caught.value)
+    assert "t0ken" not in str(caught.value)

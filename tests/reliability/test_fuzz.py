@@ -43,7 +43,8 @@ def wrong_for(field: str) -> st.SearchStrategy[Any]:
             | st.text(min_size=MAX_FIELD_CHARS + 1, max_size=MAX_FIELD_CHARS + 50)
         )
     if field == "test":
-        return json_values.filter(lambda v: not isinstance(v, bool))
+        # null is accepted as "not a test" (validate() treats an optional null as absent).
+        return json_values.filter(lambda v: not isinstance(v, bool) and v is not None)
     if field == "ts":
         return json_values.filter(lambda v: isinstance(v, str | list | dict | bool) or v is None)
     return json_values  # server_id: a single-server relay knows only its own
