@@ -179,10 +179,10 @@ async def test_a_referral_behind_an_open_circuit_says_it_recovers_by_itself(
 
 
 async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Path) -> None:
-    """Migration 3 reads referee_identity out of the stored bodies of older registrations."""
+    """Migration 4 reads referee_identity out of the stored bodies of older registrations."""
     path = tmp_path / "old.db"
     db = sqlite3.connect(path, isolation_level=None)
-    for number, script in enumerate(MIGRATIONS[:2], start=1):
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
         db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
     body = json.dumps(registered("tok-v2", "v2-player") | {"server_id": SERVER, "ts": 1})
     db.execute(
