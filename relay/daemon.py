@@ -18,6 +18,7 @@ from aiohttp import web
 from relay import __version__, admin
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe
+from relay.console import add_console
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
@@ -111,6 +112,7 @@ async def run(
 
         app = make_app(outbox, settings, dispatcher.snapshot, metrics)
         admin.add_routes(app)
+        add_console(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
         runner = web.AppRunner(

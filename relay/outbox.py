@@ -164,6 +164,29 @@ class Retried:
     followers: tuple[int, ...] = ()
 
 
+# Outcomes of an attempt MMOLove took; any other outcome is a failed attempt.
+DELIVERED_OUTCOMES = ("accepted", "duplicate", "ignored", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    """One hour of the console's chart."""
+
+    start: float
+    ingested: int
+    delivered: int  # attempts MMOLove took
+    failed: int  # attempts that did not deliver (retried or dead-lettered)
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """A page of the delivery log, newest first, and where the next (older) page starts."""
+
+    records: tuple[EventRecord, ...]
+    older_than: int | None  # the cursor of the next page; None: nothing older
+    scanned_from: int  # the lowest id this page looked at
+
+
 class Outbox:
     """The outbox file: one writer connection behind a group-commit queue, one reader."""
 
@@ -548,6 +571,119 @@ class Outbox:
             (),
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- console reads ---------------------------------------------------------------------
+    # Bounded by id ranges, since ids grow with ingest time: each page of the web console
+    # costs about the same with ten events or a million.
+
+    async def first_ids_at(self, times: Sequence[float]) -> list[int]:
+        """For each time, the lowest id such that every event from it on came at or after.
+
+        A binary search over the rowid, all times at once: about twenty index look-ups per
+        time, where filtering on ``created_at`` (which has no index) would read every row.
+        """
+        rows = await self._read("SELECT MIN(id), MAX(id) FROM events", ())
+        low, high = (int(rows[0][0]), int(rows[0][1])) if rows[0][0] is not None else (1, 0)
+        bounds = [[low, high + 1] for _ in times]
+        probe = (
+            "SELECT (SELECT id FROM events WHERE id >= ? ORDER BY id LIMIT 1),"
+            " (SELECT created_at FROM events WHERE id >= ? ORDER BY id LIMIT 1)"
+        )
+        while any(lo < hi for lo, hi in bounds):
+            mids = [(lo + hi) // 2 for lo, hi in bounds]
+            found = await self._read(
+                " UNION ALL ".join(probe for _ in mids), [m for mid in mids for m in (mid, mid)]
+            )
+            for bound, at, mid, (row_id, created_at) in zip(
+                bounds, times, mids, found, strict=True
+            ):
+                if bound[0] >= bound[1]:
+                    continue
+                if row_id is None or created_at >= at:
+                    bound[1] = mid
+                else:  # every id up to row_id came before ``at``
+                    bound[0] = int(row_id) + 1
+        return [lo for lo, _ in bounds]
+
+    async def hourly(self, since: float, hours: int) -> list[HourCounts]:
+        """Events ingested and attempts delivered or failed, per hour from ``since``.
+
+        Ingested is a difference of ids, so events pruned since still count for their hour.
+        """
+        edges = await self.first_ids_at([since + 3600 * h for h in range(hours + 1)])
+        rows = await self._read(
+            "SELECT CAST((started_at - ?) / 3600 AS INTEGER) AS hour,"
+            f" SUM(outcome IN ({', '.join('?' * len(DELIVERED_OUTCOMES))})), COUNT(*)"
+            " FROM attempts WHERE started_at >= ? GROUP BY hour",
+            (since, *DELIVERED_OUTCOMES, since),
+        )
+        attempts = {int(hour): (int(ok), int(total)) for hour, ok, total in rows}
+        out = []
+        for hour in range(hours):
+            ok, total = attempts.get(hour, (0, 0))
+            ingested = edges[hour + 1] - edges[hour]
+            out.append(HourCounts(since + 3600 * hour, ingested, ok, total - ok))
+        return out
+
+    async def log_page(
+        self,
+        where: EventFilter,
+        *,
+        older_than: int | None,
+        scan: int,
+        limit: int,
+        body_contains: bytes | None = None,
+    ) -> LogPage:
+        """Up to ``limit`` events matching ``where`` among the ``scan`` ids below ``older_than``.
+
+        The filters apply to that id window only (the unary ``+`` keeps SQLite walking the
+        rowid instead of sorting a whole status), so a rare filter over a million events
+        answers "none in this window, look older" at once instead of reading every row.
+        """
+        if older_than is None:
+            rows = await self._read("SELECT MAX(id) FROM events", ())
+            older_than = int(rows[0][0] or 0) + 1
+        floor = max(0, older_than - scan)
+        clauses: list[str] = ["id < ?", "id >= ?"]
+        params: list[Any] = [older_than, floor]
+        sql, values = where.where()
+        for clause in sql.split(" AND ")[1:]:
+            clauses.append(clause if clause.startswith(("created_at", "id ")) else "+" + clause)
+        params.extend(values)
+        if body_contains is not None:
+            clauses.append("instr(body, ?) > 0")
+            params.append(body_contains)
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+            " ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        records = tuple(EventRecord.from_row(r) for r in rows)
+        if len(records) == limit:
+            return LogPage(records, records[-1].id, floor)
+        return LogPage(records, floor if floor > 1 else None, floor)
+
+    async def search(self, text: str, limit: int) -> list[EventRecord]:
+        """Events whose token or ``server_event_id`` is ``text``, newest first (both indexed)."""
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE token = ? OR server_event_id = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (text, text, limit),
+        )
+        return [EventRecord.from_row(r) for r in rows]
+
+    async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
+        """When each server's oldest undelivered event was ingested; servers with none left out."""
+        out: dict[str, float] = {}
+        for server_id in servers:
+            rows = await self._read(
+                "SELECT created_at FROM events WHERE +status IN ('pending', 'in_flight')"
+                " AND +server_id = ? ORDER BY id LIMIT 1",
+                (server_id,),
+            )
+            if rows:
+                out[server_id] = float(rows[0][0])
+        return out
 
     # -- plumbing --------------------------------------------------------------------------
 

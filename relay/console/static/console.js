@@ -1,0 +1,85 @@
+// Live updates for the console: poll a JSON endpoint, change the page in place.
+// No framework and no inline script (the Content-Security-Policy forbids it).
+"use strict";
+
+const EVERY_MS = 3000;
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  if (cls) td.className = cls;
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  row.appendChild(td);
+  return td;
+}
+
+function when(seconds) {
+  return new Date(seconds * 1000).toISOString().slice(0, 19).replace("T", " ");
+}
+
+// The delivery log: prepend rows newer than the newest shown.
+function liveLog(table) {
+  const body = table.tBodies[0];
+  let newest = Number(table.dataset.newest);
+  async function poll() {
+    const sep = table.dataset.live.includes("?") ? "&" : "?";
+    const resp = await fetch(`${table.dataset.live}${sep}after=${newest}`, {credentials: "same-origin"});
+    if (!resp.ok) return;
+    const data = await resp.json();
+    for (const r of data.rows.reverse()) {
+      const row = document.createElement("tr");
+      row.className = r.status;
+      const link = document.createElement("a");
+      link.href = `/ui/events/${r.id}`;
+      link.textContent = String(r.id);
+      cell(row, "").appendChild(link);
+      cell(row, when(r.created_at));
+      cell(row, r.event);
+      cell(row, r.token);
+      cell(row, r.player);
+      const status = document.createElement("span");
+      status.className = `status ${r.status}`;
+      status.textContent = r.status;
+      cell(row, "").appendChild(status);
+      cell(row, r.outcome);
+      cell(row, r.state);
+      cell(row, r.snippet, "snippet");
+      body.insertBefore(row, body.firstChild);
+      newest = Math.max(newest, r.id);
+    }
+  }
+  setInterval(() => poll().catch(() => {}), EVERY_MS);
+}
+
+// An event's page: reload when its status changes (after a Retry, say).
+function liveStatus(el) {
+  async function poll() {
+    const resp = await fetch(el.dataset.live, {credentials: "same-origin"});
+    if (!resp.ok) return;
+    const data = await resp.json();
+    if (data.status !== el.dataset.status) window.location.reload();
+  }
+  if (el.dataset.status !== "delivered") setInterval(() => poll().catch(() => {}), EVERY_MS / 3);
+}
+
+// Dead letters: reload while a retry of a reason is running, to show its progress.
+function liveJobs(list) {
+  async function poll() {
+    const resp = await fetch(list.dataset.progress, {credentials: "same-origin"});
+    if (!resp.ok) return;
+    const data = await resp.json();
+    if (data.jobs.some((j) => !j.done) || list.querySelector("progress:not([value])")) {
+      window.location.reload();
+    }
+  }
+  const shown = [...list.querySelectorAll(".job-state")].some((s) => !s.textContent.includes("done"));
+  if (shown) setInterval(() => poll().catch(() => {}), EVERY_MS / 3);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const log = document.querySelector("table[data-live]");
+  if (log) liveLog(log);
+  const status = document.querySelector("#status[data-live]");
+  if (status) liveStatus(status);
+  const jobs = document.querySelector("#jobs[data-progress]");
+  if (jobs) liveJobs(jobs);
+});
