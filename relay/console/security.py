@@ -32,7 +32,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # with no-referrer, Chromium sends Origin: null
     "Cache-Control": "no-store",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,7 +47,6 @@ class Access:
 
 
 ACCESS = web.AppKey("console_access_key", str)  # the per-process secret behind CSRF tokens
-ACCESS_OF = "console_access"  # where the middleware leaves this request's ``Access``
 
 
 def new_secret() -> str:
@@ -116,8 +115,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "GET" and not request.path.endswith(".json"):
             raise web.HTTPSeeOther(f"{PREFIX}/login")
         raise web.HTTPUnauthorized(text="log in to the console first.")
-    request[ACCESS_OF] = Access(can_act=this_machine(request), csrf=csrf_token(request))
     return await handler(request)
+
+
+def access(request: web.Request) -> Access:
+    return Access(can_act=this_machine(request), csrf=csrf_token(request))
 
 
 async def add_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -47,8 +47,7 @@ class Row:
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
     template = request.config_dict[TEMPLATES].get_template(name)
-    access = request[security.ACCESS_OF]
-    html = template.render(access=access, path=request.path, **context)
+    html = template.render(access=security.access(request), path=request.path, **context)
     return web.Response(text=html, status=status, content_type="text/html")
 
 
