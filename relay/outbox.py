@@ -579,31 +579,31 @@ class Outbox:
     async def first_ids_at(self, times: Sequence[float]) -> list[int]:
         """For each time, the lowest id such that every event from it on came at or after.
 
-        A binary search over the rowid, all times at once: about twenty index look-ups per
-        time, where filtering on ``created_at`` (which has no index) would read every row.
+        A binary search over the rowid in one recursive query, all times at once: about
+        twenty index look-ups per time, where filtering on ``created_at`` (which has no
+        index) would read every row.
         """
-        rows = await self._read("SELECT MIN(id), MAX(id) FROM events", ())
-        low, high = (int(rows[0][0]), int(rows[0][1])) if rows[0][0] is not None else (1, 0)
-        bounds = [[low, high + 1] for _ in times]
-        probe = (
-            "SELECT (SELECT id FROM events WHERE id >= ? ORDER BY id LIMIT 1),"
-            " (SELECT created_at FROM events WHERE id >= ? ORDER BY id LIMIT 1)"
+        if not times:
+            return []
+        seeds = ", ".join(
+            "(?, ?, (SELECT MIN(id) FROM events), (SELECT MAX(id) + 1 FROM events))" for _ in times
         )
-        while any(lo < hi for lo, hi in bounds):
-            mids = [(lo + hi) // 2 for lo, hi in bounds]
-            found = await self._read(
-                " UNION ALL ".join(probe for _ in mids), [m for mid in mids for m in (mid, mid)]
-            )
-            for bound, at, mid, (row_id, created_at) in zip(
-                bounds, times, mids, found, strict=True
-            ):
-                if bound[0] >= bound[1]:
-                    continue
-                if row_id is None or created_at >= at:
-                    bound[1] = mid
-                else:  # every id up to row_id came before ``at``
-                    bound[0] = int(row_id) + 1
-        return [lo for lo, _ in bounds]
+        rows = await self._read(
+            # At each step: the first event at or after the middle id came before ``at``,
+            # so the answer lies above it; or it did not, so the answer is at most the middle.
+            "WITH RECURSIVE s(k, at, lo, hi) AS ("
+            f" VALUES {seeds}"
+            " UNION ALL SELECT k, at,"
+            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
+            "   ORDER BY id LIMIT 1) >= at, 1) THEN lo ELSE (SELECT id FROM events"
+            "   WHERE id >= (lo + hi) / 2 ORDER BY id LIMIT 1) + 1 END,"
+            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
+            "   ORDER BY id LIMIT 1) >= at, 1) THEN (lo + hi) / 2 ELSE hi END"
+            " FROM s WHERE lo < hi)"
+            " SELECT k, lo FROM s WHERE lo >= hi OR lo IS NULL ORDER BY k",
+            [value for k, at in enumerate(times) for value in (k, at)],
+        )
+        return [1 if lo is None else int(lo) for _, lo in rows]
 
     async def hourly(self, since: float, hours: int) -> list[HourCounts]:
         """Events ingested and attempts delivered or failed, per hour from ``since``.
@@ -643,7 +643,8 @@ class Outbox:
         if older_than is None:
             rows = await self._read("SELECT MAX(id) FROM events", ())
             older_than = int(rows[0][0] or 0) + 1
-        floor = max(0, older_than - scan)
+        # Rows above after_id only: the live log asks for the few newest.
+        floor = max(0, older_than - scan, (where.after_id or 0) + 1)
         clauses: list[str] = ["id < ?", "id >= ?"]
         params: list[Any] = [older_than, floor]
         sql, values = where.where()
@@ -671,6 +672,29 @@ class Outbox:
             (text, text, limit),
         )
         return [EventRecord.from_row(r) for r in rows]
+
+    async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
+        """Like ``counts_by_server``, but each count stops at ``cap + 1`` (read: more than
+        ``cap``), so the cost is bounded at any backlog: ``cap`` index steps at most per
+        (server, status), and the servers found by seeking the status index, not scanning.
+        """
+        rows = await self._read(
+            "WITH RECURSIVE st(status) AS (VALUES "
+            + ", ".join(f"('{status}')" for status in STATUSES)
+            + "), s(status, server_id) AS ("
+            " SELECT status, (SELECT MIN(server_id) FROM events WHERE status = st.status) FROM st"
+            " UNION ALL SELECT status, (SELECT MIN(server_id) FROM events"
+            "  WHERE status = s.status AND server_id > s.server_id)"
+            " FROM s WHERE server_id IS NOT NULL)"
+            " SELECT server_id, status, (SELECT COUNT(*) FROM (SELECT 1 FROM events AS e"
+            "  WHERE e.status = s.status AND e.server_id = s.server_id LIMIT ?))"
+            " FROM s WHERE server_id IS NOT NULL",
+            (cap + 1,),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for server_id, status, count in rows:
+            out.setdefault(server_id, dict.fromkeys(STATUSES, 0))[status] = int(count)
+        return out
 
     async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
         """When each server's oldest undelivered event was ingested; servers with none left out."""

@@ -14,7 +14,7 @@ import jinja2
 from aiohttp import web
 
 from relay.api import INGEST, OUTBOX
-from relay.console import security, views
+from relay.console import security, state, views
 from relay.console.jobs import JOBS, RetryJobs
 
 _HERE = Path(__file__).parent
@@ -59,6 +59,7 @@ def _templates() -> jinja2.Environment:
         "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
     )
     env.filters["age"] = _age
+    env.filters["count"] = state.count
     return env
 
 

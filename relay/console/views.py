@@ -75,14 +75,15 @@ async def events(request: web.Request) -> web.Response:
     next_cursor = scanned_from = None
     if error is None and search:
         found = {r.id: r for r in await outbox.search(search, PAGE)}
-        needle = b'"referee_identity":' + json.dumps(search, ensure_ascii=False).encode()
-        page = await outbox.log_page(
-            EventFilter(), older_than=None, scan=SCAN, limit=PAGE, body_contains=needle
-        )
-        for record in page.records:
-            found.setdefault(record.id, record)
-        for token in {r.token for r in page.records}:
-            found.update((r.id, r) for r in await outbox.search(token, PAGE))
+        if not found:
+            # Not a token or server_event_id: a player, named in recent registered events'
+            # bodies; then every event of that player's referrals.
+            needle = b'"referee_identity":' + json.dumps(search, ensure_ascii=False).encode()
+            page = await outbox.log_page(
+                EventFilter(), older_than=None, scan=SCAN, limit=PAGE, body_contains=needle
+            )
+            for token in {r.token for r in page.records}:
+                found.update((r.id, r) for r in await outbox.search(token, PAGE))
         rows = [_row(r) for r in sorted(found.values(), key=lambda r: -r.id)[:PAGE]]
     elif error is None:
         page = await outbox.log_page(where, older_than=older_than, scan=SCAN, limit=PAGE)
