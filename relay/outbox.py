@@ -649,7 +649,10 @@ class Outbox:
         params: list[Any] = [older_than, floor]
         sql, values = where.where()
         for clause in sql.split(" AND ")[1:]:
-            clauses.append(clause if clause.startswith(("created_at", "id ")) else "+" + clause)
+            column, _, rest = clause.partition(" ")
+            # "+column = ?" keeps SQLite off that column's index; other conditions stay as is.
+            plain = rest == "= ?" and column.isidentifier() and column != "id"
+            clauses.append("+" + clause if plain else clause)
         params.extend(values)
         if body_contains is not None:
             clauses.append("instr(body, ?) > 0")

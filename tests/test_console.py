@@ -222,3 +222,31 @@ async def dead_referral_with_token(
     """``dead_referral`` for a relay that wants the bearer token on every API call."""
     relay.http.headers.update(headers)
     return await dead_referral(relay, sandbox, "tok-remote")
+
+
+async def test_retry_all_of_a_reason_shows_progress_on_a_phone_in_dark_mode(
+    start_relay: StartRelay, sandbox: RunningSandbox, browser: Browser, tmp_path: Path
+) -> None:
+    relay = await start_relay()
+    dead = [await dead_referral(relay, sandbox, f"tok-bulk-{n}") for n in range(3)]
+    sandbox.sandbox.faults.unknown_tokens.clear()
+    phone = await browser.new_context(
+        viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True
+    )
+    try:
+        page = await phone.new_page()
+        await page.goto(relay.url + "/ui/dead")
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)"  # the dark palette, chosen by the browser
+        await page.get_by_role("link", name="not_found", exact=True).click()
+        await expect(page.locator("#log tbody tr")).to_have_count(3)  # that reason only
+        await page.go_back()
+        await page.get_by_role("button", name="Retry all 3 not_found").click()
+        await expect(page.locator("#jobs")).to_contain_text(
+            "3 of 3 re-queued (and 3 held back behind them), done"
+        )
+        await shot(page, tmp_path, "dead-letters")
+    finally:
+        await phone.close()
+    records = await relay.wait_finished([i for pair in dead for i in pair])
+    assert {r["status"] for r in records.values()} == {"delivered"}

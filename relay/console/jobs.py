@@ -28,7 +28,8 @@ class RetryJob:
     server_id: str
     reason: str
     total: int
-    requeued: int = 0
+    requeued: int = 0  # events of this reason
+    followers: int = 0  # events held back behind them, re-queued with them
     done: bool = False
     error: str | None = None
 
@@ -70,14 +71,21 @@ class RetryJobs:
                 results = await self._outbox.retry(chunk, time.time(), limit=CHUNK)
                 if not results:
                     break
-                job.requeued += sum((r.result == "requeued") + len(r.followers) for r in results)
+                job.requeued += sum(r.result == "requeued" for r in results)
+                job.followers += sum(len(r.followers) for r in results)
                 last_id = max(r.id for r in results)
         except OutboxError as exc:
             job.error = str(exc)
             log.error("console.retry_failed", reason=job.reason, error=str(exc))
         finally:
             job.done = True
-        log.info("console.retried", server_id=job.server_id, reason=job.reason, n=job.requeued)
+        log.info(
+            "console.retried",
+            server_id=job.server_id,
+            reason=job.reason,
+            requeued=job.requeued,
+            followers=job.followers,
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -89,7 +89,9 @@ async def events(request: web.Request) -> web.Response:
         page = await outbox.log_page(where, older_than=older_than, scan=SCAN, limit=PAGE)
         rows = [_row(r) for r in page.records]
         next_cursor, scanned_from = page.older_than, page.scanned_from
-    live = _with({k: v for k, v in query.items() if k in ("status", "event", "server_id")})
+    live = _with(
+        {k: v for k, v in query.items() if k in ("status", "event", "server_id", "outcome")}
+    )
     return render(
         request,
         "events.html",
@@ -184,6 +186,7 @@ async def dead_progress(request: web.Request) -> web.Response:
                     "reason": j.reason,
                     "total": j.total,
                     "requeued": j.requeued,
+                    "followers": j.followers,
                     "done": j.done,
                     "error": j.error,
                 }
@@ -216,7 +219,12 @@ async def _log_filter(request: web.Request) -> tuple[EventFilter, int | None, st
     """The log's filters from the query string; an error message instead if one is wrong."""
     query = request.query
     values: dict[str, Any] = {}
-    for name, allowed in (("status", STATUSES), ("event", EVENTS), ("server_id", None)):
+    for name, allowed in (
+        ("status", STATUSES),
+        ("event", EVENTS),
+        ("server_id", None),
+        ("outcome", None),
+    ):
         value = query.get(name, "")
         if value:
             if allowed is not None and value not in allowed:

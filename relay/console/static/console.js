@@ -61,18 +61,28 @@ function liveStatus(el) {
   if (el.dataset.status !== "delivered") setInterval(() => poll().catch(() => {}), EVERY_MS / 3);
 }
 
-// Dead letters: reload while a retry of a reason is running, to show its progress.
+// Dead letters: update each running retry's progress in place until all are done.
 function liveJobs(list) {
+  const timer = setInterval(() => poll().catch(() => {}), EVERY_MS / 3);
   async function poll() {
     const resp = await fetch(list.dataset.progress, {credentials: "same-origin"});
     if (!resp.ok) return;
     const data = await resp.json();
-    if (data.jobs.some((j) => !j.done) || list.querySelector("progress:not([value])")) {
-      window.location.reload();
+    for (const job of data.jobs) {
+      for (const item of list.querySelectorAll("li")) {
+        if (item.dataset.server !== job.server_id || item.dataset.reason !== job.reason) continue;
+        const bar = item.querySelector("progress");
+        bar.max = job.total || 1;
+        bar.value = job.done ? bar.max : job.requeued;
+        item.querySelector(".job-state").textContent =
+          `${job.requeued} of ${job.total} re-queued` +
+          (job.followers ? ` (and ${job.followers} held back behind them)` : "") +
+          (job.done ? ", done" : "") +
+          (job.error ? `: ${job.error}` : "");
+      }
     }
+    if (data.jobs.every((j) => j.done)) clearInterval(timer);
   }
-  const shown = [...list.querySelectorAll(".job-state")].some((s) => !s.textContent.includes("done"));
-  if (shown) setInterval(() => poll().catch(() => {}), EVERY_MS / 3);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
