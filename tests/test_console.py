@@ -12,6 +12,7 @@ import ipaddress
 import shutil
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -117,6 +118,31 @@ async def test_a_dead_event_found_by_search_is_retried_and_delivered(
     await shot(page, tmp_path, "retried")
     records = await relay.wait_finished([reg, qual])
     assert records[qual]["status"] == "delivered"  # the follower went with it
+
+
+async def test_the_log_filters_by_time_range_and_status(
+    start_relay: StartRelay, context: BrowserContext, tmp_path: Path
+) -> None:
+    relay = await start_relay()
+    ids = [(await relay.post(registered(f"tok-t{n}", f"pt-{n}")))[1]["id"] for n in range(4)]
+    await relay.wait_finished(ids)
+    hour = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 3600))
+    page = await context.new_page()
+    await page.goto(relay.url + "/ui/events")
+    rows = page.locator("#log tbody tr")
+    await expect(rows).to_have_count(4)
+    await page.get_by_label("From (UTC)").fill(hour)
+    await page.get_by_role("button", name="Show").click()
+    await expect(rows).to_have_count(0)
+    await page.get_by_label("From (UTC)").fill("")
+    await page.get_by_label("To (UTC)").fill(hour)
+    await page.get_by_label("Status").select_option("delivered")
+    await page.get_by_role("button", name="Show").click()
+    await expect(rows).to_have_count(4)
+    await page.get_by_label("Status").select_option("dead")
+    await page.get_by_role("button", name="Show").click()
+    await expect(rows).to_have_count(0)
+    await shot(page, tmp_path, "filtered")
 
 
 async def test_an_xss_payload_in_referee_identity_shows_as_inert_text(

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
-from relay.api import INGEST, OUTBOX
+from relay.api import OUTBOX
 from relay.console import security, state, views
 from relay.console.jobs import JOBS, RetryJobs
 
@@ -23,7 +23,7 @@ _HERE = Path(__file__).parent
 def add_console(app: web.Application) -> None:
     """Mount the console on the daemon's app, under ``/ui/``."""
     console = web.Application(middlewares=[security.guard])
-    console[TEMPLATES] = _templates()
+    console[views.TEMPLATES] = _templates()
     console[security.ACCESS] = security.new_secret()
     console[JOBS] = RetryJobs(app[OUTBOX])
     console.on_response_prepare.append(security.add_headers)
@@ -44,9 +44,6 @@ def add_console(app: web.Application) -> None:
     r.add_post("/logout", logout)
     r.add_static("/static", _HERE / "static")
     app.add_subapp(security.PREFIX, console)
-
-
-TEMPLATES = views.TEMPLATES
 
 
 def _templates() -> jinja2.Environment:
@@ -84,7 +81,7 @@ async def login(request: web.Request) -> web.Response:
     """Trade the ingest token for a session cookie the page's scripts cannot read."""
     form = await request.post()
     sent = form.get("token")
-    token = request.config_dict[INGEST].settings.ingest_token
+    token = state.settings(request).ingest_token
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
         return views.render(

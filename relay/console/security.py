@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.admin import local_peer
-from relay.api import INGEST
+from relay.console.state import settings
 
 COOKIE = "relay_console"
 PREFIX = "/ui"
@@ -80,7 +80,7 @@ def session_value(token: str) -> str:
 
 
 def logged_in(request: web.Request) -> bool:
-    token = request.config_dict[INGEST].settings.ingest_token
+    token = settings(request).ingest_token
     if token is None:
         return False
     sent = request.cookies.get(COOKIE, "")

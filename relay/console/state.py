@@ -1,7 +1,7 @@
 """What the overview shows: each server's delivery state and counts, from the store and the
 dispatcher's snapshot.
 
-The snapshot is read here and nowhere else in the console.
+The snapshot and the live settings are read here and nowhere else in the console.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.api import DELIVERY_STATE, OUTBOX
+from relay.api import DELIVERY_STATE, INGEST, OUTBOX
+from relay.config import Settings
 from relay.outbox import STATUSES
 
 # Counts stop here (shown as "100,000+"): exact counts of a million-event backlog take a
@@ -40,6 +41,11 @@ class Overview:
     circuit: str
     servers: tuple[ServerView, ...]
     totals: Mapping[str, int]
+
+
+def settings(request: web.Request) -> Settings:
+    """The settings in force now: SIGHUP replaces them while the relay runs."""
+    return request.config_dict[INGEST].settings
 
 
 async def overview(request: web.Request) -> Overview:

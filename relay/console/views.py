@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from jinja2 import Environment
 
-from relay.api import INGEST, OUTBOX
+from relay.api import OUTBOX
 from relay.config import describe
 from relay.console import chart, security, state
 from relay.console.jobs import JOBS
@@ -106,7 +106,7 @@ async def events(request: web.Request) -> web.Response:
         live=None if search or "before" in query else f"{security.PREFIX}/events.json{live}",
         statuses=STATUSES,
         event_types=EVENTS,
-        servers=[s.server_id for s in request.config_dict[INGEST].settings.servers],
+        servers=[s.server_id for s in state.settings(request).servers],
     )
 
 
@@ -197,7 +197,7 @@ async def dead_progress(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    settings = describe(request.config_dict[INGEST].settings)
+    settings = describe(state.settings(request))
     return render(request, "config.html", settings=settings)
 
 
@@ -235,24 +235,21 @@ async def _log_filter(request: web.Request) -> tuple[EventFilter, int | None, st
         if not _ID.fullmatch(before):
             return EventFilter(), None, "before is an outbox id."
         older_than = int(before)
-    times: list[float] = []
+    times: dict[str, float] = {}
     for name in ("from", "to"):
-        text = query.get(name, "")
-        if text:
+        if text := query.get(name, ""):
             try:
-                parsed = datetime.fromisoformat(text).replace(tzinfo=UTC)
+                times[name] = datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
             except ValueError:
                 return EventFilter(), None, f"{name} is a time like 2026-01-31T18:00 (UTC)."
-            times.append(parsed.timestamp())
-        else:
-            times.append(float("nan"))
-    wanted = [t for t in times if t == t]
-    if wanted:
-        ids = dict(zip(wanted, await request.config_dict[OUTBOX].first_ids_at(wanted), strict=True))
-        if times[0] == times[0]:
-            values["after_id"] = ids[times[0]] - 1
-        if times[1] == times[1]:
-            older_than = min(older_than or ids[times[1]], ids[times[1]])
+    if times:
+        # Ids grow with ingest time, so a time range is an id range.
+        found = await request.config_dict[OUTBOX].first_ids_at(list(times.values()))
+        ids = dict(zip(times, found, strict=True))
+        if "from" in ids:
+            values["after_id"] = ids["from"] - 1
+        if "to" in ids:
+            older_than = ids["to"] if older_than is None else min(older_than, ids["to"])
     return EventFilter(**values), older_than, None
 
 
