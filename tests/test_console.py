@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
@@ -276,3 +277,23 @@ async def test_retry_all_of_a_reason_shows_progress_on_a_phone_in_dark_mode(
         await phone.close()
     records = await relay.wait_finished([i for pair in dead for i in pair])
     assert {r["status"] for r in records.values()} == {"delivered"}
+
+
+async def test_on_loopback_or_the_socket_only_a_loopback_host_name_is_trusted(
+    start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """A page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) reaches the
+    relay as a loopback peer, but under its own Host: it gets the login form."""
+    socket_path = tmp_path / "relay.sock"
+    on_socket = {"listen": Listen(path=socket_path), "db_path": tmp_path / "socket.db"}
+    for relay in (await start_relay(), await start_relay(**on_socket)):
+        connector = (
+            aiohttp.UnixConnector(path=str(socket_path)) if relay.url.startswith("unix:") else None
+        )
+        base = "http://relay" if connector else relay.url
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for host, status in (("localhost:8787", 200), ("rebind.example:8787", 303)):
+                async with http.get(
+                    base + "/ui/", headers={"Host": host}, allow_redirects=False
+                ) as resp:
+                    assert resp.status == status, (relay.url, host)
