@@ -145,6 +145,10 @@ async def test_the_log_filters_by_time_range_and_status(
     await expect(rows).to_have_count(0)
     await shot(page, tmp_path, "filtered")
 
+    missing = await page.goto(relay.url + "/ui/events/999999")
+    assert missing is not None and missing.status == 404
+    await expect(page.get_by_role("alert")).to_contain_text("no event #999999 in the outbox")
+
 
 async def test_an_xss_payload_in_referee_identity_shows_as_inert_text(
     start_relay: StartRelay, context: BrowserContext, tmp_path: Path

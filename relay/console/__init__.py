@@ -22,9 +22,9 @@ _HERE = Path(__file__).parent
 
 def add_console(app: web.Application) -> None:
     """Mount the console on the daemon's app, under ``/ui/``."""
-    console = web.Application(middlewares=[security.guard])
+    console = web.Application(middlewares=[security.guard, views.missing])
     console[views.TEMPLATES] = _templates()
-    console[security.ACCESS] = security.new_secret()
+    console[security.CSRF_SECRET] = security.new_secret()
     console[JOBS] = RetryJobs(app[OUTBOX])
     console.on_response_prepare.append(security.add_headers)
     console.on_cleanup.append(_close_jobs)

@@ -46,7 +46,7 @@ class Access:
     csrf: str
 
 
-ACCESS = web.AppKey("console_access_key", str)  # the per-process secret behind CSRF tokens
+CSRF_SECRET = web.AppKey("console_csrf_secret", str)  # per process: a restart renews it
 
 
 def new_secret() -> str:
@@ -89,7 +89,7 @@ def logged_in(request: web.Request) -> bool:
 
 def csrf_token(request: web.Request) -> str:
     return hmac.new(
-        request.config_dict[ACCESS].encode(), b"console actions", hashlib.sha256
+        request.config_dict[CSRF_SECRET].encode(), b"console actions", hashlib.sha256
     ).hexdigest()
 
 

@@ -47,7 +47,9 @@ class Row:
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
     template = request.config_dict[TEMPLATES].get_template(name)
-    html = template.render(access=security.access(request), path=request.path, **context)
+    html = template.render(
+        access=security.access(request), path=request.path, status=status, **context
+    )
     return web.Response(text=html, status=status, content_type="text/html")
 
 
@@ -208,11 +210,24 @@ async def _record(request: web.Request) -> EventRecord:
     text = request.match_info["id"]
     record = await request.config_dict[OUTBOX].get(int(text))
     if record is None:
-        raise web.HTTPNotFound(
-            text=f"no event #{text} in the outbox; delivered events are pruned after the "
-            "retention period."
+        raise _Missing(
+            f"no event #{text} in the outbox; delivered events are pruned after the "
+            "retention period. Search the delivery log by token or player instead."
         )
     return record
+
+
+class _Missing(LookupError):
+    """What the page asked for is not there; the message says what to do instead."""
+
+
+@web.middleware
+async def missing(request: web.Request, handler: security.Handler) -> web.StreamResponse:
+    """A missing event answers 404 with a page a person can read, not an API error."""
+    try:
+        return await handler(request)
+    except _Missing as exc:
+        return render(request, "error.html", status=404, message=str(exc))
 
 
 async def _log_filter(request: web.Request) -> tuple[EventFilter, int | None, str | None]:
