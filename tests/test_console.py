@@ -146,7 +146,8 @@ async def test_the_log_filters_by_time_range_and_status(
     await shot(page, tmp_path, "filtered")
 
     missing = await page.goto(relay.url + "/ui/events/999999")
-    assert missing is not None and missing.status == 404
+    assert missing is not None
+    assert missing.status == 404
     await expect(page.get_by_role("alert")).to_contain_text("no event #999999 in the outbox")
 
 
