@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import fill, load, procs
+from bench import console, fill, load, procs
 from relay.sandbox import DEMO_SERVER_ID
 
 CONNECTIONS = 32
@@ -278,6 +278,7 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
             capture_output=True,
         )
         status_cli_s = time.monotonic() - t0
+        console_ms = console.page_times_ms(relay.url, prefix="b-", count=plan.backlog_events)
         rss_mb, peak_mb = relay.rss_mb()
     return {
         "events": plan.backlog_events,
@@ -298,6 +299,7 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
         "rss_mb": round(rss_mb, 1),
         "peak_rss_mb": round(peak_mb, 1),
         "drain_rate_per_s": round(rate, 1),
+        "console_ms": console_ms,
     }
 
 

@@ -229,17 +229,22 @@ def _touch(db: Any) -> None:
     """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
-def _refuse_remote(request: web.Request) -> web.Response | None:
+def local_peer(request: web.Request) -> bool:
+    """Whether the request comes from this machine: a loopback peer or the Unix socket."""
     peer = request.remote
     if not peer:  # the Unix socket: its file permissions decide who gets here
-        return None
+        return True
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
-        return None
+        return True
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
-    if address.is_loopback:
+    return address.is_loopback
+
+
+def _refuse_remote(request: web.Request) -> web.Response | None:
+    if local_peer(request):
         return None
     return error_response(
         403,

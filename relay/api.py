@@ -42,6 +42,8 @@ class Ingest:
 
 INGEST = web.AppKey("ingest", Ingest)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
+# The web console checks the token itself: a browser sends a cookie, not a bearer header.
+_OWN_AUTH_PREFIX = "/ui"
 _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -118,7 +120,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[INGEST].settings.ingest_token
-    if token is not None and request.path not in _PUBLIC_PATHS:
+    own_auth = request.path == _OWN_AUTH_PREFIX or request.path.startswith(_OWN_AUTH_PREFIX + "/")
+    if token is not None and request.path not in _PUBLIC_PATHS and not own_auth:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         # surrogateescape: header bytes that are not UTF-8 must compare unequal, not crash.
         if not hmac.compare_digest(

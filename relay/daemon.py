@@ -21,6 +21,7 @@ from relay.alerts.rules import RULES, Rules
 from relay.alerts.targets import TARGETS, Targets
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe, mask_url
+from relay.console import add_console
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
@@ -140,6 +141,7 @@ async def run(
             app[RULES] = Rules(outbox, dispatcher.snapshot, settings, app[TARGETS].send)
             for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
                 stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
+        add_console(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
         runner = guard.GuardedRunner(
