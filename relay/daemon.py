@@ -19,6 +19,7 @@ from relay import __version__, admin
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
+from relay.errors import ConfigError
 from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.sender import Sender
@@ -123,7 +124,13 @@ async def run(
             site = web.UnixSite(runner, str(settings.listen.path))
         else:
             site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.listen}: {exc.strerror}; pick another address "
+                "with MMOLOVE_RELAY_LISTEN."
+            ) from exc
         if settings.listen.path is not None:
             # The owner and its group may connect (put the game server in that group), others
             # not. Before this chmod the umask applies, which denies others with any sane one.

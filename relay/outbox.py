@@ -191,8 +191,11 @@ class Outbox:
     @classmethod
     async def open(cls, path: Path, *, min_free_bytes: int = 0) -> Outbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock(path)
+        except OSError as exc:
+            raise _unopenable(path, exc) from exc
         try:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             reader = await _connect(path)
@@ -202,11 +205,9 @@ class Outbox:
             except BaseException:
                 await reader.close()
                 raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             os.close(lock_fd)
-            raise OutboxError(
-                f"cannot open the outbox {path}: {exc}; check the path and its permissions."
-            ) from exc
+            raise _unopenable(path, exc) from exc
         except BaseException:
             os.close(lock_fd)
             raise
@@ -658,6 +659,14 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _unopenable(path: Path, exc: sqlite3.Error | OSError) -> OutboxError:
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return OutboxError(
+        f"cannot open the outbox {path}: {cause}; point MMOLOVE_RELAY_DB (or [outbox] path) "
+        "at a file in a writable directory the relay's user owns."
+    )
 
 
 def _lock(path: Path) -> int:

@@ -399,6 +399,21 @@ async def test_a_listen_address_in_use_exits_3_naming_the_setting(
     assert taken in lines[0]
 
 
+async def test_an_outbox_path_that_cannot_be_created_exits_3_naming_the_path(
+    spawn: Spawn, sandbox: RunningSandbox
+) -> None:
+    """An outbox in a directory that cannot exist is reported as an outbox problem, with the
+    path and what to set, not as a port that cannot be listened on."""
+    db = "/proc/nope/outbox.db"
+    relay = spawn(relay_env(sandbox.url, Path(db)), config=tuning())
+    assert await relay.exited() == EXIT_CONFIG
+    lines = [line for line in relay.stderr if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"cannot open the outbox {db}: No such file or directory" in lines[0]
+    assert "MMOLOVE_RELAY_DB" in lines[0]
+    assert "listen" not in lines[0]
+
+
 # -- reload and secrets --------------------------------------------------------------------
 
 
