@@ -93,6 +93,7 @@ class Settings:
     max_batch: int = 500
     allow_extra_fields: bool = False
     min_free_bytes: int = 64 * 1024 * 1024
+    lock_timeout_s: float = 1.0  # a write's wait for a lock another process holds
     # delivery
     concurrency: int = 4
     connect_timeout_s: float = 5.0
@@ -120,6 +121,7 @@ _TUNABLES: dict[str, dict[str, str]] = {
         "max_batch": "max_batch",
         "allow_extra_fields": "allow_extra_fields",
         "min_free_bytes": "min_free_bytes",
+        "lock_timeout_s": "lock_timeout_s",
     },
     "delivery": {
         name: name

@@ -79,7 +79,11 @@ async def run(
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
+        outbox = await Outbox.open(
+            settings.db_path,
+            min_free_bytes=settings.min_free_bytes,
+            lock_timeout_s=settings.lock_timeout_s,
+        )
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())
         if requeued:

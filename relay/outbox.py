@@ -189,7 +189,9 @@ class Outbox:
         self.new_events = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: Path, *, min_free_bytes: int = 0) -> Outbox:
+    async def open(
+        cls, path: Path, *, min_free_bytes: int = 0, lock_timeout_s: float = 5.0
+    ) -> Outbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,7 @@ class Outbox:
             reader = await _connect(path)
             try:
                 await migrate(reader)
-                writer = await Writer.open(functools.partial(_connect_writer, path))
+                writer = await Writer.open(functools.partial(_connect_writer, path, lock_timeout_s))
             except BaseException:
                 await reader.close()
                 raise
@@ -649,11 +651,15 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return db
 
 
-def _connect_writer(path: Path) -> sqlite3.Connection:
-    """The writer's connection, made and used on the writer's thread only."""
+def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
+    """The writer's connection, made and used on the writer's thread only.
+
+    Every write queues behind the one before, so the writer's wait for a foreign lock is
+    what bounds an ingest's wait: ``lock_timeout_s`` replaces SQLite's 5 s here.
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        for pragma in _PRAGMAS:
+        for pragma in (*_PRAGMAS, f"busy_timeout = {round(lock_timeout_s * 1000)}"):
             db.execute(f"PRAGMA {pragma}")
     except BaseException:
         db.close()

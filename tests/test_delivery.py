@@ -392,7 +392,8 @@ async def test_dispatcher_survives_a_locked_outbox(
     holder.start()
     try:
         await asyncio.to_thread(locked.wait, 10)
-        await asyncio.sleep(6.0)  # longer than the outbox's 5 s busy timeout
+        # Long enough for claims to give up on the lock (lock_timeout_s) and be retried.
+        await asyncio.sleep(settings.lock_timeout_s * 2)
     finally:
         release.set()
         await asyncio.to_thread(holder.join)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from tests.harness import (
 from tests.reliability.checker import Tally
 from tests.support import require_tools, unavailable
 
+LOCK_TIMEOUT_S = 0.5
+SQLITE_BUSY_TIMEOUT_S = 5.0  # the outbox connections' busy_timeout, which ingest undercuts
 # Larger than SQLite's 4 MB auto-checkpoint, so the WAL can be reset once space returns.
 TMPFS_SIZE = "16m"
 
@@ -151,10 +154,12 @@ db.execute("COMMIT")
 async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """A second process in a write transaction: ingest answers 503 + Retry-After after the
-    busy timeout, nothing is lost, and everything flows once the lock is released."""
+    """A second process in a write transaction: ingest answers 503 + Retry-After after its
+    own lock_timeout_s, not SQLite's 5 s busy timeout; nothing is lost, and everything
+    flows once the lock is released."""
     db = tmp_path / "outbox.db"
-    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    config = tuning() + f"[ingest]\nlock_timeout_s = {LOCK_TIMEOUT_S}\n"
+    relay = await spawn(relay_env(sandbox.url, db), config=config).ready()
     tally = Tally("disk: another process holds the SQLite write lock")
     for i in range(20):
         assert (await post_counted(http, relay, tally, registered(f"lock-{i}")))[0] == 202
@@ -168,9 +173,11 @@ async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
     assert holder.stdin is not None
     try:
         assert await holder.stdout.readline() == b"locked\n"
+        started = time.monotonic()
         results = await asyncio.gather(
             *(post_counted(http, relay, tally, registered(f"locked-{i}")) for i in range(4))
         )
+        waited_s = time.monotonic() - started
         assert relay.proc.poll() is None
         assert (await get_json(http, f"{relay.url}/healthz"))["ok"] is True
     finally:
@@ -180,6 +187,9 @@ async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
     assert statuses == [503] * 4, results
     assert all(int(headers["Retry-After"]) > 0 for _, _, headers in results)
     assert all("locked" in answer["error"]["message"] for _, answer, _ in results)
+    # The four queue behind one another in at most two transactions, each waiting
+    # lock_timeout_s; SQLite's own busy timeout would have held the first for 5 s.
+    assert LOCK_TIMEOUT_S <= waited_s < SQLITE_BUSY_TIMEOUT_S / 2, waited_s
 
     for i in range(20):
         assert (await post_counted(http, relay, tally, registered(f"after-{i}")))[0] == 202
