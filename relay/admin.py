@@ -146,6 +146,8 @@ async def readyz(request: web.Request) -> web.Response:
     needed = request.app[INGEST].settings.min_free_bytes
     if free < needed:
         problems.append(f"disk nearly full: {free} bytes free, {needed} needed for ingest")
+    if not await outbox.can_deliver():
+        problems.append("disk full: the reserve is released; ingest and new deliveries wait")
     delivery = request.app[DELIVERY_STATE]()
     for server in delivery["servers"]:
         if server["paused"]:

@@ -109,6 +109,7 @@ class Settings:
     drain_timeout_s: float = 10.0
     # outbox
     retention_s: float = 7 * 24 * 3600.0
+    reserve_bytes: int = 8 * 1024 * 1024  # disk kept back for outcomes and purge
 
     def server(self, server_id: str) -> ServerConfig | None:
         return next((s for s in self.servers if s.server_id == server_id), None)
@@ -140,7 +141,7 @@ _TUNABLES: dict[str, dict[str, str]] = {
             "drain_timeout_s",
         )
     },
-    "outbox": {"retention_s": "retention_s"},
+    "outbox": {"retention_s": "retention_s", "reserve_bytes": "reserve_bytes"},
 }
 _SECTION_KEYS = {
     "": {"endpoint", "log_format", "ca_file", "ingest", "delivery", "outbox", "servers"},

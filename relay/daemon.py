@@ -83,6 +83,7 @@ async def run(
             settings.db_path,
             min_free_bytes=settings.min_free_bytes,
             lock_timeout_s=settings.lock_timeout_s,
+            reserve_bytes=settings.reserve_bytes,
         )
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())

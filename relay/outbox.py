@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import functools
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.reserve import DiskReserve
 from relay.schema import migrate
 from relay.writer import Writer
 
@@ -175,6 +175,7 @@ class Outbox:
         lock_fd: int,
         *,
         min_free_bytes: int,
+        reserve: DiskReserve,
     ) -> None:
         self.path = path
         self.writer = writer
@@ -183,14 +184,20 @@ class Outbox:
         self._lock_fd = lock_fd
         self._min_free_bytes = min_free_bytes
         self._disk_checked_at = 0.0
-        self._disk_ok = True
+        self._free_bytes = min_free_bytes  # taken as enough until the first check
+        self.reserve = reserve
         self.closing = False
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
     @classmethod
     async def open(
-        cls, path: Path, *, min_free_bytes: int = 0, lock_timeout_s: float = 5.0
+        cls,
+        path: Path,
+        *,
+        min_free_bytes: int = 0,
+        lock_timeout_s: float = 5.0,
+        reserve_bytes: int = 8 * 1024 * 1024,
     ) -> Outbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         try:
@@ -200,10 +207,15 @@ class Outbox:
             raise _unopenable(path, exc) from exc
         try:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+            await asyncio.to_thread(reserve.ensure)
             reader = await _connect(path)
             try:
                 await migrate(reader)
-                writer = await Writer.open(functools.partial(_connect_writer, path, lock_timeout_s))
+                writer = await Writer.open(
+                    functools.partial(_connect_writer, path, lock_timeout_s),
+                    on_full=reserve.release,
+                )
             except BaseException:
                 await reader.close()
                 raise
@@ -213,7 +225,7 @@ class Outbox:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes)
+        return cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes, reserve=reserve)
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the file."""
@@ -563,13 +575,27 @@ class Outbox:
                 "file and its disk are healthy."
             ) from exc
 
-    async def _check_disk(self) -> None:
+    async def can_deliver(self) -> bool:
+        """Whether an attempt started now could record its outcome: not while the disk is
+        full, when the reserve is kept for the attempts already in flight."""
+        await self._refresh_disk()
+        return not self.reserve.full
+
+    async def _refresh_disk(self) -> None:
         now = time.monotonic()
         if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
             self._disk_checked_at = now
-            usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
-            self._disk_ok = usage.free >= self._min_free_bytes
-        if not self._disk_ok:
+            self._free_bytes = await asyncio.to_thread(self.reserve.refresh)
+
+    async def _check_disk(self) -> None:
+        await self._refresh_disk()
+        if self.reserve.full:
+            raise OutboxUnavailable(
+                "the disk holding the outbox is full; the event was not stored, and the relay "
+                "keeps its reserve for recording deliveries until space is freed. Retry later.",
+                retry_after_s=30,
+            )
+        if self._free_bytes < self._min_free_bytes:
             raise OutboxUnavailable(
                 f"the disk holding the outbox has less than {self._min_free_bytes} bytes free; "
                 "the relay takes no new events until space is freed. Retry later.",
