@@ -271,6 +271,9 @@ def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:
             values[name] = value
         else:
             number = _number(value, name)
+            if name.endswith("_id") and not _is_id(int(number)):
+                # SQLite integers are 64-bit: a larger id would crash the query, not match.
+                raise InvalidEvent(422, "invalid_filter", f"{name} is 0 to 2^63 - 1.", name)
             values[name] = int(number) if name.endswith("_id") else number
     return EventFilter(**values)
 
