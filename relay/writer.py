@@ -100,9 +100,12 @@ class Writer:
         except sqlite3.Error as exc:
             log.error("outbox.write_failed", error=str(exc), writes=len(group))
             if self._on_full is not None and "full" in str(exc):
-                await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._on_full, self.db
-                )
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._on_full, self.db
+                    )
+                except Exception:  # the writer must outlive a failed rescue
+                    log.exception("outbox.disk_full_handler_failed")
             _fail(group, _unavailable(exc))
             return
         except Exception as exc:  # a bug in a job: fail its callers, keep the writer alive
