@@ -226,8 +226,10 @@ async def test_a_disk_filled_during_delivery_sends_nothing_twice_and_purge_still
         await post(http, relay.url, registered(token))
     await wait_outbox_settled(http, relay.url)
 
-    faults.latency_ms = 150  # each attempt is in flight a while: the fill meets some
-    for i in range(300):
+    # Few events, each in flight a while: the fill meets attempts in flight while the WAL
+    # is still growing for the first time, so every later write needs new space.
+    faults.latency_ms = 300
+    for i in range(60):
         assert (await post_counted(http, relay, tally, registered(f"fill-{i}")))[0] == 202
     await eventually(lambda: in_progress(sandbox) > 0, timeout_s=5, what="attempts in flight")
     filler = small_disk / "filler"
