@@ -184,7 +184,8 @@ class Outbox:
         self._lock_fd = lock_fd
         self._min_free_bytes = min_free_bytes
         self._disk_checked_at = 0.0
-        self._free_bytes = min_free_bytes  # taken as enough until the first check
+        self._free_bytes = 0
+        self._disk_lock = asyncio.Lock()  # one check at a time; the others read its result
         self.reserve = reserve
         self.closing = False
         # Set after every commit that added events, so the dispatcher sends them at once.
@@ -582,10 +583,10 @@ class Outbox:
         return not self.reserve.full
 
     async def _refresh_disk(self) -> None:
-        now = time.monotonic()
-        if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
-            self._disk_checked_at = now
-            self._free_bytes = await asyncio.to_thread(self.reserve.refresh)
+        async with self._disk_lock:
+            if time.monotonic() - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
+                self._free_bytes = await asyncio.to_thread(self.reserve.refresh)
+                self._disk_checked_at = time.monotonic()
 
     async def _check_disk(self) -> None:
         await self._refresh_disk()
