@@ -163,6 +163,8 @@ async def readyz(request: web.Request) -> web.Response:
     cap = request.app[INGEST].settings.max_outbox_bytes
     if cap and outbox.size_bytes() >= cap:
         problems.append(f"outbox full: {outbox.size_bytes()} bytes, max_outbox_bytes is {cap}")
+    if not await outbox.can_deliver():
+        problems.append("disk full: the reserve is released; ingest and new deliveries wait")
     delivery = request.app[DELIVERY_STATE]()
     for server in delivery["servers"]:
         if server["paused"]:
@@ -308,6 +310,9 @@ def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:
             values[name] = value
         else:
             number = _number(value, name)
+            if name.endswith("_id") and not _is_id(int(number)):
+                # SQLite integers are 64-bit: a larger id would crash the query, not match.
+                raise InvalidEvent(422, "invalid_filter", f"{name} is 0 to 2^63 - 1.", name)
             values[name] = int(number) if name.endswith("_id") else number
     return EventFilter(**values)
 

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from relay import openapi
 from relay.config import Settings
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
@@ -66,6 +67,7 @@ def make_app(
     app.router.add_post("/v1/events/batch", post_batch)
     app.router.add_get("/v1/events/{id}", get_event)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/openapi.json", openapi.serve)
     return app
 
 

@@ -114,17 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(os.environ, args.config)
     logs.configure(settings.log_format)
     _redact(settings)
-    try:
-        # uvloop: its transports cost less per request than asyncio's, which ingest feels.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve_until_signalled(settings, args.config))
-    except OSError as exc:
-        print(
-            f"mmolove-relay: cannot listen on {settings.listen}: {exc.strerror}; pick another "
-            "address with MMOLOVE_RELAY_LISTEN.",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+    # uvloop: its transports cost less per request than asyncio's, which ingest feels.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_until_signalled(settings, args.config))
     return EXIT_OK
 
 

@@ -158,6 +158,7 @@ class Settings:
     header_timeout_s: float = 15.0  # also how long an idle keep-alive connection stays open
     body_timeout_s: float = 30.0
     max_body_bytes_in_flight: int = 16 * 1024 * 1024
+    lock_timeout_s: float = 1.0  # a write's wait for a lock another process holds
     # delivery
     concurrency: int = 4
     connect_timeout_s: float = 5.0
@@ -188,6 +189,7 @@ class Settings:
     alert_reminder_s: float = 3600.0  # while a condition stays firing
     alert_resolve_after_s: float = 120.0  # clear this long before "resolved": no flapping
     alert_every_s: float = 1.0  # how often the rules are evaluated
+    reserve_bytes: int = 8 * 1024 * 1024  # disk kept back for outcomes and purge
 
     def server(self, server_id: str) -> ServerConfig | None:
         return next((s for s in self.servers if s.server_id == server_id), None)
@@ -204,6 +206,7 @@ _TUNABLES: dict[str, dict[str, str]] = {
         "header_timeout_s": "header_timeout_s",
         "body_timeout_s": "body_timeout_s",
         "max_body_bytes_in_flight": "max_body_bytes_in_flight",
+        "lock_timeout_s": "lock_timeout_s",
     },
     "delivery": {
         name: name
@@ -225,7 +228,13 @@ _TUNABLES: dict[str, dict[str, str]] = {
     },
     "outbox": {
         name: name
-        for name in ("retention_s", "ledger_retention_s", "max_outbox_bytes", "rejected_keep")
+        for name in (
+            "retention_s",
+            "ledger_retention_s",
+            "max_outbox_bytes",
+            "rejected_keep",
+            "reserve_bytes",
+        )
     },
     "alerting": {
         name: name

@@ -23,6 +23,7 @@ from relay.api import INGEST, make_app
 from relay.config import Settings, describe, mask_url
 from relay.console import add_console
 from relay.dispatcher import Dispatcher
+from relay.errors import ConfigError
 from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.rejected import REJECTIONS, Rejections
@@ -92,6 +93,8 @@ async def run(
             settings.db_path,
             min_free_bytes=settings.min_free_bytes,
             max_outbox_bytes=settings.max_outbox_bytes,
+            lock_timeout_s=settings.lock_timeout_s,
+            reserve_bytes=settings.reserve_bytes,
         )
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())
@@ -163,7 +166,13 @@ async def run(
             site = web.UnixSite(runner, str(settings.listen.path))
         else:
             site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.listen}: {exc.strerror}; pick another address "
+                "with MMOLOVE_RELAY_LISTEN."
+            ) from exc
         if settings.listen.path is not None:
             # The owner and its group may connect (put the game server in that group), others
             # not. Before this chmod the umask applies, which denies others with any sane one.

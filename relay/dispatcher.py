@@ -136,6 +136,10 @@ class Dispatcher:
         free = s.concurrency - len(self._tasks)
         if free <= 0:
             return _IDLE_WAIT_S
+        if not await self._outbox.can_deliver():
+            # The disk is full: an attempt started now could not record its outcome, and
+            # would be sent again after its lease.
+            return _OUTBOX_RETRY_S
         active = [sid for sid, st in self.servers.items() if not st.paused_reason]
         claimed = await self._claim_probes(now, free)
         free -= len(claimed)

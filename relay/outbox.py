@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import functools
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.fileguard import identities, vanished
 from relay.records import Records, prune_ledger, to_ledger
+from relay.reserve import DiskReserve
 from relay.schema import migrate
 from relay.writer import Writer
 
@@ -212,6 +212,7 @@ class Outbox:
         *,
         min_free_bytes: int,
         max_outbox_bytes: int = 0,
+        reserve: DiskReserve,
     ) -> None:
         self.path = path
         self.writer = writer
@@ -222,8 +223,10 @@ class Outbox:
         self._max_outbox_bytes = max_outbox_bytes  # 0: unlimited
         self.records = Records(self._write, self._read)
         self._disk_checked_at = 0.0
-        self._disk_ok = True
         self._size_ok = True
+        self._free_bytes = 0
+        self._disk_lock = asyncio.Lock()  # one check at a time; the others read its result
+        self.reserve = reserve
         self.closing = False
         self._identities = identities(lock_fd, path)
         self._file_checked_at = 0.0
@@ -234,24 +237,37 @@ class Outbox:
 
     @classmethod
     async def open(
-        cls, path: Path, *, min_free_bytes: int = 0, max_outbox_bytes: int = 0
+        cls,
+        path: Path,
+        *,
+        min_free_bytes: int = 0,
+        lock_timeout_s: float = 5.0,
+        reserve_bytes: int = 8 * 1024 * 1024,
+        max_outbox_bytes: int = 0,
     ) -> Outbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(path)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock(path)
+        except OSError as exc:
+            raise _unopenable(path, exc) from exc
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+            await asyncio.to_thread(reserve.ensure)
             reader = await _connect(path)
             try:
                 await migrate(reader)
-                writer = await Writer.open(functools.partial(_connect_writer, path))
+                writer = await Writer.open(
+                    functools.partial(_connect_writer, path, lock_timeout_s),
+                    on_full=reserve.release,
+                )
             except BaseException:
                 await reader.close()
                 raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             os.close(lock_fd)
-            raise OutboxError(
-                f"cannot open the outbox {path}: {exc}; check the path and its permissions."
-            ) from exc
+            raise _unopenable(path, exc) from exc
         except BaseException:
             os.close(lock_fd)
             raise
@@ -262,6 +278,7 @@ class Outbox:
             lock_fd,
             min_free_bytes=min_free_bytes,
             max_outbox_bytes=max_outbox_bytes,
+            reserve=reserve,
         )
 
     async def close(self) -> None:
@@ -815,13 +832,29 @@ class Outbox:
                 retry_after_s=30,
             )
 
+    async def can_deliver(self) -> bool:
+        """Whether an attempt started now could record its outcome: not while the disk is
+        full, when the reserve is kept for the attempts already in flight."""
+        await self._refresh_disk()
+        return not self.reserve.full
+
+    async def _refresh_disk(self) -> None:
+        async with self._disk_lock:
+            if time.monotonic() - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
+                self._free_bytes = await asyncio.to_thread(self.reserve.refresh)
+                self._size_ok = (
+                    not self._max_outbox_bytes or self.size_bytes() < self._max_outbox_bytes
+                )
+                self._disk_checked_at = time.monotonic()
+
     async def _check_disk(self) -> None:
-        now = time.monotonic()
-        if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
-            self._disk_checked_at = now
-            usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
-            self._disk_ok = usage.free >= self._min_free_bytes
-            self._size_ok = not self._max_outbox_bytes or self.size_bytes() < self._max_outbox_bytes
+        await self._refresh_disk()
+        if self.reserve.full:
+            raise OutboxUnavailable(
+                "the disk holding the outbox is full; the event was not stored, and the relay "
+                "keeps its reserve for recording deliveries until space is freed. Retry later.",
+                retry_after_s=30,
+            )
         if not self._size_ok:
             raise OutboxUnavailable(
                 f"the outbox has reached max_outbox_bytes ({self._max_outbox_bytes} bytes); "
@@ -829,7 +862,7 @@ class Outbox:
                 "later.",
                 retry_after_s=30,
             )
-        if not self._disk_ok:
+        if self._free_bytes < self._min_free_bytes:
             raise OutboxUnavailable(
                 f"the disk holding the outbox has less than {self._min_free_bytes} bytes free; "
                 "the relay takes no new events until space is freed. Retry later.",
@@ -911,16 +944,28 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return db
 
 
-def _connect_writer(path: Path) -> sqlite3.Connection:
-    """The writer's connection, made and used on the writer's thread only."""
+def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
+    """The writer's connection, made and used on the writer's thread only.
+
+    Every write queues behind the one before, so the writer's wait for a foreign lock is
+    what bounds an ingest's wait: ``lock_timeout_s`` replaces SQLite's 5 s here.
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        for pragma in _PRAGMAS:
+        for pragma in (*_PRAGMAS, f"busy_timeout = {round(lock_timeout_s * 1000)}"):
             db.execute(f"PRAGMA {pragma}")
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _unopenable(path: Path, exc: sqlite3.Error | OSError) -> OutboxError:
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return OutboxError(
+        f"cannot open the outbox {path}: {cause}; point MMOLOVE_RELAY_DB (or [outbox] path) "
+        "at a file in a writable directory the relay's user owns."
+    )
 
 
 def _lock(path: Path) -> int:

@@ -133,6 +133,19 @@ class _Referral:
 
 
 @dataclass(slots=True)
+class Send:
+    """One POST to the event endpoint, in arrival order: the request log.
+
+    ``repeat`` marks a send of an event MMOLove had already accepted when its body arrived,
+    however it was then answered: the duplicate sends a relay should keep near zero.
+    """
+
+    key: tuple[str, str, str] | None  # (token, event, server_event_id); None if unreadable
+    repeat: bool
+    status: int | None = None  # None: the connection was dropped unanswered
+
+
+@dataclass(slots=True)
 class _Ledger:
     """Everything the sandbox remembers; a reset replaces it whole."""
 
@@ -142,7 +155,7 @@ class _Ledger:
     accepted: list[dict[str, str]] = field(default_factory=list)
     duplicates: int = 0
     test_events: int = 0
-    double_effects: int = 0
+    sends: list[Send] = field(default_factory=list)
     effects: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # by _Event.key
     referrals: dict[tuple[str, str], _Referral] = field(default_factory=dict)
     anchors: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -183,13 +196,17 @@ class Sandbox:
             "accepted": [dict(record) for record in ledger.accepted],
             "duplicates": ledger.duplicates,
             "test_events": ledger.test_events,
-            "double_effects": ledger.double_effects,
+            "duplicate_sends": sum(send.repeat for send in ledger.sends),
             "referrals": {
                 f"{server_id}/{token}": asdict(referral)
                 for (server_id, token), referral in ledger.referrals.items()
             },
             "faults": self.faults.as_json(),
         }
+
+    def request_log(self) -> list[Send]:
+        """Every event POST so far, in arrival order."""
+        return list(self._ledger.sends)
 
     def reset(self) -> None:
         """Forget all state and clear faults in place, so callers holding ``faults`` see it."""
@@ -200,29 +217,34 @@ class Sandbox:
 
     async def _on_event(self, request: web.Request) -> web.StreamResponse:
         self._ledger.requests += 1
-        response = await self._respond(request)
+        try:
+            # Read before any fault is applied, so every send is logged with its key.
+            body: bytes | None = await request.read()
+        except ConnectionResetError:
+            body = None
+        key = _key_of(body)
+        send = Send(key, repeat=key is not None and self._ledger.effects[key] > 0)
+        self._ledger.sends.append(send)
+        response = await self._respond(request, body)
         if response is None:
             self._ledger.dropped += 1
             return _abort(request)
+        send.status = response.status
         self._ledger.by_status[str(response.status)] += 1
         if self.faults.slow_body_ms > 0:
             return await _trickle(request, response, self.faults.slow_body_ms / 1000)
         return response
 
-    async def _respond(self, request: web.Request) -> web.Response | None:
+    async def _respond(self, request: web.Request, body: bytes | None) -> web.Response | None:
         """The answer to an event POST, or None when the connection must die unanswered."""
         faults = self.faults
         if faults.hang:
             await _until_gone(request)
             return None
-        if faults.reset:
+        if faults.reset or body is None:
             return None
         answer = self._fault_answer()
         if answer is None:
-            try:
-                body = await request.read()
-            except ConnectionResetError:
-                return None
             try:
                 answer = self._ingest(body, request.headers.get(HEADER))
             except _Refusal as refusal:
@@ -308,9 +330,6 @@ class Sandbox:
     def _record(self, event: _Event, outcome: str) -> None:
         ledger = self._ledger
         ledger.effects[event.key] += 1
-        # Unreachable while the duplicate check precedes _apply; counted so tests can prove it.
-        if ledger.effects[event.key] > 1:
-            ledger.double_effects += 1
         record = {name: getattr(event, name) for name in _RECORD_FIELDS}
         ledger.accepted.append(record | {"outcome": outcome})
 
@@ -398,6 +417,19 @@ def _load_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _Refusal(400, "body must be a JSON object")
     return data
+
+
+def _key_of(body: bytes | None) -> tuple[str, str, str] | None:
+    """The dedup key of a non-test event body, read leniently; None if it has none."""
+    try:
+        data = _load_object(body or b"")
+    except _Refusal:
+        return None
+    parts = (data.get("token"), data.get("event"), data.get("server_event_id"))
+    if data.get("test") is True or not all(isinstance(part, str) for part in parts):
+        return None
+    token, event, server_event_id = (str(part) for part in parts)
+    return (token.strip(), event, server_event_id.strip())
 
 
 def _reject_constant(name: str) -> Any:

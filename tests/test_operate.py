@@ -367,3 +367,17 @@ async def test_admin_refuses_bad_requests_with_422(
     status, answer = await relay.post(body, f"/v1/admin/{path}")
     assert status == 422, answer
     assert answer["error"]["message"]
+
+
+@pytest.mark.parametrize("after_id", ["299544265736908754410012672", "-1", "9223372036854775808"])
+async def test_an_id_filter_outside_sqlite_integers_is_422_not_a_crash(
+    start_relay: StartRelay, after_id: str
+) -> None:
+    """Found by fuzzing from the OpenAPI document: a huge after_id crashed the query (500)."""
+    relay = await start_relay()
+    status, answer = await relay.get(f"/v1/events?after_id={after_id}")
+    assert (status, answer["error"]["code"], answer["error"]["field"]) == (
+        422,
+        "invalid_filter",
+        "after_id",
+    )
