@@ -39,6 +39,7 @@ class ReadOnlyOutbox(Outbox):
         self._reader = reader
         self._write = _refuse
         self.closing = True  # ingest would refuse
+        self.lost: str | None = None  # this reader does not watch the file
         self.new_events = asyncio.Event()
         self.records = Records(_refuse, self._read)
 
@@ -103,7 +104,9 @@ async def _read(
         snapshot = {
             "circuit": "unknown (daemon not running)",
             "circuit_open_until": None,
+            "circuit_reopens_at": None,
             "in_flight": 0,
+            "outbox_lost": None,
             "servers": servers,
         }
         # Only this process reaches the private port: no token needed.

@@ -106,7 +106,7 @@ async def test_real_answers_of_every_kind_validate_against_the_document(
     seen = [
         await call(relay, "/v1/events", "POST", json=event),
         await call(relay, "/v1/events", "POST", json=event),
-        await call(relay, "/v1/events", "POST", json={**event, "ts": 1}),
+        await call(relay, "/v1/events", "POST", json={**event, "ts": 1_700_000_000}),
         await call(relay, "/v1/events", "POST", json={**event, "event": "won"}),
         await call(
             relay, "/v1/events", "POST", data=b"{", headers={"Content-Type": "application/json"}
