@@ -9,51 +9,44 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from relay.config import Settings
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
 from relay.outbox import Added, Outbox
+from relay.state import DeliverySnapshot, Live
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OUTBOX = web.AppKey("outbox", Outbox)
-StateProvider = Callable[[], dict[str, Any]]
+StateProvider = Callable[[], DeliverySnapshot]
 DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
 METRICS = web.AppKey("metrics", Metrics)
-
-
-@dataclass
-class Ingest:
-    """What handlers read that can change while the app runs (SIGHUP, shutdown)."""
-
-    settings: Settings
-    draining: bool = False
-
-
-INGEST = web.AppKey("ingest", Ingest)
+# The live settings and draining flag, shared with the dispatcher and the daemon.
+INGEST = web.AppKey("ingest", Live)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
 _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
 def make_app(
-    outbox: Outbox, settings: Settings, delivery_state: StateProvider, metrics: Metrics
+    outbox: Outbox, live: Live, delivery_state: StateProvider, metrics: Metrics
 ) -> web.Application:
     """The ingest app; ``delivery_state`` reports the breaker and per-server pauses.
 
     The operator routes (``relay.admin``) are added to it by the daemon.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
+    app = web.Application(
+        client_max_size=live.settings.max_body_bytes, middlewares=[_errors, _auth]
+    )
     app[OUTBOX] = outbox
-    app[INGEST] = Ingest(settings)
+    app[INGEST] = live
     app[DELIVERY_STATE] = delivery_state
     app[METRICS] = metrics
     app.router.add_post("/v1/events", post_event)
@@ -126,10 +119,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _read_json(request: web.Request) -> Any:
-    if request.app[INGEST].draining:
-        raise OutboxUnavailable(
-            "the relay is shutting down; send again in a few seconds.", retry_after_s=2
-        )
+    request.app[INGEST].refuse_if_draining()
     if request.content_type != "application/json":
         raise InvalidEvent(
             415,
@@ -137,7 +127,10 @@ async def _read_json(request: web.Request) -> Any:
             "send the event with Content-Type: "
             f"application/json (got {request.content_type or 'none'}).",
         )
-    return parse_json(await request.read())
+    body = await request.read()
+    # Again: a body still arriving when the drain began must not be stored after it.
+    request.app[INGEST].refuse_if_draining()
+    return parse_json(body)
 
 
 def _validate(request: web.Request, data: Any, now: float) -> Event:

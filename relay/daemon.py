@@ -16,12 +16,13 @@ import structlog
 from aiohttp import web
 
 from relay import __version__, admin
-from relay.api import INGEST, make_app
+from relay.api import make_app
 from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.sender import Sender
+from relay.state import Live
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
@@ -37,11 +38,14 @@ class RunningRelay:
     """A handle on a started relay, given to ``on_ready``."""
 
     url: str  # base URL of ingest, e.g. http://127.0.0.1:8787 (or unix:/path)
-    settings: Settings
+    live: Live
     dispatcher: Dispatcher
     outbox: Outbox
-    _app: web.Application = field(repr=False)
     _dispatch_task: asyncio.Task[None] = field(repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
 
     @property
     def dispatching(self) -> bool:
@@ -56,10 +60,9 @@ class RunningRelay:
             if f.name not in RELOADABLE
             and getattr(settings, f.name) != getattr(self.settings, f.name)
         ]
-        self.settings = replace(
+        self.live.settings = replace(
             self.settings, **{name: getattr(settings, name) for name in RELOADABLE}
         )
-        self._app[INGEST].settings = self.settings
         self.dispatcher.reload(self.settings.servers)
         log.info(
             "relay.reloaded",
@@ -93,7 +96,8 @@ async def run(
         )
         stack.push_async_callback(sender.close)
         metrics = Metrics()
-        dispatcher = Dispatcher(outbox, sender, settings, metrics=metrics)
+        live = Live(settings)
+        dispatcher = Dispatcher(outbox, sender, live, metrics=metrics)
         stop_dispatch = asyncio.Event()
         dispatch_task = asyncio.create_task(dispatcher.run(stop_dispatch), name="dispatcher")
         stack.push_async_callback(_finish, dispatch_task, stop_dispatch)
@@ -109,7 +113,7 @@ async def run(
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
 
-        app = make_app(outbox, settings, dispatcher.snapshot, metrics)
+        app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
@@ -131,10 +135,9 @@ async def run(
         url = _bound_url(runner, settings)
         relay = RunningRelay(
             url=url,
-            settings=settings,
+            live=live,
             dispatcher=dispatcher,
             outbox=outbox,
-            _app=app,
             _dispatch_task=dispatch_task,
         )
         log.info(
@@ -156,10 +159,12 @@ async def run(
         log.info("relay.stopping")
         if on_stopping is not None:
             on_stopping()
-        app[INGEST].draining = True
-        stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
-        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
-        # within its budget), HTTP client, outbox.
+        live.draining = True
+        # No new claims; in-flight attempts drain within their budget while the listener
+        # still answers, so a client sees 503 + Retry-After rather than a refused connection.
+        await _finish(dispatch_task, stop_dispatch)
+        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (done),
+        # HTTP client, outbox.
     log.info("relay.stopped")
 
 

@@ -192,15 +192,11 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
     print()
     rows = []
     for server in data["servers"]:
-        if not server.get("configured", True):
-            state = "NOT CONFIGURED"
-        else:
-            state = "PAUSED" if server["paused"] else "delivering"
         counts = server["counts"]
         rows.append(
             [
                 server["server_id"],
-                state,
+                _STATES.get(server["state"], server["state"]),
                 counts["pending"],
                 counts["in_flight"],
                 counts["delivered"],
@@ -210,8 +206,10 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
         )
     _table(["SERVER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "LAST ERROR"], rows)
     for server in data["servers"]:
-        if server.get("paused"):
-            print(f"\n{server['server_id']} is paused: {server['paused_reason']}")
+        if server["state"] in ("paused", "held"):
+            print(f"\n{server['server_id']} is {server['state']}: {server['reason']}")
+            if server["next_attempt_in_s"] is not None:
+                print(f"  next probe in {_age(server['next_attempt_in_s'])}")
     if data["dead"]:
         print("\ndead events by reason (replay: mmolove-relay retry --dead --reason REASON)")
         _table(
@@ -222,6 +220,10 @@ def _status(args: argparse.Namespace, environ: Environ) -> int:
             ],
         )
     return EXIT_OK
+
+
+# How each delivery state reads in the table: the ones needing attention in capitals.
+_STATES = {"paused": "PAUSED", "held": "HELD", "circuit_open": "CIRCUIT OPEN"}
 
 
 def _last_error(server: Mapping[str, Any]) -> str:

@@ -156,6 +156,14 @@ class EventFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/readyz`` needs of the outbox: what stops ingest now, and the disk's free bytes."""
+
+    problems: tuple[str, ...]
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Retried:
     """What an operator's retry did to one event."""
 
@@ -184,7 +192,6 @@ class Outbox:
         self._min_free_bytes = min_free_bytes
         self._disk_checked_at = 0.0
         self._disk_ok = True
-        self.closing = False
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
@@ -214,7 +221,6 @@ class Outbox:
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the file."""
-        self.closing = True
         await self.writer.close()
         await self._reader.close()
         os.close(self._lock_fd)
@@ -223,11 +229,6 @@ class Outbox:
 
     async def add(self, events: Sequence[Event], now: float) -> list[Added]:
         """Store events durably in one transaction; an existing key is reported, not stored."""
-        if self.closing:
-            raise OutboxUnavailable(
-                "the relay is shutting down; send again in a few seconds "
-                "(another instance may be starting)."
-            )
         await self._check_disk()
 
         def insert(db: sqlite3.Connection) -> list[Added]:
@@ -560,18 +561,39 @@ class Outbox:
                 "file and its disk are healthy."
             ) from exc
 
+    async def health(self) -> Health:
+        """Whether events can be stored now: the write lock is free and the disk has room."""
+        problems: list[str] = []
+        try:
+            await self._write(_nothing)
+        except OutboxError as exc:
+            problems.append(f"outbox not writable: {exc}")
+        free = await self._measure_free()
+        if not self._disk_ok:
+            problems.append(
+                f"disk nearly full: {free} bytes free, {self._min_free_bytes} needed for ingest"
+            )
+        return Health(tuple(problems), free)
+
+    async def _measure_free(self) -> int:
+        self._disk_checked_at = time.monotonic()
+        free = (await asyncio.to_thread(shutil.disk_usage, self.path.parent)).free
+        self._disk_ok = free >= self._min_free_bytes
+        return free
+
     async def _check_disk(self) -> None:
-        now = time.monotonic()
-        if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
-            self._disk_checked_at = now
-            usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
-            self._disk_ok = usage.free >= self._min_free_bytes
+        if time.monotonic() - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
+            await self._measure_free()
         if not self._disk_ok:
             raise OutboxUnavailable(
                 f"the disk holding the outbox has less than {self._min_free_bytes} bytes free; "
                 "the relay takes no new events until space is freed. Retry later.",
                 retry_after_s=30,
             )
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
 def _requeue(db: sqlite3.Connection, now: float, *, expired_only: bool) -> int:

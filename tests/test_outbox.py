@@ -293,3 +293,17 @@ async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> N
     small = await _hot_path_work(tmp_path, 500)
     large = await _hot_path_work(tmp_path, 5000)
     assert large < small * 2, (small, large)
+
+
+async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Path) -> None:
+    """/readyz's check is the outbox's own: a full disk it finds stops the next add at once."""
+    box = await Outbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
+    try:
+        box._disk_checked_at = time.monotonic() + 3600  # ingest's own check would not run yet
+        health = await box.health()
+        assert health.problems[0].startswith("disk nearly full")
+        assert health.free_bytes > 0
+        with pytest.raises(OutboxError, match="less than"):
+            await box.add([event(registered("t", "p"))], NOW)
+    finally:
+        await box.close()
