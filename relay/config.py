@@ -1,7 +1,8 @@
 """Settings: a TOML file overridden by environment variables, validated into one frozen object.
 
 ``load_settings(environ, path)`` is pure apart from reading the files it is pointed at; only
-the CLI passes it the real ``os.environ``. See ``config/relay.example.toml`` for every key.
+the CLI passes it the real ``os.environ``. ``mmolove-relay check-config --example`` prints
+every key.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class ServerConfig:
     secret: Secret
     kid: str | None = None
     secret_file: Path | None = None
+    secret_from: str = "the environment or config file"  # noqa: S105 - a source, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,18 @@ class Listen:
             return False
 
     def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+        return f"unix:{self.path}" if self.path else host_port(self.host, self.port)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets so the port stays apart."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def base_url(host: str, port: int, scheme: str = "http") -> str:
+    """The URL to dial a listener bound to ``host``; a wildcard bind is dialled on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"{scheme}://{host_port(host, port)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +201,10 @@ def load_settings(
         listen=listen,
         ingest_token=token,
         log_format=log_format,
-        db_path=Path(environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)),
+        # Absolute, so logs and check-config say where the outbox is, wherever it started.
+        db_path=Path(
+            environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)
+        ).absolute(),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
         servers=_servers(environ, doc.get("servers", []), require=require_servers),
     )
@@ -248,6 +264,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                     "kid": s.kid,
                     "secret": "***",
                     "secret_file": str(s.secret_file) if s.secret_file else None,
+                    "secret_from": s.secret_from,
                 }
                 for s in value
             ]
@@ -272,12 +289,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _reject_unknown_keys(doc: dict[str, Any]) -> None:
     def check(section: str, table: object, where: str) -> None:
         if not isinstance(table, dict):
-            raise ConfigError(f"{where} must be a table; see config/relay.example.toml.")
+            raise ConfigError(
+                f"{where} must be a table; see `mmolove-relay check-config --example`."
+            )
         for key in table:
             if key not in _SECTION_KEYS[section]:
                 raise ConfigError(
-                    f"unknown config key {where}.{key}; see config/relay.example.toml for "
-                    "the keys that exist."
+                    f"unknown config key {where}.{key}; `mmolove-relay check-config --example` "
+                    "prints the keys that exist."
                 )
 
     check("", doc, "(top level)")
@@ -374,18 +393,21 @@ def _server(
     secret_file: Path | None = None
     secret: Secret | None = None
     # Precedence: environment (single server only), then the file entry, then systemd.
+    source = "nowhere"
     if single and environ.get("MMOLOVE_SECRET"):
-        secret = Secret(environ["MMOLOVE_SECRET"])
+        secret, source = Secret(environ["MMOLOVE_SECRET"]), "environment MMOLOVE_SECRET"
     elif single and environ.get("MMOLOVE_SECRET_FILE"):
         secret_file = Path(environ["MMOLOVE_SECRET_FILE"])
+        source = "environment MMOLOVE_SECRET_FILE"
     elif entry.get("secret"):
-        secret = Secret(str(entry["secret"]))
+        secret, source = Secret(str(entry["secret"])), "the config file's secret"
     elif entry.get("secret_file"):
-        secret_file = Path(str(entry["secret_file"]))
+        secret_file, source = Path(str(entry["secret_file"])), "the config file's secret_file"
     elif environ.get("CREDENTIALS_DIRECTORY"):
         name = CREDENTIAL_NAME if single else f"{CREDENTIAL_NAME}-{server_id}"
         candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / name
         secret_file = candidate if candidate.exists() else None
+        source = f"systemd credential {name}"
     what = f"signing secret of server {server_id}"
     if secret_file is not None:
         secret = read_secret_file(secret_file, what=what)
@@ -396,4 +418,62 @@ def _server(
                 f"entry secret_file, or pass a systemd credential named {CREDENTIAL_NAME}."
             )
         secret = Secret("")
-    return ServerConfig(server_id=server_id, secret=secret, kid=kid, secret_file=secret_file)
+    return ServerConfig(
+        server_id=server_id,
+        secret=secret,
+        kid=kid,
+        secret_file=secret_file.absolute() if secret_file else None,
+        secret_from=source,
+    )
+
+
+# The environment variables the relay reads, what each sets and its default when unset.
+ENVIRONMENT = {
+    "MMOLOVE_RELAY_CONFIG": ("the TOML config file", "none"),
+    "MMOLOVE_SERVER_ID": ("servers", "none: set it or write [[servers]] in the file"),
+    "MMOLOVE_SECRET": ("servers", "none: this, MMOLOVE_SECRET_FILE or a systemd credential"),
+    "MMOLOVE_SECRET_FILE": ("servers", f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"),
+    "MMOLOVE_KID": ("servers", "none"),
+    "MMOLOVE_ENDPOINT": ("endpoint", DEFAULT_ENDPOINT),
+    "MMOLOVE_RELAY_LISTEN": ("listen", DEFAULT_LISTEN),
+    "MMOLOVE_RELAY_INGEST_TOKEN": ("ingest_token", "none; required when not on loopback"),
+    "MMOLOVE_RELAY_DB": ("db_path", "$STATE_DIRECTORY/outbox.db, else ./mmolove-relay.db"),
+    "MMOLOVE_RELAY_LOG_FORMAT": ("log_format", "json, or console on a terminal"),
+}
+# Settings read from the file outside the [ingest]/[delivery]/[outbox] tunables.
+_FILE_KEYS = {
+    "endpoint": ("", "endpoint"),
+    "log_format": ("", "log_format"),
+    "ca_file": ("", "ca_file"),
+    "listen": ("ingest", "listen"),
+    "ingest_token": ("ingest", "token"),
+    "db_path": ("outbox", "path"),
+}
+
+
+def sources(environ: Mapping[str, str], path: Path | None = None) -> dict[str, str]:
+    """Where each setting in force came from (environment over file over default), by name;
+    the servers' secrets say it themselves (``ServerConfig.secret_from``)."""
+    if path is None and environ.get("MMOLOVE_RELAY_CONFIG"):
+        path = Path(environ["MMOLOVE_RELAY_CONFIG"])
+    doc = _read_toml(path) if path else {}
+    where = {f.name: "default" for f in fields(Settings)}
+    if environ.get("STATE_DIRECTORY"):
+        where["db_path"] = "systemd StateDirectory"
+    for section, keys in _TUNABLES.items():
+        for key, attr in keys.items():
+            if key in doc.get(section, {}):
+                where[attr] = f"file {path}"
+    for attr, (section, key) in _FILE_KEYS.items():
+        table = doc.get(section, {}) if section else doc
+        if table.get(key) or (attr == "ingest_token" and table.get("token_file")):
+            where[attr] = f"file {path}"
+    for name, (attr, _) in ENVIRONMENT.items():
+        if environ.get(name) and attr in where and attr != "servers":
+            where[attr] = f"environment {name}"
+    where["servers"] = (
+        "environment MMOLOVE_SERVER_ID"
+        if environ.get("MMOLOVE_SERVER_ID")
+        else (f"file {path}" if doc.get("servers") else "nowhere")
+    )
+    return where

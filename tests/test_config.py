@@ -11,7 +11,7 @@ import pytest
 from relay.config import Listen, describe, load_settings, parse_listen
 from relay.errors import ConfigError
 
-EXAMPLE = Path(__file__).parent.parent / "config" / "relay.example.toml"
+EXAMPLE = Path(__file__).parent.parent / "relay" / "relay.example.toml"
 BASE = {"MMOLOVE_SERVER_ID": "srv-9", "MMOLOVE_SECRET": "s3cr3t"}
 
 
@@ -39,7 +39,8 @@ def test_defaults_are_safe() -> None:
     assert settings.listen.is_loopback
     assert str(settings.listen) == "127.0.0.1:8787"
     assert settings.endpoint == "https://mmolove.com/api/referral/events"
-    assert settings.db_path == Path("mmolove-relay.db")
+    # Absolute: logs and check-config say where the outbox is, not "in the start directory".
+    assert settings.db_path == Path.cwd() / "mmolove-relay.db"
     assert settings.max_age_s == 7 * 24 * 3600
 
 
