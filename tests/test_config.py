@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Listen, describe, load_settings, parse_listen
+from relay.config import Listen, base_url, describe, load_settings, parse_listen
 from relay.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "relay" / "relay.example.toml"
@@ -155,3 +155,10 @@ def test_non_utf8_secret_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_kid_that_cannot_go_into_the_header_is_refused(kid: str) -> None:
     with pytest.raises(ConfigError, match="kid of server"):
         load_settings({**BASE, "MMOLOVE_KID": kid})
+
+
+def test_ipv6_listeners_print_and_dial_in_brackets() -> None:
+    assert str(parse_listen("[::1]:8787")) == "[::1]:8787"
+    assert base_url("::1", 8787) == "http://[::1]:8787"
+    assert base_url("::", 8787) == "http://[::1]:8787"  # a wildcard is dialled on loopback
+    assert base_url("0.0.0.0", 80, "https") == "https://127.0.0.1:80"

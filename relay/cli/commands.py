@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from relay.cli import client, tables
@@ -20,6 +21,7 @@ from relay.cli.client import (
     Daemon,
     Environ,
 )
+from relay.state import CIRCUIT_OPEN, HELD, PAUSED, ServerSnapshot
 
 # -- readers -------------------------------------------------------------------------------
 
@@ -34,34 +36,37 @@ def status(args: argparse.Namespace, environ: Environ) -> int:
         f"relay {data['version']}, up {tables.age(data['uptime_s'])}; outbox {outbox['path']} "
         f"({tables.size(outbox['bytes'])})"
     )
+    now = time.time()
+    circuit = data["circuit"]
+    if circuit == "open" and data["circuit_open_until"] is not None:
+        circuit += f" (reopens in {tables.age(data['circuit_open_until'] - now)})"
     print(
-        f"circuit to MMOLove: {data['circuit']}   in flight: {data['in_flight']}   "
+        f"circuit to MMOLove: {circuit}   in flight: {data['in_flight']}   "
         f"oldest pending: {tables.age(data['oldest_pending_age_s'])}   "
         f"next attempt in: {tables.age(data['next_attempt_in_s'])}"
     )
     print()
-    rows = []
-    for server in data["servers"]:
-        counts = server["counts"]
-        rows.append(
+    servers = [(_snapshot(server), server["counts"]) for server in data["servers"]]
+    tables.table(
+        ["SERVER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "LAST ERROR"],
+        [
             [
-                server["server_id"],
-                _STATES.get(server["state"], server["state"]),
+                server.server_id,
+                _STATES.get(server.state, server.state),
                 counts["pending"],
                 counts["in_flight"],
                 counts["delivered"],
                 counts["dead"],
-                _last_error(server),
+                _last_error(server, now),
             ]
-        )
-    tables.table(
-        ["SERVER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "LAST ERROR"], rows
+            for server, counts in servers
+        ],
     )
-    for server in data["servers"]:
-        if server["state"] in ("paused", "held"):
-            print(f"\n{server['server_id']} is {server['state']}: {server['reason']}")
-            if server["next_attempt_in_s"] is not None:
-                print(f"  next probe in {tables.age(server['next_attempt_in_s'])}")
+    for server, _ in servers:
+        if server.state in (PAUSED, HELD):
+            print(f"\n{server.server_id} is {server.state}: {server.reason}")
+            if server.next_attempt_at is not None:
+                print(f"  next probe in {tables.age(server.next_attempt_at - now)}")
     if data["dead"]:
         print("\ndead events by reason (replay: mmolove-relay retry --dead --reason REASON)")
         tables.table(
@@ -75,13 +80,18 @@ def status(args: argparse.Namespace, environ: Environ) -> int:
 
 
 # How each delivery state reads in the table: the ones needing attention in capitals.
-_STATES = {"paused": "PAUSED", "held": "HELD", "circuit_open": "CIRCUIT OPEN"}
+_STATES = {PAUSED: "PAUSED", HELD: "HELD", CIRCUIT_OPEN: "CIRCUIT OPEN"}
 
 
-def _last_error(server: Mapping[str, Any]) -> str:
-    if not server.get("last_error"):
+def _snapshot(server: Mapping[str, Any]) -> ServerSnapshot:
+    """A server of the status answer as the typed snapshot the daemon made it from."""
+    return ServerSnapshot(**{f.name: server[f.name] for f in fields(ServerSnapshot)})
+
+
+def _last_error(server: ServerSnapshot, now: float) -> str:
+    if not server.last_error or server.last_error_at is None:
         return "-"
-    return f"{tables.age(time.time() - server['last_error_at'])} ago: {server['last_error']}"
+    return f"{tables.age(now - server.last_error_at)} ago: {server.last_error}"
 
 
 def events_list(args: argparse.Namespace, environ: Environ) -> int:
