@@ -7,14 +7,14 @@ import asyncio
 import sqlite3
 import stat
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.outbox import Attempt, EventFilter, Outbox, Outcome, Retried
+from relay.outbox import Attempt, EventFilter, EventRecord, Outbox, Outcome, Retried
 from relay.schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 
@@ -307,3 +307,15 @@ async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Pa
             await box.add([event(registered("t", "p"))], NOW)
     finally:
         await box.close()
+
+
+async def test_records_are_decoded_by_column_name_not_position(outbox: Outbox) -> None:
+    """A SELECT listing the columns in another order yields the same record."""
+    [added] = await outbox.add([event(registered("t", "p"))], NOW)
+    stored = await outbox.get(added.id)
+    assert stored is not None
+    names = [f.name for f in fields(EventRecord)]
+    with sqlite3.connect(outbox.path) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute(f"SELECT {', '.join(reversed(names))} FROM events").fetchone()
+    assert EventRecord.from_row(row) == stored
