@@ -17,7 +17,7 @@ from aiohttp import web
 
 from relay import __version__, admin
 from relay.api import make_app
-from relay.config import Settings, base_url, describe
+from relay.config import Settings, describe, host_port
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
@@ -201,4 +201,4 @@ def _bound_url(runner: web.AppRunner, settings: Settings) -> str:
     if settings.listen.path is not None:
         return f"unix:{settings.listen.path}"
     host, port = runner.addresses[0][:2]
-    return base_url(host, port)
+    return f"http://{host_port(host, port)}"  # the bound address, wildcard included
