@@ -345,3 +345,18 @@ def test_image_refuses_to_listen_on_the_pod_network_without_a_token(container: s
     assert done.returncode == 3, done.stderr
     assert "MMOLOVE_RELAY_INGEST_TOKEN" in done.stderr
     assert "not loopback" in done.stderr
+
+
+def test_the_installed_package_prints_the_example_config(container: str) -> None:
+    """What pip installed, not the source tree: the example file ships as package data."""
+    done = subprocess.run(
+        [*buildah_run(container, {}, []), "mmolove-relay", "check-config", "--example"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (Path(__file__).parent.parent / "relay" / "relay.example.toml").read_text(
+        encoding="utf-8"
+    )
