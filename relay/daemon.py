@@ -60,6 +60,7 @@ class RunningRelay:
             if f.name not in RELOADABLE
             and getattr(settings, f.name) != getattr(self.settings, f.name)
         ]
+        before = {s.server_id for s in self.settings.servers}
         self.live.settings = replace(
             self.settings, **{name: getattr(settings, name) for name in RELOADABLE}
         )
@@ -67,6 +68,8 @@ class RunningRelay:
         log.info(
             "relay.reloaded",
             servers=[s.server_id for s in self.settings.servers],
+            # Their events are held, not sent, until they are added back.
+            removed=sorted(before - {s.server_id for s in settings.servers}) or None,
             needs_restart=needs_restart or None,
         )
 

@@ -123,7 +123,8 @@ async def test_sighup_removing_a_server_holds_its_events_and_adding_it_back_send
 
         config.write_text(two_servers(SERVER), encoding="utf-8")
         relay.send(signal.SIGHUP)
-        await relay.wait_log("relay.reloaded")
+        reloaded = await relay.wait_log("relay.reloaded")
+        assert reloaded["removed"] == ["srv-2"]
         faults.error_rate = 0.0
         sent = await ingest(http, relay.url, registered("still-served"))
         await wait_delivered(http, relay.url, [sent])
