@@ -18,7 +18,7 @@ from relay import __version__
 from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
-from relay.outbox import STATUSES, EventFilter, Outbox
+from relay.outbox import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 from relay.state import HELD, PAUSED, ServerSnapshot
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
@@ -67,11 +67,16 @@ async def status(request: web.Request) -> web.Response:
         "oldest_pending_age_s": summary["oldest_pending_age_s"],
         "next_attempt_in_s": _seconds_until(next_at, now),
         "in_flight": delivery.in_flight,
+        "outbox_lost": outbox.lost,
         "circuit": delivery.circuit,
         "circuit_open_until": delivery.circuit_open_until,
+        "circuit_reopens_in_s": _seconds_until(delivery.circuit_reopens_at, now),
         "draining": delivery.draining,
         "servers": [_server_json(s, counts.get(s.server_id, _zero()), now) for s in servers],
         "dead": await outbox.dead_by_reason(),
+        "waiting_for_registered": await outbox.count(
+            EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
+        ),
         "outbox": {"path": str(outbox.path), "bytes": summary["outbox_bytes"]},
     }
     return web.json_response(body)
@@ -133,6 +138,8 @@ async def readyz(request: web.Request) -> web.Response:
     delivery = request.app[DELIVERY_STATE]()
     if delivery.draining:
         problems.append("shutting down")
+    if (lost := await outbox.check_file()) is not None:
+        problems.append(f"outbox file lost: {lost}; restart the relay")
     health = await outbox.health()
     problems += health.problems
     for server in delivery.servers:
@@ -155,6 +162,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     summary = await _summary(request, time.time())
     delivery = request.app[DELIVERY_STATE]()
+    request.app[METRICS].outbox_lost.set(1 if request.app[OUTBOX].lost else 0)
     text = request.app[METRICS].render(
         counts=summary["counts"],
         oldest_pending_age_s=summary["oldest_pending_age_s"],

@@ -114,6 +114,7 @@ class Settings:
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 600.0
     retry_after_cap_s: float = 3600.0
+    breaker_retry_after_cap_s: float = 300.0
     max_send_rate_per_s: float = 100.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
@@ -144,6 +145,7 @@ _TUNABLES: dict[str, dict[str, str]] = {
             "backoff_base_s",
             "backoff_cap_s",
             "retry_after_cap_s",
+            "breaker_retry_after_cap_s",
             "max_send_rate_per_s",
             "breaker_failures",
             "breaker_cooldown_s",
@@ -187,9 +189,13 @@ def load_settings(
     listen = parse_listen(
         environ.get("MMOLOVE_RELAY_LISTEN") or ingest.get("listen", DEFAULT_LISTEN)
     )
+    # Either variable overrides both keys of the file, as for every other setting.
+    env_token = (
+        environ.get("MMOLOVE_RELAY_INGEST_TOKEN"),
+        environ.get("MMOLOVE_RELAY_INGEST_TOKEN_FILE"),
+    )
     token = _secret_from(
-        environ.get("MMOLOVE_RELAY_INGEST_TOKEN") or ingest.get("token"),
-        ingest.get("token_file"),
+        *(env_token if any(env_token) else (ingest.get("token"), ingest.get("token_file"))),
         what="ingest token",
     )
     log_format = environ.get("MMOLOVE_RELAY_LOG_FORMAT") or doc.get("log_format")
@@ -211,7 +217,8 @@ def load_settings(
     if not listen.is_loopback and settings.ingest_token is None:
         raise ConfigError(
             f"ingest would listen on {listen}, which is not loopback, without a token; "
-            "set MMOLOVE_RELAY_INGEST_TOKEN (or [ingest] token_file) or listen on 127.0.0.1."
+            "set MMOLOVE_RELAY_INGEST_TOKEN (or MMOLOVE_RELAY_INGEST_TOKEN_FILE, or [ingest] "
+            "token_file) or listen on 127.0.0.1."
         )
     return settings
 
@@ -437,6 +444,7 @@ ENVIRONMENT = {
     "MMOLOVE_ENDPOINT": ("endpoint", DEFAULT_ENDPOINT),
     "MMOLOVE_RELAY_LISTEN": ("listen", DEFAULT_LISTEN),
     "MMOLOVE_RELAY_INGEST_TOKEN": ("ingest_token", "none; required when not on loopback"),
+    "MMOLOVE_RELAY_INGEST_TOKEN_FILE": ("ingest_token", "none"),
     "MMOLOVE_RELAY_DB": ("db_path", "$STATE_DIRECTORY/outbox.db, else ./mmolove-relay.db"),
     "MMOLOVE_RELAY_LOG_FORMAT": ("log_format", "json, or console on a terminal"),
 }

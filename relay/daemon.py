@@ -26,6 +26,8 @@ from relay.state import Live
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
+# How soon a deleted or replaced outbox file is noticed when no ingest checks it first.
+FILE_CHECK_EVERY_S = 2.0
 INGEST_GRACE_S = 1.0
 UNIX_SOCKET_MODE = 0o660
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
@@ -115,6 +117,8 @@ async def run(
         dispatch_task.add_done_callback(dispatcher_done)
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
+        watch = asyncio.create_task(_watch_file(outbox), name="outbox-watch")
+        stack.push_async_callback(_cancel, watch)
 
         app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
@@ -198,6 +202,14 @@ async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
                 events=events,
                 attempts=attempts,
             )
+
+
+async def _watch_file(outbox: Outbox) -> None:
+    """Check the outbox is still the file at its path (``Outbox.check_file`` logs a loss)."""
+    while True:
+        if await outbox.check_file() is not None:
+            return  # lost for good: nothing more to notice
+        await asyncio.sleep(FILE_CHECK_EVERY_S)
 
 
 def _bound_url(runner: web.AppRunner, settings: Settings) -> str:

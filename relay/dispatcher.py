@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -25,7 +25,7 @@ from relay.errors import (
     SenderPaused,
 )
 from relay.metrics import Metrics
-from relay.outbox import Attempt, EventRecord, Outbox, Outcome
+from relay.outbox import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
 from relay.state import (
@@ -102,6 +102,7 @@ class Dispatcher:
             failures=settings.breaker_failures,
             cooldown_s=settings.breaker_cooldown_s,
             cap_s=max(settings.backoff_cap_s, settings.breaker_cooldown_s),
+            retry_after_cap_s=settings.breaker_retry_after_cap_s,
         )
         self._pacer = Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}
@@ -297,6 +298,8 @@ class Dispatcher:
         latency_ms = (time.monotonic() - t0) * 1000
         # Backoff counts from the end of the attempt: a 15 s timeout must not eat it.
         outcome = await self._decide(record, state, result, self._clock())
+        if outcome.outcome == "illegal_transition":
+            outcome = await self._hold_for_registered(record, outcome, started)
         label = outcome.outcome or outcome.status
         detail = result.response if isinstance(result, Delivered) else str(result)
         attempt = Attempt(
@@ -432,6 +435,33 @@ class Dispatcher:
             next_attempt_at=min(retry_at, record.age_from + s.max_age_s),
             http_status=result.http_status,
             response=result.response or None,
+        )
+
+    async def _hold_for_registered(
+        self, record: EventRecord, outcome: Outcome, started: float
+    ) -> Outcome:
+        """A qualified or reversed refused as illegal may only have overtaken its registered
+        (two code paths in the game server race): keep it until a registered for its token
+        is delivered, and dead-letter it as orphaned only when max_age_s runs out."""
+        if record.event == "registered" or record.test:
+            return outcome
+        delivered_at = await self._outbox.registered_delivered_at(record.server_id, record.token)
+        if delivered_at is not None and delivered_at < started:
+            return outcome  # MMOLove had the registered already: really illegal
+        expires_at = record.age_from + self._settings.max_age_s
+        error = (
+            f"MMOLove refused this {record.event} as an illegal transition ({outcome.error}), "
+            f"and no registered for token {record.token} had been delivered: waiting for one; "
+            "it is sent again as soon as one is, and dead-lettered as orphaned at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(expires_at))} UTC (max_age_s)"
+        )
+        return replace(
+            outcome,
+            status="pending",
+            outcome=WAITING_FOR_REGISTERED,
+            error=error,
+            # A registered delivered while this one was on its way: try again at once.
+            next_attempt_at=self._clock() if delivered_at is not None else expires_at,
         )
 
     async def _pause(self, state: ServerState, error: SenderPaused, now: float) -> None:

@@ -77,6 +77,11 @@ class Metrics:
             "1 while the circuit to MMOLove is open or half-open (MMOLove failing).",
             registry=r,
         )
+        self.outbox_lost = Gauge(
+            f"{_PREFIX}_outbox_file_lost",
+            "1 once the outbox file was deleted or replaced under the running relay.",
+            registry=r,
+        )
         self._paused = Gauge(
             f"{_PREFIX}_server_paused",
             "1 while a server's deliveries are paused (401, redirect, proxy error).",

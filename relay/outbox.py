@@ -24,6 +24,7 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.fileguard import identities, vanished
 from relay.schema import migrate
 from relay.writer import Writer
 
@@ -31,6 +32,9 @@ log = structlog.get_logger("relay.outbox")
 
 _DISK_CHECK_EVERY_S = 1.0
 STATUSES = ("pending", "in_flight", "delivered", "dead")
+# A qualified or reversed that MMOLove refused as illegal before any registered for its
+# token was delivered: pending until one is, dead as "orphaned" at max_age_s.
+WAITING_FOR_REGISTERED = "waiting_for_registered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,10 @@ class Outbox:
         self._min_free_bytes = min_free_bytes
         self._disk_checked_at = 0.0
         self._disk_ok = True
+        self._identities = identities(lock_fd, path)
+        self._file_checked_at = 0.0
+        # Why the file this relay writes is no longer the one at its path; None while it is.
+        self.lost: str | None = None
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
@@ -199,7 +207,6 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             reader = await _connect(path)
             try:
                 await migrate(reader)
@@ -228,6 +235,7 @@ class Outbox:
     async def add(self, events: Sequence[Event], now: float) -> list[Added]:
         """Store events durably in one transaction; an existing key is reported, not stored."""
         await self._check_disk()
+        await self._check_file()
 
         def insert(db: sqlite3.Connection) -> list[Added]:
             results = []
@@ -299,7 +307,7 @@ class Outbox:
             return []
         # One index range per server: a paused server's backlog is never walked.
         due = " UNION ALL ".join(
-            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at,"
+            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at, outcome,"
             " COALESCE(replayed_at, created_at) AS age_from"
             " FROM events WHERE status = 'pending' AND server_id = ? AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?)"
@@ -312,7 +320,7 @@ class Outbox:
             # Each due event with the predecessor that decides its fate, if it has one:
             # the same server and token, a lower rank, not delivered; a dead one first.
             candidates = db.execute(
-                "SELECT e.id, e.age_from, b.id AS blocker, b.status AS blocker_status,"
+                "SELECT e.id, e.age_from, e.outcome, b.id AS blocker, b.status AS blocker_status,"
                 " b.outcome AS blocker_outcome, b.next_attempt_at AS blocker_due"
                 f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
@@ -372,6 +380,17 @@ class Outbox:
                     "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
                     " AND +status = 'pending' AND attempts = 0 AND id != ?",
                     (time.time(), record.token, record.server_id, record.id),
+                )
+            if (
+                outcome.status in ("delivered", "dead")
+                and record.event == "registered"
+                and not record.test
+            ):
+                # The events that overtook this registered may go now (or die with it).
+                db.execute(
+                    "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
+                    " AND +status = 'pending' AND outcome = ?",
+                    (time.time(), record.token, record.server_id, WAITING_FOR_REGISTERED),
                 )
 
         await self._write(finish)
@@ -532,6 +551,15 @@ class Outbox:
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
+    async def registered_delivered_at(self, server_id: str, token: str) -> float | None:
+        """When the attempt that delivered this token's registered started; None if none did."""
+        rows = await self._read(
+            "SELECT MIN(finished_at) FROM events WHERE token = ? AND server_id = ?"
+            " AND event = 'registered' AND test = 0 AND +status = 'delivered'",
+            (token, server_id),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
     async def oldest_pending_created(self) -> float | None:
         """When the oldest undelivered event was ingested (ids grow with ingest time)."""
         rows = await self._read(
@@ -572,6 +600,37 @@ class Outbox:
         self._disk_ok = free >= self._min_free_bytes
         return free
 
+    async def check_file(self) -> str | None:
+        """Whether the outbox was deleted or replaced under the relay: why, or None.
+
+        Once lost it stays lost: the relay's descriptors still reach the old, unlinked file,
+        so nothing stored from then on would survive a restart.
+        """
+        self._file_checked_at = time.monotonic()
+        if self.lost is None:
+            problem = await asyncio.to_thread(vanished, self._lock_fd, self._identities)
+            if problem is not None:
+                self.lost = problem
+                log.critical(
+                    "outbox.file_lost",
+                    path=str(self.path),
+                    problem=problem,
+                    action="ingest refused; restart the relay, and restore the outbox from a "
+                    "backup if you have one: undelivered events in it are gone",
+                )
+        return self.lost
+
+    async def _check_file(self) -> None:
+        if time.monotonic() - self._file_checked_at >= _DISK_CHECK_EVERY_S:
+            await self.check_file()
+        if self.lost is not None:
+            raise OutboxUnavailable(
+                f"the outbox file is gone ({self.lost}): events stored now would be lost at "
+                "the next restart, so none are taken; the operator must restart the relay. "
+                "Retry later.",
+                retry_after_s=30,
+            )
+
     async def _check_disk(self) -> None:
         if time.monotonic() - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
             await self._measure_free()
@@ -586,7 +645,8 @@ class Outbox:
 def _claim_rule(candidate: sqlite3.Row, now: float, max_age_s: float) -> Outcome | float | None:
     """What claiming does with one due event; the first rule that applies decides.
 
-    1. Older than ``max_age_s`` (from ingest, or its last replay): dead, ``expired``.
+    1. Older than ``max_age_s`` (from ingest, or its last replay): dead, ``expired``, or
+       ``orphaned`` if it was waiting for a registered that never came.
     2. No undelivered predecessor for its referral: claimed, sent now (None).
     3. Its predecessor is dead: dead too, ``predecessor_dead``, naming it, so the order
        MMOLove sees is never broken; an operator replays both.
@@ -595,6 +655,9 @@ def _claim_rule(candidate: sqlite3.Row, now: float, max_age_s: float) -> Outcome
     """
     if candidate["age_from"] + max_age_s <= now:
         error = f"not delivered within max_age_s={max_age_s:g} of ingest"
+        if candidate["outcome"] == WAITING_FOR_REGISTERED:
+            error += "; no registered for its token was delivered in that time"
+            return Outcome(status="dead", outcome="orphaned", error=error)
         return Outcome(status="dead", outcome="expired", error=error)
     if candidate["blocker"] is None:
         return None
@@ -701,14 +764,21 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
 
 
 def _lock(path: Path) -> int:
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    """Create the file (0600) and lock the file itself, so no second relay can open it.
+
+    Keyed by the file, not its name: a second relay reaching it through a symlink or a
+    hard link would otherwise start, and its start-up recovery would turn the first one's
+    in-flight events back to pending, to be sent twice. flock is separate from SQLite's
+    POSIX locks; the descriptor stays open until both connections are closed, because
+    closing any descriptor of the file drops the process's POSIX locks on it.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
         raise OutboxError(
-            f"another relay is already using the outbox {path}; stop it or point "
-            "MMOLOVE_RELAY_DB at another file."
+            f"another relay is already using the outbox {path} (the same file, maybe through "
+            "a symlink or a hard link); stop it or point MMOLOVE_RELAY_DB at another file."
         ) from exc
     return fd

@@ -10,6 +10,7 @@ import functools
 import json
 import random
 import secrets
+import socket
 import ssl
 import time
 from collections import Counter
@@ -47,6 +48,19 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 _RECORD_FIELDS = ("server_id", "token", "event", "server_event_id")
+
+# The `impostor` fault: 2xx answers that are not MMOLove speaking (a captive portal, a CDN
+# maintenance page, a cut answer), as (status, content type, body).
+IMPOSTORS: dict[str, tuple[int, str, bytes]] = {
+    "html": (200, "text/html", b"<html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"),
+    "empty": (200, "application/json", b""),
+    "ok_false": (200, "application/json", b'{"ok":false}'),
+    "empty_object": (200, "application/json", b"{}"),
+    "cut": (200, "application/json", b'{"ok":tr'),
+    "201": (201, "application/json", b'{"ok":true}'),
+    "202": (202, "application/json", b'{"ok":true}'),
+    "204": (204, "application/json", b""),
+}
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -65,6 +79,7 @@ class Faults:
     slow_body_ms: float = 0
     clock_offset_s: float = 0
     redirect_to: str | None = None
+    impostor: str | None = None  # a key of IMPOSTORS: answer that instead of MMOLove
     unknown_tokens: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict[str, Any]:
@@ -223,6 +238,9 @@ class Sandbox:
         faults = self.faults
         if faults.outage:
             return _json({"error": "outage"}, status=503)
+        if faults.impostor in IMPOSTORS:
+            status, content_type, body = IMPOSTORS[faults.impostor]
+            return web.Response(status=status, body=body or None, content_type=content_type)
         if faults.redirect_to:
             return _json({"error": "moved"}, status=307, headers={"Location": faults.redirect_to})
         if faults.throttle_next > 0:
@@ -327,16 +345,22 @@ async def running_sandbox(
     port: int = 0,
     faults: Faults | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve a fresh sandbox on ``host:port`` (0 picks a free port) for the block's duration.
 
-    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate.
+    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate. With ``sock``
+    (bound, e.g. in another network namespace) it serves there instead of ``host:port``.
     """
     sandbox = Sandbox(servers, faults)
     runner = web.AppRunner(sandbox.app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock, ssl_context=ssl_context)
+            if sock is not None
+            else web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        )
         await site.start()
         scheme = "http" if ssl_context is None else "https"
         host, port = runner.addresses[0][:2]

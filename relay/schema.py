@@ -57,6 +57,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ADD COLUMN replayed_at REAL;
     """,
+    # 3: migration 1 was edited after it shipped (claims walk one server's due range), so
+    # outboxes created before that edit still have the old events_due index.
+    """
+    DROP INDEX IF EXISTS events_due;
+    CREATE INDEX events_due ON events (status, server_id, next_attempt_at);
+    """,
 )
 
 

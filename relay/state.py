@@ -75,6 +75,11 @@ class DeliverySnapshot:
     servers: tuple[ServerSnapshot, ...]
 
     @property
+    def circuit_reopens_at(self) -> float | None:
+        """When the open circuit lets its probe through; None unless it is open."""
+        return self.circuit_open_until if self.circuit == "open" else None
+
+    @property
     def sending(self) -> list[str]:
         """Servers whose due events are sent (at once, or when the circuit reopens)."""
         return [s.server_id for s in self.servers if s.state in (DELIVERING, CIRCUIT_OPEN)]
@@ -88,7 +93,7 @@ class DeliverySnapshot:
         """
         moments = [s.next_attempt_at for s in self.servers if s.state == PAUSED]
         if due is not None:
-            if self.circuit == "open" and self.circuit_open_until is not None:
-                due = max(due, self.circuit_open_until)
+            if self.circuit_reopens_at is not None:
+                due = max(due, self.circuit_reopens_at)  # nothing but a probe starts before
             moments.append(due)
         return min((m for m in moments if m is not None), default=None)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -157,14 +157,22 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         if not k.startswith("MMOLOVE_") and k not in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY")
     }
 
-    def start(env: Mapping[str, str | None], *, config: str | None = None) -> RelayProcess:
+    def start(
+        env: Mapping[str, str | None],
+        *,
+        config: str | None = None,
+        wrap: Sequence[str] = (),
+        program: Sequence[str] = (sys.executable, "-m", "relay.cli"),
+    ) -> RelayProcess:
+        """``wrap`` prefixes the command, e.g. to run it in a network namespace; ``program``
+        is another relay's command, e.g. an older release's."""
         full = dict(base_env)
         for name, value in env.items():
             if value is None:
                 full.pop(name, None)
             else:
                 full[name] = value
-        args = [sys.executable, "-m", "relay.cli"]
+        args = [*wrap, *program]
         if config is not None:
             path = tmp_path / f"relay-{next(configs)}.toml"
             path.write_text(config, encoding="utf-8")

@@ -103,20 +103,23 @@ async def cli(
 
 
 def registered(token: str, player: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A registered event; the player, and so the idempotency key, default to the token's."""
-    player = player or f"player-{token}"
+    """A registered event; without a player, one named after the token, keyed reg-<token>."""
     return {
         "event": "registered",
         "token": token,
-        "referee_identity": player,
-        "server_event_id": f"reg-{player}",
+        "referee_identity": player or f"player-{token}",
+        "server_event_id": f"reg-{player or token}",
         **extra,
     }
 
 
 def qualified(token: str, player: str | None = None, **extra: Any) -> dict[str, Any]:
-    player = player or f"player-{token}"
-    return {"event": "qualified", "token": token, "server_event_id": f"qual-{player}", **extra}
+    return {
+        "event": "qualified",
+        "token": token,
+        "server_event_id": f"qual-{player or token}",
+        **extra,
+    }
 
 
 async def poll(

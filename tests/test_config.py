@@ -84,6 +84,24 @@ def test_off_loopback_is_allowed_with_a_token() -> None:
     assert not settings.listen.is_loopback
 
 
+def test_ingest_token_from_a_file_named_in_the_environment(tmp_path: Path) -> None:
+    """As a container gets it from a mounted secret; it overrides the file's [ingest] keys,
+    and a bad file is refused by the same reader as the signing secret's."""
+    (tmp_path / "token").write_text("t0k-from-file\n")
+    (tmp_path / "relay.toml").write_text('[ingest]\ntoken = "t0k-from-toml"\n')
+    env = {
+        **BASE,
+        "MMOLOVE_RELAY_LISTEN": "0.0.0.0:8787",
+        "MMOLOVE_RELAY_INGEST_TOKEN_FILE": str(tmp_path / "token"),
+    }
+    settings = load_settings(env, tmp_path / "relay.toml")
+    assert settings.ingest_token is not None
+    assert settings.ingest_token.reveal() == "t0k-from-file"
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(ConfigError, match=r"the ingest token file .*token is empty"):
+        load_settings(env)
+
+
 def test_secret_file_and_systemd_credential(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("from-file\n")
     settings = load_settings(

@@ -104,26 +104,28 @@ async def test_delivered_sub_outcomes_duplicate_ignored_and_test(
     [
         ("error_400", 400, "bad_request"),
         ("unknown_token", 404, "not_found"),
-        ("qualified_first", 422, "illegal_transition"),
+        ("error_422", 422, "illegal_transition"),
     ],
 )
 async def test_permanent_answers_dead_letter_with_mmoloves_answer(
     start_relay: StartRelay, sandbox: RunningSandbox, setup: str, status: int, reason: str
 ) -> None:
     faults = sandbox.sandbox.faults
-    if setup == "error_400":
-        faults.error_rate, faults.error_status = 1.0, 400
-    elif setup == "unknown_token":
-        faults.unknown_tokens = {"tok-p"}
     relay = await start_relay()
-    # Only a qualified: the sandbox has no referral for the token, so it is illegal (422).
+    # The registered lands first: a 422 after it is a really illegal transition, not a
+    # qualified that overtook its registered (which waits for it instead).
+    await relay.wait_finished(await post_ids(relay, [registered("tok-p", "p1")]))
+    if setup == "unknown_token":
+        faults.unknown_tokens = {"tok-p"}
+    else:
+        faults.error_rate, faults.error_status = 1.0, status
     ids = await post_ids(relay, [qualified("tok-p", "p1")])
     record = (await relay.wait_finished(ids))[ids[0]]
     assert (record["status"], record["outcome"]) == ("dead", reason)
     assert record["last_http_status"] == status
     assert record["attempts"] == 1  # permanent: not retried
     assert record["response"]  # MMOLove's answer is kept
-    assert sandbox.sandbox.snapshot()["requests"] == 1
+    assert sandbox.sandbox.snapshot()["requests"] == 2
 
 
 async def test_followers_of_a_dead_event_are_dead_too_and_never_sent(

@@ -36,10 +36,12 @@ def status(args: argparse.Namespace, environ: Environ) -> int:
         f"relay {data['version']}, up {tables.age(data['uptime_s'])}; outbox {outbox['path']} "
         f"({tables.size(outbox['bytes'])})"
     )
+    if data.get("outbox_lost"):
+        print(f"OUTBOX FILE LOST: {data['outbox_lost']}; ingest is refused: restart the relay")
     now = time.time()
     circuit = data["circuit"]
-    if circuit == "open" and data["circuit_open_until"] is not None:
-        circuit += f" (reopens in {tables.age(data['circuit_open_until'] - now)})"
+    if data.get("circuit_reopens_in_s") is not None:
+        circuit += f" (probe in {tables.age(data['circuit_reopens_in_s'])})"
     print(
         f"circuit to MMOLove: {circuit}   in flight: {data['in_flight']}   "
         f"oldest pending: {tables.age(data['oldest_pending_age_s'])}   "
@@ -67,6 +69,12 @@ def status(args: argparse.Namespace, environ: Environ) -> int:
             print(f"\n{server.server_id} is {server.state}: {server.reason}")
             if server.next_attempt_at is not None:
                 print(f"  next probe in {tables.age(server.next_attempt_at - now)}")
+    if data.get("waiting_for_registered"):
+        print(
+            f"\n{data['waiting_for_registered']} qualified or reversed events arrived before "
+            "their registered and wait for it (mmolove-relay events list --status pending "
+            "--reason waiting_for_registered)"
+        )
     if data["dead"]:
         print("\ndead events by reason (replay: mmolove-relay retry --dead --reason REASON)")
         tables.table(
