@@ -279,6 +279,13 @@ def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:
         if name in EventFilter.TEXT:
             if not isinstance(value, str):
                 raise InvalidEvent(422, "invalid_filter", f"{name} is a string.", name)
+            if name == "status" and value not in STATUSES:
+                raise InvalidEvent(
+                    422,
+                    "invalid_filter",
+                    f"status {value!r} is not one of {', '.join(STATUSES)}.",
+                    name,
+                )
             values[name] = value
         else:
             number = _number(value, name)

@@ -89,6 +89,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(503, "unavailable", str(exc))
         response.headers["Retry-After"] = "5"
         return response
+    except ConnectionError:
+        # The client hung up before its body arrived: nobody to answer, nothing stored.
+        log.info("api.client_disconnected", path=request.path)
+        return error_response(400, "client_disconnected", "the client closed the connection.")
     except Exception:
         # A bug, not bad input: say so in JSON, and keep the daemon serving.
         log.exception("api.crashed", path=request.path)

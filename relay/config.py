@@ -14,14 +14,42 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+from relay.credentials import read_small_text, trim
 from relay.errors import ConfigError
 
 DEFAULT_ENDPOINT = "https://mmolove.com/api/referral/events"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 CREDENTIAL_NAME = "mmolove-secret"
 _KID = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII except the header's "," separator
+# Shorter than this, a secret is guessable and too common a string for the log scrubber to
+# mask wherever it appears: tokens are refused, signing secrets (MMOLove issues them) warned.
+MIN_SECRET_CHARS = 16
+# Every MMOLOVE_* variable something reads: SPEC.md's table, the file variants, and what the
+# CLI and the examples read (MMOLOVE_RELAY_URL, MMOLOVE_SPOOL), since one environment may
+# serve both. Any other is a typo or a setting this version ignores.
+KNOWN_VARIABLES = frozenset(
+    [
+        "MMOLOVE_SERVER_ID",
+        "MMOLOVE_SECRET",
+        "MMOLOVE_SECRET_FILE",
+        "MMOLOVE_KID",
+        "MMOLOVE_ENDPOINT",
+        "MMOLOVE_RELAY_CONFIG",
+        "MMOLOVE_RELAY_LISTEN",
+        "MMOLOVE_RELAY_DB",
+        "MMOLOVE_RELAY_DB_PASSWORD_FILE",
+        "MMOLOVE_RELAY_INGEST_TOKEN",
+        "MMOLOVE_RELAY_INGEST_TOKEN_FILE",
+        "MMOLOVE_RELAY_LOG_FORMAT",
+        "MMOLOVE_RELAY_ALERT_URL",
+        "MMOLOVE_RELAY_ALERT_URL_FILE",
+        "MMOLOVE_RELAY_ALERT_KIND",
+        "MMOLOVE_RELAY_URL",
+        "MMOLOVE_SPOOL",
+    ]
+)
 
 
 class Secret:
@@ -45,6 +73,15 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigNote:
+    """Something about the configuration worth a warning at start-up, but not fatal."""
+
+    event: str  # the log event, e.g. config.unknown_variable
+    message: str  # what happened and what to do; never a secret's value
+    level: str = "warning"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +143,11 @@ class Settings:
     max_batch: int = 500
     allow_extra_fields: bool = False
     min_free_bytes: int = 64 * 1024 * 1024
+    # hostile clients (relay.guard)
+    max_connections: int = 4096
+    header_timeout_s: float = 15.0  # also how long an idle keep-alive connection stays open
+    body_timeout_s: float = 30.0
+    max_body_bytes_in_flight: int = 16 * 1024 * 1024
     # delivery
     concurrency: int = 4
     connect_timeout_s: float = 5.0
@@ -122,6 +164,8 @@ class Settings:
     drain_timeout_s: float = 10.0
     # outbox
     retention_s: float = 7 * 24 * 3600.0
+    # warnings found while loading, logged by the daemon at start-up and on reload
+    notes: tuple[ConfigNote, ...] = ()
 
     def server(self, server_id: str) -> ServerConfig | None:
         return next((s for s in self.servers if s.server_id == server_id), None)
@@ -134,6 +178,10 @@ _TUNABLES: dict[str, dict[str, str]] = {
         "max_batch": "max_batch",
         "allow_extra_fields": "allow_extra_fields",
         "min_free_bytes": "min_free_bytes",
+        "max_connections": "max_connections",
+        "header_timeout_s": "header_timeout_s",
+        "body_timeout_s": "body_timeout_s",
+        "max_body_bytes_in_flight": "max_body_bytes_in_flight",
     },
     "delivery": {
         name: name
@@ -172,6 +220,15 @@ def load_settings(
     Raises ``ConfigError`` naming the first problem and where the value may come from.
     ``require_servers=False`` serves commands that only read the outbox or call the daemon.
     """
+    notes = [
+        ConfigNote(
+            "config.unknown_variable",
+            f"{name} is set but no setting of this relay has that name, so it is ignored; "
+            "check its spelling against the table of variables in the README.",
+        )
+        for name in sorted(environ)
+        if name.startswith("MMOLOVE_") and name not in KNOWN_VARIABLES
+    ]
     if path is None and environ.get("MMOLOVE_RELAY_CONFIG"):
         path = Path(environ["MMOLOVE_RELAY_CONFIG"])
     doc = _read_toml(path) if path else {}
@@ -197,7 +254,14 @@ def load_settings(
     token = _secret_from(
         *(env_token if any(env_token) else (ingest.get("token"), ingest.get("token_file"))),
         what="ingest token",
+        notes=notes,
     )
+    if token is not None and len(token.reveal()) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"the ingest token is too short to resist guessing ({len(token.reveal())} of at "
+            f"least {MIN_SECRET_CHARS} characters); use a long random one, e.g. the output of "
+            "`openssl rand -hex 24`."
+        )
     log_format = environ.get("MMOLOVE_RELAY_LOG_FORMAT") or doc.get("log_format")
     if log_format not in (None, "json", "console"):
         raise ConfigError(f"log_format is {log_format!r}; use 'json' or 'console'.")
@@ -212,8 +276,9 @@ def load_settings(
             environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)
         ).absolute(),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
-        servers=_servers(environ, doc.get("servers", []), require=require_servers),
+        servers=_servers(environ, doc.get("servers", []), require=require_servers, notes=notes),
     )
+    settings = replace(settings, notes=tuple(notes))
     if not listen.is_loopback and settings.ingest_token is None:
         raise ConfigError(
             f"ingest would listen on {listen}, which is not loopback, without a token; "
@@ -236,19 +301,41 @@ def parse_listen(text: str) -> Listen:
     return Listen(host=host, port=int(port))
 
 
-def read_secret_file(path: Path, *, what: str) -> Secret:
-    """Read a secret from a file, ignoring surrounding whitespace (files end with a newline)."""
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} from {path}: {exc.strerror}.") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"the {what} file {path} is not UTF-8 text; write the secret as plain text."
-        ) from exc
+def read_secret_file(path: Path, *, what: str, notes: list[ConfigNote] | None = None) -> Secret:
+    """Read a secret from a small regular file, trimmed like every secret.
+
+    ``notes`` collects a trim, if one happens; without it the trim is silent (rotation).
+    """
+    text = read_small_text(path, what=f"{what} file")
+    value = clean_secret(text, what=what, notes=notes)
     if not value:
         raise ConfigError(f"the {what} file {path} is empty; put the secret in it.")
     return Secret(value)
+
+
+def clean_secret(raw: str, *, what: str, notes: list[ConfigNote] | None = None) -> str:
+    """The one trim for secrets from any source (file or variable), noted when it happens."""
+    value, removed = trim(raw)
+    if removed and notes is not None:
+        notes.append(
+            ConfigNote(
+                "config.secret_trimmed",
+                f"removed {', '.join(removed)} from the {what}; the rest is used as the secret.",
+                level="info",
+            )
+        )
+    return value
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its user and password, if any, replaced by ***: safe to print and log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"  # unparseable: it may hold anything
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def reread_secret(server: ServerConfig) -> ServerConfig:
@@ -275,6 +362,10 @@ def describe(settings: Settings) -> dict[str, Any]:
                 }
                 for s in value
             ]
+        elif f.name == "endpoint":
+            value = mask_url(value)
+        elif f.name == "notes":
+            value = [note.message for note in value]
         elif isinstance(value, Secret):
             value = "***"
         elif isinstance(value, Path | Listen):
@@ -333,10 +424,13 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_endpoint(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
-            f"MMOLOVE_ENDPOINT {url!r} is not an http(s) URL; e.g. {DEFAULT_ENDPOINT}."
+            f"MMOLOVE_ENDPOINT {mask_url(url)!r} is not an http(s) URL; e.g. {DEFAULT_ENDPOINT}."
         )
     return url
 
@@ -346,16 +440,29 @@ def _default_db(environ: Mapping[str, str]) -> Path:
     return Path(state) / "outbox.db" if state else Path("mmolove-relay.db")
 
 
-def _secret_from(value: object, file: object, *, what: str) -> Secret | None:
+def _secret_from(
+    value: object, file: object, *, what: str, notes: list[ConfigNote]
+) -> Secret | None:
     if value:
-        return Secret(str(value))
+        return _secret_value(str(value), what=what, notes=notes)
     if file:
-        return read_secret_file(Path(str(file)), what=what)
+        return read_secret_file(Path(str(file)), what=what, notes=notes)
     return None
 
 
+def _secret_value(raw: str, *, what: str, notes: list[ConfigNote]) -> Secret:
+    value = clean_secret(raw, what=what, notes=notes)
+    if not value:
+        raise ConfigError(f"the {what} is only whitespace; set the secret itself.")
+    return Secret(value)
+
+
 def _servers(
-    environ: Mapping[str, str], entries: list[dict[str, Any]], *, require: bool
+    environ: Mapping[str, str],
+    entries: list[dict[str, Any]],
+    *,
+    require: bool,
+    notes: list[ConfigNote],
 ) -> tuple[ServerConfig, ...]:
     env_id = environ.get("MMOLOVE_SERVER_ID", "").strip()
     if env_id:
@@ -376,7 +483,9 @@ def _servers(
         server_id = str(entry.get("id", "")).strip()
         if not server_id:
             raise ConfigError('a [[servers]] entry has no id; give each one id = "<server id>".')
-        servers.append(_server(environ, entry, server_id, single=single, require=require))
+        servers.append(
+            _server(environ, entry, server_id, single=single, require=require, notes=notes)
+        )
     ids = [s.server_id for s in servers]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"server ids repeat in [[servers]]: {ids}; give each server once.")
@@ -390,6 +499,7 @@ def _server(
     *,
     single: bool,
     require: bool,
+    notes: list[ConfigNote],
 ) -> ServerConfig:
     kid = (environ.get("MMOLOVE_KID") if single else None) or entry.get("kid") or None
     if kid is not None and not _KID.fullmatch(str(kid)):
@@ -399,15 +509,18 @@ def _server(
         )
     secret_file: Path | None = None
     secret: Secret | None = None
+    what = f"signing secret of server {server_id}"
     # Precedence: environment (single server only), then the file entry, then systemd.
     source = "nowhere"
     if single and environ.get("MMOLOVE_SECRET"):
-        secret, source = Secret(environ["MMOLOVE_SECRET"]), "environment MMOLOVE_SECRET"
+        secret = _secret_value(environ["MMOLOVE_SECRET"], what=what, notes=notes)
+        source = "environment MMOLOVE_SECRET"
     elif single and environ.get("MMOLOVE_SECRET_FILE"):
         secret_file = Path(environ["MMOLOVE_SECRET_FILE"])
         source = "environment MMOLOVE_SECRET_FILE"
     elif entry.get("secret"):
-        secret, source = Secret(str(entry["secret"])), "the config file's secret"
+        secret = _secret_value(str(entry["secret"]), what=what, notes=notes)
+        source = "the config file's secret"
     elif entry.get("secret_file"):
         secret_file, source = Path(str(entry["secret_file"])), "the config file's secret_file"
     elif environ.get("CREDENTIALS_DIRECTORY"):
@@ -415,9 +528,17 @@ def _server(
         candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / name
         secret_file = candidate if candidate.exists() else None
         source = f"systemd credential {name}"
-    what = f"signing secret of server {server_id}"
     if secret_file is not None:
-        secret = read_secret_file(secret_file, what=what)
+        secret = read_secret_file(secret_file, what=what, notes=notes)
+    if secret is not None and len(secret.reveal()) < MIN_SECRET_CHARS:
+        notes.append(
+            ConfigNote(
+                "config.short_secret",
+                f"the {what} is short ({len(secret.reveal())} of the {MIN_SECRET_CHARS} or "
+                "more characters MMOLove's secrets have); check it is the whole secret. Logs "
+                "mask it only where it appears whole.",
+            )
+        )
     if secret is None:
         if require:
             raise ConfigError(

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import structlog
 from aiohttp import web
 
-from relay import __version__, admin
+from relay import __version__, admin, guard
 from relay.api import make_app
-from relay.config import Settings, describe, host_port
+from relay.config import Settings, describe, host_port, mask_url
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.outbox import Outbox
@@ -32,7 +33,7 @@ INGEST_GRACE_S = 1.0
 UNIX_SOCKET_MODE = 0o660
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
 # says so in its log line.
-RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
+RELOADABLE = ("servers", "allow_extra_fields", "max_batch", "notes")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class RunningRelay:
             removed=sorted(before - {s.server_id for s in settings.servers}) or None,
             needs_restart=needs_restart or None,
         )
+        _log_notes(settings)
 
 
 async def run(
@@ -85,6 +87,8 @@ async def run(
 ) -> None:
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
+    fd_limit = guard.raise_fd_limit()
+    max_connections = guard.connection_cap(settings, fd_limit.soft)
     async with AsyncExitStack() as stack:
         outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
         stack.push_async_callback(outbox.close)
@@ -122,10 +126,20 @@ async def run(
 
         app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
+        app.middlewares.append(guard.body_guard(settings))
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s)
+        runner = guard.GuardedRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s),
+            max_connections=max_connections,
+            # aiohttp closes a connection still waiting for a complete request head when
+            # this runs out, counted from its opening or its last answer: slowloris included.
+            keepalive_timeout=settings.header_timeout_s,
+            # What a connection may buffer before its body is read: 1,000 attackers' worth
+            # stays small (aiohttp pauses the socket at twice this).
+            read_bufsize=16 * 1024,
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -152,12 +166,22 @@ async def run(
             version=__version__,
             listen=url,
             outbox=str(settings.db_path),
-            endpoint=settings.endpoint,
+            endpoint=mask_url(settings.endpoint),
             servers=[s.server_id for s in settings.servers],
             startup_ms=round((time.monotonic() - started) * 1000, 1),
         )
         # The settings in force, secrets masked: what an operator checks first.
         log.info("relay.settings", **describe(settings))
+        log.log(
+            # A lowered cap or a limit that could not be raised: the operator should know.
+            logging.WARNING
+            if fd_limit.error or max_connections < settings.max_connections
+            else logging.INFO,
+            "relay.fd_limit",
+            **asdict(fd_limit),
+            max_connections=max_connections,
+        )
+        _log_notes(settings)
         if on_ready is not None:
             on_ready(relay)
 
@@ -173,6 +197,12 @@ async def run(
         # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (done),
         # HTTP client, outbox.
     log.info("relay.stopped")
+
+
+def _log_notes(settings: Settings) -> None:
+    """The configuration's warnings (unknown variables, short secrets, trims), one line each."""
+    for note in settings.notes:
+        log.log(logging.getLevelName(note.level.upper()), note.event, message=note.message)
 
 
 async def _finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:

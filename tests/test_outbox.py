@@ -87,7 +87,7 @@ async def test_concurrent_adds_share_transactions(outbox: Outbox) -> None:
 async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) -> None:
     [first] = await outbox.add([event(registered("t", "p"))], NOW)
     [again] = await outbox.add([event(registered("t", "p"))], NOW + 5)
-    [clash] = await outbox.add([event(registered("t", "p", ts=1))], NOW)
+    [clash] = await outbox.add([event(registered("t", "p", ts=1733500000))], NOW)
     assert (first.created, again.created, again.conflict) == (True, False, False)
     assert again.id == first.id == clash.id
     assert clash.conflict

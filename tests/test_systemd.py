@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config import CREDENTIAL_NAME
+from relay.config import CREDENTIAL_NAME, Settings
+from relay.guard import FD_RESERVE
 from relay.sandbox import running_sandbox
 from tests.harness import accepted_keys, eventually, in_progress, ingest, key_of, registered, tuning
 from tests.support import require_tools
@@ -61,6 +62,13 @@ def test_unit_asks_for_what_the_relay_implements() -> None:
     assert {"Type=notify", "DynamicUser=yes", "StateDirectory=mmolove-relay"} <= lines
     assert f"LoadCredential={CREDENTIAL_NAME}:/etc/mmolove-relay/secret" in lines
     assert any(re.fullmatch(r"WatchdogSec=\d+s", line) for line in lines)
+
+
+def test_unit_gives_room_for_every_connection_the_relay_serves() -> None:
+    """The unit forbids setrlimit, so its LimitNOFILE is the limit the relay gets: it must hold
+    the default connection cap plus the descriptors kept for the rest."""
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.MULTILINE)
+    assert int(limit) >= Settings().max_connections + FD_RESERVE
 
 
 # -- installed and run under a real systemd ----------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandFailed, Environ
 from relay.cli.tables import print_json
-from relay.config import ServerConfig, Settings, describe, load_settings, sources
+from relay.config import ServerConfig, Settings, describe, load_settings, mask_url, sources
 from relay.errors import DeliveryError, SenderPaused
 from relay.events import validate
 from relay.sender import Sender
@@ -76,10 +76,10 @@ def test(args: argparse.Namespace, environ: Environ) -> int:
     servers = [_server(settings, args.server_id)] if args.server_id else settings.servers
     results = asyncio.run(_test_servers(settings, [s.server_id for s in servers]))
     if args.json:
-        print_json({"endpoint": settings.endpoint, "servers": results})
+        print_json({"endpoint": mask_url(settings.endpoint), "servers": results})
     else:
         for r in results:
-            print(f"server {r['server_id']} -> {settings.endpoint}: {r['message']}")
+            print(f"server {r['server_id']} -> {mask_url(settings.endpoint)}: {r['message']}")
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_REFUSED
 
 
