@@ -28,14 +28,7 @@ from relay.metrics import Metrics
 from relay.outbox import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
-from relay.state import (
-    CIRCUIT_OPEN,
-    DELIVERING,
-    PAUSED,
-    DeliverySnapshot,
-    Live,
-    ServerSnapshot,
-)
+from relay.state import CIRCUIT_OPEN, DELIVERING, PAUSED, DeliverySnapshot, Live, ServerSnapshot
 
 log = structlog.get_logger("relay.dispatcher")
 
@@ -68,15 +61,8 @@ class ServerState:
         elif circuit != "closed":
             state, next_at = CIRCUIT_OPEN, circuit_open_until
             reason = "MMOLove is failing; the circuit holds every server's deliveries back"
-        return ServerSnapshot(
-            server_id,
-            state,
-            reason,
-            next_at,
-            self.clock_offset_s,
-            self.last_error,
-            self.last_error_at,
-        )
+        last = (self.clock_offset_s, self.last_error, self.last_error_at)
+        return ServerSnapshot(server_id, state, reason, next_at, *last)
 
 
 class Dispatcher:
