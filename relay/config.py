@@ -26,30 +26,31 @@ _KID = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII except the header's "," 
 # Shorter than this, a secret is guessable and too common a string for the log scrubber to
 # mask wherever it appears: tokens are refused, signing secrets (MMOLove issues them) warned.
 MIN_SECRET_CHARS = 16
+# The variables serve reads, what each sets and its default when unset (serve --help).
+ENVIRONMENT = {
+    "MMOLOVE_RELAY_CONFIG": ("the TOML config file", "none"),
+    "MMOLOVE_SERVER_ID": ("servers", "none: set it or write [[servers]] in the file"),
+    "MMOLOVE_SECRET": ("servers", "none: this, MMOLOVE_SECRET_FILE or a systemd credential"),
+    "MMOLOVE_SECRET_FILE": ("servers", f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"),
+    "MMOLOVE_KID": ("servers", "none"),
+    "MMOLOVE_ENDPOINT": ("endpoint", DEFAULT_ENDPOINT),
+    "MMOLOVE_RELAY_LISTEN": ("listen", DEFAULT_LISTEN),
+    "MMOLOVE_RELAY_INGEST_TOKEN": ("ingest_token", "none; required when not on loopback"),
+    "MMOLOVE_RELAY_INGEST_TOKEN_FILE": ("ingest_token", "none"),
+    "MMOLOVE_RELAY_DB": ("db_path", "$STATE_DIRECTORY/outbox.db, else ./mmolove-relay.db"),
+    "MMOLOVE_RELAY_LOG_FORMAT": ("log_format", "json, or console on a terminal"),
+}
 # Every MMOLOVE_* variable something reads: SPEC.md's table, the file variants, and what the
 # CLI and the examples read (MMOLOVE_RELAY_URL, MMOLOVE_SPOOL), since one environment may
 # serve both. Any other is a typo or a setting this version ignores.
-KNOWN_VARIABLES = frozenset(
-    [
-        "MMOLOVE_SERVER_ID",
-        "MMOLOVE_SECRET",
-        "MMOLOVE_SECRET_FILE",
-        "MMOLOVE_KID",
-        "MMOLOVE_ENDPOINT",
-        "MMOLOVE_RELAY_CONFIG",
-        "MMOLOVE_RELAY_LISTEN",
-        "MMOLOVE_RELAY_DB",
-        "MMOLOVE_RELAY_DB_PASSWORD_FILE",
-        "MMOLOVE_RELAY_INGEST_TOKEN",
-        "MMOLOVE_RELAY_INGEST_TOKEN_FILE",
-        "MMOLOVE_RELAY_LOG_FORMAT",
-        "MMOLOVE_RELAY_ALERT_URL",
-        "MMOLOVE_RELAY_ALERT_URL_FILE",
-        "MMOLOVE_RELAY_ALERT_KIND",
-        "MMOLOVE_RELAY_URL",
-        "MMOLOVE_SPOOL",
-    ]
-)
+KNOWN_VARIABLES = frozenset(ENVIRONMENT) | {
+    "MMOLOVE_RELAY_DB_PASSWORD_FILE",
+    "MMOLOVE_RELAY_ALERT_URL",
+    "MMOLOVE_RELAY_ALERT_URL_FILE",
+    "MMOLOVE_RELAY_ALERT_KIND",
+    "MMOLOVE_RELAY_URL",
+    "MMOLOVE_SPOOL",
+}
 
 
 class Secret:
@@ -555,20 +556,6 @@ def _server(
     )
 
 
-# The environment variables the relay reads, what each sets and its default when unset.
-ENVIRONMENT = {
-    "MMOLOVE_RELAY_CONFIG": ("the TOML config file", "none"),
-    "MMOLOVE_SERVER_ID": ("servers", "none: set it or write [[servers]] in the file"),
-    "MMOLOVE_SECRET": ("servers", "none: this, MMOLOVE_SECRET_FILE or a systemd credential"),
-    "MMOLOVE_SECRET_FILE": ("servers", f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"),
-    "MMOLOVE_KID": ("servers", "none"),
-    "MMOLOVE_ENDPOINT": ("endpoint", DEFAULT_ENDPOINT),
-    "MMOLOVE_RELAY_LISTEN": ("listen", DEFAULT_LISTEN),
-    "MMOLOVE_RELAY_INGEST_TOKEN": ("ingest_token", "none; required when not on loopback"),
-    "MMOLOVE_RELAY_INGEST_TOKEN_FILE": ("ingest_token", "none"),
-    "MMOLOVE_RELAY_DB": ("db_path", "$STATE_DIRECTORY/outbox.db, else ./mmolove-relay.db"),
-    "MMOLOVE_RELAY_LOG_FORMAT": ("log_format", "json, or console on a terminal"),
-}
 # Settings read from the file outside the [ingest]/[delivery]/[outbox] tunables.
 _FILE_KEYS = {
     "endpoint": ("", "endpoint"),
