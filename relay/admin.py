@@ -7,9 +7,7 @@ route. ``/healthz`` and ``/readyz`` are open for probes; they reveal no event da
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import shutil
 import time
 from dataclasses import asdict
 from typing import Any
@@ -19,10 +17,11 @@ from aiohttp import web
 from relay import __version__, visibility
 from relay.alerts.rules import RULES
 from relay.alerts.targets import TARGETS
-from relay.api import DELIVERY_STATE, INGEST, METRICS, OUTBOX, error_response
-from relay.errors import InvalidEvent, OutboxError
+from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
+from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
 from relay.outbox import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
+from relay.state import HELD, PAUSED, ServerSnapshot
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -55,35 +54,27 @@ async def status(request: web.Request) -> web.Response:
     now = time.time()
     summary = await _summary(request, now)
     outbox = request.app[OUTBOX]
-    settings = request.app[INGEST].settings
-    next_due = await outbox.next_due([s.server_id for s in settings.servers])
     delivery = request.app[DELIVERY_STATE]()
-    reopens_at = delivery["circuit_reopens_at"]
-    if next_due is not None and isinstance(reopens_at, float):
-        next_due = max(next_due, reopens_at)  # nothing but a probe starts before then
     counts = summary["counts"]
-    configured = {s["server_id"] for s in delivery["servers"]}
+    # Events of a server the relay does not know (removed before a restart) are held too.
     servers = [
-        {**server, "counts": counts.get(server["server_id"], _zero())}
-        for server in delivery["servers"]
-    ] + [
-        # Events of a server no longer configured wait until it is added back.
-        {"server_id": server_id, "configured": False, "counts": by_status}
-        for server_id, by_status in counts.items()
-        if server_id not in configured
+        *delivery.servers,
+        *(ServerSnapshot.held(sid) for sid in counts if delivery.server(sid) is None),
     ]
+    next_at = delivery.next_attempt_at(await outbox.next_due(delivery.sending))
     body = {
         "version": __version__,
         "uptime_s": round(now - request.app[STARTED], 1),
         "counts": _total(counts),
         "oldest_pending_age_s": summary["oldest_pending_age_s"],
-        "next_attempt_in_s": None if next_due is None else round(max(0.0, next_due - now), 1),
-        "in_flight": delivery["in_flight"],
-        "outbox_lost": delivery["outbox_lost"],
-        "circuit": delivery["circuit"],
-        "circuit_open_until": delivery["circuit_open_until"],
-        "circuit_reopens_in_s": None if reopens_at is None else round(reopens_at - now, 1),
-        "servers": servers,
+        "next_attempt_in_s": _seconds_until(next_at, now),
+        "in_flight": delivery.in_flight,
+        "outbox_lost": outbox.lost,
+        "circuit": delivery.circuit,
+        "circuit_open_until": delivery.circuit_open_until,
+        "circuit_reopens_in_s": _seconds_until(delivery.circuit_reopens_at, now),
+        "draining": delivery.draining,
+        "servers": [_server_json(s, counts.get(s.server_id, _zero()), now) for s in servers],
         "dead": await outbox.dead_by_reason(),
         "waiting_for_registered": await outbox.count(
             EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
@@ -148,33 +139,26 @@ async def readyz(request: web.Request) -> web.Response:
     """
     problems: list[str] = []
     outbox = request.app[OUTBOX]
-    if request.app[INGEST].draining:
+    delivery = request.app[DELIVERY_STATE]()
+    if delivery.draining:
         problems.append("shutting down")
     if (lost := await outbox.check_file()) is not None:
         problems.append(f"outbox file lost: {lost}; restart the relay")
-    try:
-        await outbox.writer.run(_touch)
-    except OutboxError as exc:
-        problems.append(f"outbox not writable: {exc}")
-    free = (await asyncio.to_thread(shutil.disk_usage, outbox.path.parent)).free
-    needed = request.app[INGEST].settings.min_free_bytes
-    if free < needed:
-        problems.append(f"disk nearly full: {free} bytes free, {needed} needed for ingest")
-    cap = request.app[INGEST].settings.max_outbox_bytes
-    if cap and outbox.size_bytes() >= cap:
-        problems.append(f"outbox full: {outbox.size_bytes()} bytes, max_outbox_bytes is {cap}")
-    if not await outbox.can_deliver():
-        problems.append("disk full: the reserve is released; ingest and new deliveries wait")
-    delivery = request.app[DELIVERY_STATE]()
-    for server in delivery["servers"]:
-        if server["paused"]:
-            problems.append(f"server {server['server_id']} paused: {server['paused_reason']}")
+    health = await outbox.health()
+    problems += health.problems
+    for server in delivery.servers:
+        if server.state == PAUSED:
+            problems.append(f"server {server.server_id} paused: {server.reason}")
     body = {
         "ready": not problems,
         "problems": problems,
-        "disk_free_bytes": free,
-        "circuit": delivery["circuit"],
-        "servers": {s["server_id"]: "paused" if s["paused"] else "ok" for s in delivery["servers"]},
+        "disk_free_bytes": health.free_bytes,
+        "circuit": delivery.circuit,
+        "servers": {
+            s.server_id: "paused" if s.state == PAUSED else "ok"
+            for s in delivery.servers
+            if s.state != HELD
+        },
     }
     return web.json_response(body, status=503 if problems else 200)
 
@@ -187,8 +171,7 @@ async def metrics(request: web.Request) -> web.Response:
         counts=summary["counts"],
         oldest_pending_age_s=summary["oldest_pending_age_s"],
         outbox_bytes=summary["outbox_bytes"],
-        circuit=delivery["circuit"],
-        servers=delivery["servers"],
+        delivery=delivery,
     )
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
@@ -215,6 +198,24 @@ def _alerts(request: web.Request) -> dict[str, Any]:
     }
 
 
+def _server_json(server: ServerSnapshot, counts: dict[str, int], now: float) -> dict[str, Any]:
+    paused = server.state == PAUSED
+    return {
+        **asdict(server),
+        "next_attempt_in_s": _seconds_until(server.next_attempt_at, now),
+        # The names before the state field; kept for the scripts that read them.
+        "configured": server.state != HELD,
+        "paused": paused,
+        "paused_reason": server.reason if paused else None,
+        "next_probe_at": server.next_attempt_at if paused else None,
+        "counts": counts,
+    }
+
+
+def _seconds_until(moment: float | None, now: float) -> float | None:
+    return None if moment is None else round(max(0.0, moment - now), 1)
+
+
 def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:
     total = _zero()
     for by_status in counts.values():
@@ -225,10 +226,6 @@ def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def _zero() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
-
-
-def _touch(db: Any) -> None:
-    """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
 def local_peer(request: web.Request) -> bool:

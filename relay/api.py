@@ -9,39 +9,30 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from relay import openapi
-from relay.config import Settings
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
 from relay.outbox import Added, Outbox
 from relay.rejected import BATCH_REJECTS, RAW_BODY
 from relay.rejected import middleware as _rejections
+from relay.state import DeliverySnapshot, Live
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OUTBOX = web.AppKey("outbox", Outbox)
-StateProvider = Callable[[], dict[str, Any]]
+StateProvider = Callable[[], DeliverySnapshot]
 DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
 METRICS = web.AppKey("metrics", Metrics)
-
-
-@dataclass
-class Ingest:
-    """What handlers read that can change while the app runs (SIGHUP, shutdown)."""
-
-    settings: Settings
-    draining: bool = False
-
-
-INGEST = web.AppKey("ingest", Ingest)
+# The live settings and draining flag, shared with the dispatcher and the daemon.
+INGEST = web.AppKey("ingest", Live)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
 # The web console checks the token itself: a browser sends a cookie, not a bearer header.
 _OWN_AUTH_PREFIX = "/ui"
@@ -50,17 +41,17 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
 
 
 def make_app(
-    outbox: Outbox, settings: Settings, delivery_state: StateProvider, metrics: Metrics
+    outbox: Outbox, live: Live, delivery_state: StateProvider, metrics: Metrics
 ) -> web.Application:
     """The ingest app; ``delivery_state`` reports the breaker and per-server pauses.
 
     The operator routes (``relay.admin``) are added to it by the daemon.
     """
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[_rejections, _errors, _auth]
+        client_max_size=live.settings.max_body_bytes, middlewares=[_rejections, _errors, _auth]
     )
     app[OUTBOX] = outbox
-    app[INGEST] = Ingest(settings)
+    app[INGEST] = live
     app[DELIVERY_STATE] = delivery_state
     app[METRICS] = metrics
     app.router.add_post("/v1/events", post_event)
@@ -139,10 +130,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _read_json(request: web.Request) -> Any:
-    if request.app[INGEST].draining:
-        raise OutboxUnavailable(
-            "the relay is shutting down; send again in a few seconds.", retry_after_s=2
-        )
+    request.app[INGEST].refuse_if_draining()
     if request.content_type != "application/json":
         raise InvalidEvent(
             415,
@@ -152,6 +140,8 @@ async def _read_json(request: web.Request) -> Any:
         )
     raw = await request.read()
     request[RAW_BODY] = raw  # kept for the record of a rejection
+    # Again: a body still arriving when the drain began must not be stored after it.
+    request.app[INGEST].refuse_if_draining()
     return parse_json(raw)
 
 

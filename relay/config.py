@@ -1,7 +1,8 @@
 """Settings: a TOML file overridden by environment variables, validated into one frozen object.
 
 ``load_settings(environ, path)`` is pure apart from reading the files it is pointed at; only
-the CLI passes it the real ``os.environ``. See ``config/relay.example.toml`` for every key.
+the CLI passes it the real ``os.environ``. ``mmolove-relay check-config --example`` prints
+every key.
 """
 
 from __future__ import annotations
@@ -25,30 +26,31 @@ _KID = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII except the header's "," 
 # Shorter than this, a secret is guessable and too common a string for the log scrubber to
 # mask wherever it appears: tokens are refused, signing secrets (MMOLove issues them) warned.
 MIN_SECRET_CHARS = 16
+# The variables serve reads, what each sets and its default when unset (serve --help).
+ENVIRONMENT = {
+    "MMOLOVE_RELAY_CONFIG": ("the TOML config file", "none"),
+    "MMOLOVE_SERVER_ID": ("servers", "none: set it or write [[servers]] in the file"),
+    "MMOLOVE_SECRET": ("servers", "none: this, MMOLOVE_SECRET_FILE or a systemd credential"),
+    "MMOLOVE_SECRET_FILE": ("servers", f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"),
+    "MMOLOVE_KID": ("servers", "none"),
+    "MMOLOVE_ENDPOINT": ("endpoint", DEFAULT_ENDPOINT),
+    "MMOLOVE_RELAY_LISTEN": ("listen", DEFAULT_LISTEN),
+    "MMOLOVE_RELAY_INGEST_TOKEN": ("ingest_token", "none; required when not on loopback"),
+    "MMOLOVE_RELAY_INGEST_TOKEN_FILE": ("ingest_token", "none"),
+    "MMOLOVE_RELAY_DB": ("db_path", "$STATE_DIRECTORY/outbox.db, else ./mmolove-relay.db"),
+    "MMOLOVE_RELAY_LOG_FORMAT": ("log_format", "json, or console on a terminal"),
+}
 # Every MMOLOVE_* variable something reads: SPEC.md's table, the file variants, and what the
 # CLI and the examples read (MMOLOVE_RELAY_URL, MMOLOVE_SPOOL), since one environment may
 # serve both. Any other is a typo or a setting this version ignores.
-KNOWN_VARIABLES = frozenset(
-    [
-        "MMOLOVE_SERVER_ID",
-        "MMOLOVE_SECRET",
-        "MMOLOVE_SECRET_FILE",
-        "MMOLOVE_KID",
-        "MMOLOVE_ENDPOINT",
-        "MMOLOVE_RELAY_CONFIG",
-        "MMOLOVE_RELAY_LISTEN",
-        "MMOLOVE_RELAY_DB",
-        "MMOLOVE_RELAY_DB_PASSWORD_FILE",
-        "MMOLOVE_RELAY_INGEST_TOKEN",
-        "MMOLOVE_RELAY_INGEST_TOKEN_FILE",
-        "MMOLOVE_RELAY_LOG_FORMAT",
-        "MMOLOVE_RELAY_ALERT_URL",
-        "MMOLOVE_RELAY_ALERT_URL_FILE",
-        "MMOLOVE_RELAY_ALERT_KIND",
-        "MMOLOVE_RELAY_URL",
-        "MMOLOVE_SPOOL",
-    ]
-)
+KNOWN_VARIABLES = frozenset(ENVIRONMENT) | {
+    "MMOLOVE_RELAY_DB_PASSWORD_FILE",
+    "MMOLOVE_RELAY_ALERT_URL",
+    "MMOLOVE_RELAY_ALERT_URL_FILE",
+    "MMOLOVE_RELAY_ALERT_KIND",
+    "MMOLOVE_RELAY_URL",
+    "MMOLOVE_SPOOL",
+}
 
 
 class Secret:
@@ -91,6 +93,7 @@ class ServerConfig:
     secret: Secret
     kid: str | None = None
     secret_file: Path | None = None
+    secret_from: str = "the environment or config file"  # noqa: S105 - a source, not a secret
 
 
 ALERT_KINDS = ("discord", "slack", "webhook")
@@ -134,7 +137,18 @@ class Listen:
             return False
 
     def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+        return f"unix:{self.path}" if self.path else host_port(self.host, self.port)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets so the port stays apart."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def base_url(host: str, port: int, scheme: str = "http") -> str:
+    """The URL to dial a listener bound to ``host``; a wildcard bind is dialled on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"{scheme}://{host_port(host, port)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +342,10 @@ def load_settings(
         listen=listen,
         ingest_token=token,
         log_format=log_format,
-        db_path=Path(environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)),
+        # Absolute, so logs and check-config say where the outbox is, wherever it started.
+        db_path=Path(
+            environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)
+        ).absolute(),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
         servers=_servers(environ, doc.get("servers", []), require=require_servers, notes=notes),
         alerts=_alerts(environ, doc.get("alerts", []), notes=notes),
@@ -413,6 +430,7 @@ def describe(settings: Settings) -> dict[str, Any]:
                     "kid": s.kid,
                     "secret": "***",
                     "secret_file": str(s.secret_file) if s.secret_file else None,
+                    "secret_from": s.secret_from,
                 }
                 for s in value
             ]
@@ -446,12 +464,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _reject_unknown_keys(doc: dict[str, Any]) -> None:
     def check(section: str, table: object, where: str) -> None:
         if not isinstance(table, dict):
-            raise ConfigError(f"{where} must be a table; see config/relay.example.toml.")
+            raise ConfigError(
+                f"{where} must be a table; see `mmolove-relay check-config --example`."
+            )
         for key in table:
             if key not in _SECTION_KEYS[section]:
                 raise ConfigError(
-                    f"unknown config key {where}.{key}; see config/relay.example.toml for "
-                    "the keys that exist."
+                    f"unknown config key {where}.{key}; `mmolove-relay check-config --example` "
+                    "prints the keys that exist."
                 )
 
     check("", doc, "(top level)")
@@ -573,18 +593,23 @@ def _server(
     secret: Secret | None = None
     what = f"signing secret of server {server_id}"
     # Precedence: environment (single server only), then the file entry, then systemd.
+    source = "nowhere"
     if single and environ.get("MMOLOVE_SECRET"):
         secret = _secret_value(environ["MMOLOVE_SECRET"], what=what, notes=notes)
+        source = "environment MMOLOVE_SECRET"
     elif single and environ.get("MMOLOVE_SECRET_FILE"):
         secret_file = Path(environ["MMOLOVE_SECRET_FILE"])
+        source = "environment MMOLOVE_SECRET_FILE"
     elif entry.get("secret"):
         secret = _secret_value(str(entry["secret"]), what=what, notes=notes)
+        source = "the config file's secret"
     elif entry.get("secret_file"):
-        secret_file = Path(str(entry["secret_file"]))
+        secret_file, source = Path(str(entry["secret_file"])), "the config file's secret_file"
     elif environ.get("CREDENTIALS_DIRECTORY"):
         name = CREDENTIAL_NAME if single else f"{CREDENTIAL_NAME}-{server_id}"
         candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / name
         secret_file = candidate if candidate.exists() else None
+        source = f"systemd credential {name}"
     if secret_file is not None:
         secret = read_secret_file(secret_file, what=what, notes=notes)
     if secret is not None and len(secret.reveal()) < MIN_SECRET_CHARS:
@@ -603,7 +628,13 @@ def _server(
                 f"entry secret_file, or pass a systemd credential named {CREDENTIAL_NAME}."
             )
         secret = Secret("")
-    return ServerConfig(server_id=server_id, secret=secret, kid=kid, secret_file=secret_file)
+    return ServerConfig(
+        server_id=server_id,
+        secret=secret,
+        kid=kid,
+        secret_file=secret_file.absolute() if secret_file else None,
+        secret_from=source,
+    )
 
 
 def _alerts(
@@ -645,3 +676,42 @@ def _alerts(
             raise ConfigError(f"alert target {where}: only a webhook target takes a secret.")
         targets.append(AlertTarget(kind, url, secret, str(entry.get("name") or "")))
     return tuple(targets)
+
+
+# Settings read from the file outside the [ingest]/[delivery]/[outbox] tunables.
+_FILE_KEYS = {
+    "endpoint": ("", "endpoint"),
+    "log_format": ("", "log_format"),
+    "ca_file": ("", "ca_file"),
+    "listen": ("ingest", "listen"),
+    "ingest_token": ("ingest", "token"),
+    "db_path": ("outbox", "path"),
+}
+
+
+def sources(environ: Mapping[str, str], path: Path | None = None) -> dict[str, str]:
+    """Where each setting in force came from (environment over file over default), by name;
+    the servers' secrets say it themselves (``ServerConfig.secret_from``)."""
+    if path is None and environ.get("MMOLOVE_RELAY_CONFIG"):
+        path = Path(environ["MMOLOVE_RELAY_CONFIG"])
+    doc = _read_toml(path) if path else {}
+    where = {f.name: "default" for f in fields(Settings)}
+    if environ.get("STATE_DIRECTORY"):
+        where["db_path"] = "systemd StateDirectory"
+    for section, keys in _TUNABLES.items():
+        for key, attr in keys.items():
+            if key in doc.get(section, {}):
+                where[attr] = f"file {path}"
+    for attr, (section, key) in _FILE_KEYS.items():
+        table = doc.get(section, {}) if section else doc
+        if table.get(key) or (attr == "ingest_token" and table.get("token_file")):
+            where[attr] = f"file {path}"
+    for name, (attr, _) in ENVIRONMENT.items():
+        if environ.get(name) and attr in where and attr != "servers":
+            where[attr] = f"environment {name}"
+    where["servers"] = (
+        "environment MMOLOVE_SERVER_ID"
+        if environ.get("MMOLOVE_SERVER_ID")
+        else (f"file {path}" if doc.get("servers") else "nowhere")
+    )
+    return where

@@ -19,8 +19,8 @@ from aiohttp import web
 from relay import __version__, admin, guard, visibility
 from relay.alerts.rules import RULES, Rules
 from relay.alerts.targets import TARGETS, Targets
-from relay.api import INGEST, make_app
-from relay.config import Settings, describe, mask_url
+from relay.api import make_app
+from relay.config import Settings, describe, host_port, mask_url
 from relay.console import add_console
 from relay.dispatcher import Dispatcher
 from relay.errors import ConfigError
@@ -28,6 +28,7 @@ from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
+from relay.state import Live
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
@@ -45,11 +46,15 @@ class RunningRelay:
     """A handle on a started relay, given to ``on_ready``."""
 
     url: str  # base URL of ingest, e.g. http://127.0.0.1:8787 (or unix:/path)
-    settings: Settings
+    live: Live
     dispatcher: Dispatcher
     outbox: Outbox
     _app: web.Application = field(repr=False)
     _dispatch_task: asyncio.Task[None] = field(repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
 
     @property
     def dispatching(self) -> bool:
@@ -64,14 +69,16 @@ class RunningRelay:
             if f.name not in RELOADABLE
             and getattr(settings, f.name) != getattr(self.settings, f.name)
         ]
-        self.settings = replace(
+        before = {s.server_id for s in self.settings.servers}
+        self.live.settings = replace(
             self.settings, **{name: getattr(settings, name) for name in RELOADABLE}
         )
-        self._app[INGEST].settings = self.settings
         self.dispatcher.reload(self.settings.servers)
         log.info(
             "relay.reloaded",
             servers=[s.server_id for s in self.settings.servers],
+            # Their events are held, not sent, until they are added back.
+            removed=sorted(before - {s.server_id for s in settings.servers}) or None,
             needs_restart=needs_restart or None,
         )
         _log_notes(settings)
@@ -110,7 +117,8 @@ async def run(
         )
         stack.push_async_callback(sender.close)
         metrics = Metrics()
-        dispatcher = Dispatcher(outbox, sender, settings, metrics=metrics)
+        live = Live(settings)
+        dispatcher = Dispatcher(outbox, sender, live, metrics=metrics)
         stop_dispatch = asyncio.Event()
         dispatch_task = asyncio.create_task(dispatcher.run(stop_dispatch), name="dispatcher")
         stack.push_async_callback(_finish, dispatch_task, stop_dispatch)
@@ -128,7 +136,7 @@ async def run(
         watch = asyncio.create_task(_watch_file(outbox), name="outbox-watch")
         stack.push_async_callback(_cancel, watch)
 
-        app = make_app(outbox, settings, dispatcher.snapshot, metrics)
+        app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
         app.middlewares.append(guard.body_guard(settings))
         visibility.add_routes(app)
@@ -141,7 +149,7 @@ async def run(
         if settings.alerts:
             # Their own tasks and HTTP client: a slow or failing target never touches delivery.
             app[TARGETS] = Targets(settings.alerts, metrics)
-            app[RULES] = Rules(outbox, dispatcher.snapshot, settings, app[TARGETS].send)
+            app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send)
             for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
                 stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
         add_console(app)
@@ -180,7 +188,7 @@ async def run(
         url = _bound_url(runner, settings)
         relay = RunningRelay(
             url=url,
-            settings=settings,
+            live=live,
             dispatcher=dispatcher,
             outbox=outbox,
             _app=app,
@@ -215,10 +223,12 @@ async def run(
         log.info("relay.stopping")
         if on_stopping is not None:
             on_stopping()
-        app[INGEST].draining = True
-        stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
-        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
-        # within its budget), HTTP client, outbox.
+        live.draining = True
+        # No new claims; in-flight attempts drain within their budget while the listener
+        # still answers, so a client sees 503 + Retry-After rather than a refused connection.
+        await _finish(dispatch_task, stop_dispatch)
+        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (done),
+        # HTTP client, outbox.
     log.info("relay.stopped")
 
 
@@ -271,6 +281,4 @@ def _bound_url(runner: web.AppRunner, settings: Settings) -> str:
     if settings.listen.path is not None:
         return f"unix:{settings.listen.path}"
     host, port = runner.addresses[0][:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"http://{host_port(host, port)}"  # the bound address, wildcard included

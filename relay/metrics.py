@@ -6,8 +6,7 @@ ids, event types and outcome names: never a token, a player or a secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import prometheus_client
 from prometheus_client import (
@@ -18,6 +17,8 @@ from prometheus_client import (
     exposition,
     generate_latest,
 )
+
+from relay.state import HELD, PAUSED, DeliverySnapshot
 
 # The *_created series (when each counter was born) only double the output here.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -112,8 +113,7 @@ class Metrics:
         counts: Mapping[str, Mapping[str, int]],
         oldest_pending_age_s: float | None,
         outbox_bytes: int,
-        circuit: str,
-        servers: Sequence[Mapping[str, Any]],
+        delivery: DeliverySnapshot,
     ) -> bytes:
         """Set the gauges from the outbox and dispatcher state just read, then expose all."""
         self._depth.clear()
@@ -122,8 +122,9 @@ class Metrics:
                 self._depth.labels(server_id, status).set(count)
         self._oldest.set(oldest_pending_age_s or 0.0)
         self._size.set(outbox_bytes)
-        self._circuit.set(0 if circuit == "closed" else 1)
+        self._circuit.set(0 if delivery.circuit == "closed" else 1)
         self._paused.clear()
-        for server in servers:
-            self._paused.labels(server["server_id"]).set(1 if server["paused"] else 0)
+        for server in delivery.servers:
+            if server.state != HELD:
+                self._paused.labels(server.server_id).set(1 if server.state == PAUSED else 0)
         return generate_latest(self.registry)

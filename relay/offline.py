@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from relay.metrics import Metrics
 from relay.outbox import Outbox
 from relay.records import Records
 from relay.schema import MIGRATIONS
+from relay.state import STOPPED, DeliverySnapshot, Live, ServerSnapshot
 
 
 class ReadOnlyOutbox(Outbox):
@@ -38,7 +40,6 @@ class ReadOnlyOutbox(Outbox):
         self.path = path
         self._reader = reader
         self._write = _refuse
-        self.closing = True  # ingest would refuse
         self.lost: str | None = None  # this reader does not watch the file
         self.new_events = asyncio.Event()
         self.records = Records(_refuse, self._read)
@@ -49,6 +50,7 @@ class ReadOnlyOutbox(Outbox):
         uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
         try:
             reader = await aiosqlite.connect(uri, uri=True)
+            reader.row_factory = sqlite3.Row  # the outbox reads its columns by name
             try:
                 await reader.execute("PRAGMA query_only = 1")
                 rows = list(await reader.execute_fetchall("PRAGMA user_version"))
@@ -74,6 +76,18 @@ class ReadOnlyOutbox(Outbox):
         await self._reader.close()
 
 
+def stopped(server_ids: Iterable[str]) -> DeliverySnapshot:
+    """Delivery as the file alone tells it: nothing in flight, pauses and circuit unknown."""
+    reason = "the daemon is not running: nothing is sent, and pauses are not known"
+    return DeliverySnapshot(
+        circuit="unknown (daemon not running)",
+        circuit_open_until=None,
+        in_flight=0,
+        draining=False,
+        servers=tuple(ServerSnapshot(sid, STOPPED, reason) for sid in server_ids),
+    )
+
+
 async def _refuse(job: Any) -> Any:
     raise OutboxError(
         "the outbox was opened read-only (the daemon is not running); start "
@@ -97,20 +111,10 @@ async def _read(
 ) -> tuple[int, dict[str, Any]]:
     outbox = await ReadOnlyOutbox.open_file(db, immutable=immutable)
     try:
-        servers = [
-            {"server_id": s.server_id, "paused": False, "paused_reason": None}
-            for s in settings.servers
-        ]
-        snapshot = {
-            "circuit": "unknown (daemon not running)",
-            "circuit_open_until": None,
-            "circuit_reopens_at": None,
-            "in_flight": 0,
-            "outbox_lost": None,
-            "servers": servers,
-        }
+        snapshot = stopped(s.server_id for s in settings.servers)
         # Only this process reaches the private port: no token needed.
-        app = make_app(outbox, replace(settings, ingest_token=None), lambda: snapshot, Metrics())
+        live = Live(replace(settings, ingest_token=None))
+        app = make_app(outbox, live, lambda: snapshot, Metrics())
         admin.add_routes(app)
         visibility.add_routes(app)
         runner = web.AppRunner(app, access_log=None)

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,6 @@ from relay.writer import Writer
 
 log = structlog.get_logger("relay.outbox")
 
-# Columns of an event as the API and CLI show it (the body is decoded separately).
-_EVENT_COLUMNS = (
-    "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
-    "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
-    "state, finished_at, replayed_at, body, referee_identity"
-)
 _DISK_CHECK_EVERY_S = 1.0
 STATUSES = ("pending", "in_flight", "delivered", "dead")
 # A qualified or reversed that MMOLove refused as illegal before any registered for its
@@ -75,10 +69,10 @@ class EventRecord:
         return self.replayed_at or self.created_at
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> EventRecord:
-        values = list(row)
-        values[5] = bool(values[5])
-        return cls(*values)
+    def from_row(cls, row: sqlite3.Row) -> EventRecord:
+        """The record from a row selecting ``_EVENT_COLUMNS``, read by column name."""
+        values = {name: row[name] for name in row.keys()}  # noqa: SIM118 - a Row, not a dict
+        return cls(**values | {"test": bool(values["test"])})
 
     def as_json(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__ if name != "body"}
@@ -86,6 +80,10 @@ class EventRecord:
             out["next_attempt_at"] = None
         out["body"] = self.body.decode("utf-8")
         return out
+
+
+# Columns of an event as the API and CLI show it: the record's fields, by name.
+_EVENT_COLUMNS = ", ".join(f.name for f in fields(EventRecord))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +167,14 @@ class EventFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/readyz`` needs of the outbox: what stops ingest now, and the disk's free bytes."""
+
+    problems: tuple[str, ...]
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Retried:
     """What an operator's retry did to one event."""
 
@@ -227,7 +233,6 @@ class Outbox:
         self._free_bytes = 0
         self._disk_lock = asyncio.Lock()  # one check at a time; the others read its result
         self.reserve = reserve
-        self.closing = False
         self._identities = identities(lock_fd, path)
         self._file_checked_at = 0.0
         # Why the file this relay writes is no longer the one at its path; None while it is.
@@ -283,7 +288,6 @@ class Outbox:
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the file."""
-        self.closing = True
         await self.writer.close()
         await self._reader.close()
         os.close(self._lock_fd)
@@ -292,11 +296,6 @@ class Outbox:
 
     async def add(self, events: Sequence[Event], now: float) -> list[Added]:
         """Store events durably in one transaction; an existing key is reported, not stored."""
-        if self.closing:
-            raise OutboxUnavailable(
-                "the relay is shutting down; send again in a few seconds "
-                "(another instance may be starting)."
-            )
         await self._check_disk()
         await self._check_file()
 
@@ -382,8 +381,11 @@ class Outbox:
 
         def claim(db: sqlite3.Connection) -> list[EventRecord]:
             _requeue(db, now, expired_only=True)
+            # Each due event with the predecessor that decides its fate, if it has one:
+            # the same server and token, a lower rank, not delivered; a dead one first.
             candidates = db.execute(
-                "SELECT e.id, e.age_from, e.outcome, b.id, b.status, b.outcome, b.next_attempt_at"
+                "SELECT e.id, e.age_from, e.outcome, b.id AS blocker, b.status AS blocker_status,"
+                " b.outcome AS blocker_outcome, b.next_attempt_at AS blocker_due"
                 f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
                 "   SELECT p.id FROM events AS p WHERE p.token = e.token"
@@ -394,30 +396,16 @@ class Outbox:
                 (*params, limit),
             ).fetchall()
             ready: list[int] = []
-            for event_id, age_from, was, blocker, blocker_status, why, blocker_due in candidates:
-                if age_from + max_age_s <= now:
-                    error = f"not delivered within max_age_s={max_age_s:g} of ingest"
-                    expired = "expired"
-                    if was == WAITING_FOR_REGISTERED:
-                        expired = "orphaned"
-                        error += "; no registered for its token was delivered in that time"
-                    outcome = Outcome(status="dead", outcome=expired, error=error)
-                    _finish_row(db, event_id, outcome, now)
-                elif blocker is None:
-                    ready.append(event_id)
-                elif blocker_status == "dead":
-                    error = (
-                        f"held back: event {blocker} for this token is dead ({why}); this one "
-                        "was not sent, to keep the order. Replay both once the cause is fixed."
-                    )
-                    outcome = Outcome(status="dead", outcome="predecessor_dead", error=error)
-                    _finish_row(db, event_id, outcome, now)
+            for candidate in candidates:
+                verdict = _claim_rule(candidate, now, max_age_s)
+                if verdict is None:
+                    ready.append(candidate["id"])
+                elif isinstance(verdict, Outcome):
+                    _finish_row(db, candidate["id"], verdict, now)
                 else:
-                    # At least a second later: a predecessor that is due but was not claimed
-                    # this round must not turn the dispatcher into a busy loop.
                     db.execute(
                         "UPDATE events SET next_attempt_at = ? WHERE id = ?",
-                        (max(blocker_due, now + 1.0), event_id),
+                        (verdict, candidate["id"]),
                     )
             if not ready:
                 return []
@@ -617,7 +605,7 @@ class Outbox:
             " WHERE event_id = ? ORDER BY id DESC LIMIT ?",
             (event_id, limit),
         )
-        return [Attempt(*r) for r in rows]
+        return [Attempt(**{name: r[name] for name in r.keys()}) for r in rows]  # noqa: SIM118
 
     async def next_due(self, servers: Sequence[str]) -> float | None:
         """When the earliest pending event of these servers falls due; None if none is."""
@@ -801,6 +789,26 @@ class Outbox:
                 "file and its disk are healthy."
             ) from exc
 
+    async def health(self) -> Health:
+        """Whether events can be stored now: the write lock is free, the disk has room (its
+        reserve kept) and the outbox is under its cap."""
+        problems: list[str] = []
+        try:
+            await self._write(_nothing)
+        except OutboxError as exc:
+            problems.append(f"outbox not writable: {exc}")
+        free = await asyncio.to_thread(self.reserve.refresh)
+        if free < self._min_free_bytes:
+            problems.append(
+                f"disk nearly full: {free} bytes free, {self._min_free_bytes} needed for ingest"
+            )
+        cap = self._max_outbox_bytes
+        if cap and self.size_bytes() >= cap:
+            problems.append(f"outbox full: {self.size_bytes()} bytes, max_outbox_bytes is {cap}")
+        if self.reserve.full:
+            problems.append("disk full: the reserve is released; ingest and new deliveries wait")
+        return Health(tuple(problems), free)
+
     async def check_file(self) -> str | None:
         """Whether the outbox was deleted or replaced under the relay: why, or None.
 
@@ -868,6 +876,39 @@ class Outbox:
                 "the relay takes no new events until space is freed. Retry later.",
                 retry_after_s=30,
             )
+
+
+def _claim_rule(candidate: sqlite3.Row, now: float, max_age_s: float) -> Outcome | float | None:
+    """What claiming does with one due event; the first rule that applies decides.
+
+    1. Older than ``max_age_s`` (from ingest, or its last replay): dead, ``expired``, or
+       ``orphaned`` if it was waiting for a registered that never came.
+    2. No undelivered predecessor for its referral: claimed, sent now (None).
+    3. Its predecessor is dead: dead too, ``predecessor_dead``, naming it, so the order
+       MMOLove sees is never broken; an operator replays both.
+    4. Its predecessor is still to be sent: deferred until that one is due (the time
+       returned), and at least a second, so an unclaimed predecessor cannot spin the loop.
+    """
+    if candidate["age_from"] + max_age_s <= now:
+        error = f"not delivered within max_age_s={max_age_s:g} of ingest"
+        if candidate["outcome"] == WAITING_FOR_REGISTERED:
+            error += "; no registered for its token was delivered in that time"
+            return Outcome(status="dead", outcome="orphaned", error=error)
+        return Outcome(status="dead", outcome="expired", error=error)
+    if candidate["blocker"] is None:
+        return None
+    if candidate["blocker_status"] == "dead":
+        error = (
+            f"held back: event {candidate['blocker']} for this token is dead "
+            f"({candidate['blocker_outcome']}); this one was not sent, to keep the order. "
+            "Replay both once the cause is fixed."
+        )
+        return Outcome(status="dead", outcome="predecessor_dead", error=error)
+    return float(max(candidate["blocker_due"], now + 1.0))
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
 def _requeue(db: sqlite3.Connection, now: float, *, expired_only: bool) -> int:
@@ -939,6 +980,7 @@ _PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 5000")
 
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = sqlite3.Row  # columns are read by name, wherever they sit in a SELECT
     for pragma in _PRAGMAS:
         await db.execute(f"PRAGMA {pragma}")
     return db
@@ -951,6 +993,7 @@ def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
     what bounds an ingest's wait: ``lock_timeout_s`` replaces SQLite's 5 s here.
     """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
     try:
         for pragma in (*_PRAGMAS, f"busy_timeout = {round(lock_timeout_s * 1000)}"):
             db.execute(f"PRAGMA {pragma}")

@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from relay.deliveryview import DeliveryView
 from relay.outbox import EventFilter, EventRecord, Outbox
 from relay.records import LedgerEntry, RejectedFilter, Rejection
+from relay.state import DeliverySnapshot
 
 _MAX_EVENTS = 200  # one referral has a handful; this bounds a pathological token
 
@@ -101,7 +101,7 @@ class PlayerStory:
 
 async def story(
     outbox: Outbox,
-    view: DeliveryView,
+    view: DeliverySnapshot,
     referee_identity: str,
     *,
     server_id: str | None = None,
@@ -157,7 +157,7 @@ def verdict(
     server_id: str | None,
     events: tuple[StoryEntry, ...],
     rejected: tuple[Rejection, ...],
-    view: DeliveryView,
+    view: DeliverySnapshot,
     now: float,
 ) -> Verdict:
     """One sentence: counted, pending and why, or not counted and why, with the fix."""
@@ -209,7 +209,7 @@ def _pending(
     e: StoryEntry,
     real: list[StoryEntry],
     server_id: str | None,
-    view: DeliveryView,
+    view: DeliverySnapshot,
     now: float,
 ) -> Verdict:
     earlier = [p for p in real if p.id < e.id and p.status != "delivered"]
@@ -245,7 +245,7 @@ def _pending(
 
 
 def _noted(
-    events: tuple[StoryEntry, ...], server_id: str | None, view: DeliveryView, now: float
+    events: tuple[StoryEntry, ...], server_id: str | None, view: DeliverySnapshot, now: float
 ) -> tuple[StoryEntry, ...]:
     """Say what each waiting event waits for: a pause, an earlier event, or its backoff."""
     out = []

@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 
 from aiohttp import hdrs, web
 
+from relay import config
 from relay.signing import HEADER, ParsedSignature, parse_header, verify
 
 DEMO_SERVER_ID = "srv-demo"
@@ -381,7 +382,8 @@ async def running_sandbox(
         )
         await site.start()
         scheme = "http" if ssl_context is None else "https"
-        base_url = _base_url(runner.addresses[0], scheme)
+        host, port = runner.addresses[0][:2]
+        base_url = config.base_url(host, port, scheme)
         yield RunningSandbox(sandbox, base_url + EVENT_PATH, base_url)
     finally:
         await runner.cleanup()
@@ -523,12 +525,3 @@ async def _trickle(
     except ConnectionError:
         pass  # the client gave up mid-body, as a client with a timeout does
     return stream
-
-
-def _base_url(address: Any, scheme: str = "http") -> str:
-    host, port = address[0], address[1]
-    # A wildcard bind is reachable over loopback; the wildcard itself is not an address to dial.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"

@@ -11,7 +11,6 @@ from typing import Any
 from aiohttp import web
 
 from relay.api import DELIVERY_STATE, OUTBOX
-from relay.deliveryview import DeliveryView
 from relay.errors import InvalidEvent
 from relay.outbox import Outbox
 from relay.player import story
@@ -46,7 +45,7 @@ async def list_rejected(request: web.Request) -> web.Response:
 async def player(request: web.Request) -> web.Response:
     """The story of the player's latest referral, ending in one verdict."""
     referee = request.match_info["referee_identity"]
-    view = DeliveryView.of(request.app[DELIVERY_STATE]())
+    view = request.app[DELIVERY_STATE]()
     told = await story(
         request.app[OUTBOX], view, referee, server_id=request.query.get("server_id") or None
     )

@@ -14,6 +14,7 @@ from relay.config import (
     KNOWN_VARIABLES,
     Listen,
     Settings,
+    base_url,
     describe,
     load_settings,
     mask_url,
@@ -24,7 +25,7 @@ from relay.sandbox import RunningSandbox
 from tests.harness import SECRET, Spawn, eventually, relay_env
 from tests.support import cli
 
-EXAMPLE = Path(__file__).parent.parent / "config" / "relay.example.toml"
+EXAMPLE = Path(__file__).parent.parent / "relay" / "relay.example.toml"
 BASE = {"MMOLOVE_SERVER_ID": "srv-9", "MMOLOVE_SECRET": "s3cr3t"}
 
 
@@ -52,7 +53,8 @@ def test_defaults_are_safe() -> None:
     assert settings.listen.is_loopback
     assert str(settings.listen) == "127.0.0.1:8787"
     assert settings.endpoint == "https://mmolove.com/api/referral/events"
-    assert settings.db_path == Path("mmolove-relay.db")
+    # Absolute: logs and check-config say where the outbox is, not "in the start directory".
+    assert settings.db_path == Path.cwd() / "mmolove-relay.db"
     assert settings.max_age_s == 7 * 24 * 3600
 
 
@@ -189,6 +191,13 @@ def test_non_utf8_secret_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_kid_that_cannot_go_into_the_header_is_refused(kid: str) -> None:
     with pytest.raises(ConfigError, match="kid of server"):
         load_settings({**BASE, "MMOLOVE_KID": kid})
+
+
+def test_ipv6_listeners_print_and_dial_in_brackets() -> None:
+    assert str(parse_listen("[::1]:8787")) == "[::1]:8787"
+    assert base_url("::1", 8787) == "http://[::1]:8787"
+    assert base_url("::", 8787) == "http://[::1]:8787"  # a wildcard is dialled on loopback
+    assert base_url("0.0.0.0", 80, "https") == "https://127.0.0.1:80"
 
 
 LONG_SECRET = "s3cr3t-long-enough-for-mmolove"

@@ -380,3 +380,18 @@ async def test_as_the_snippets_run_it_a_killed_container_loses_nothing(
     output = "".join(relay.lines + again.lines)
     assert SECRET not in output
     assert INGEST_TOKEN not in output
+
+
+def test_the_installed_package_prints_the_example_config(container: str) -> None:
+    """What pip installed, not the source tree: the example file ships as package data."""
+    done = subprocess.run(
+        [*buildah_run(container, {}, []), "mmolove-relay", "check-config", "--example"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (Path(__file__).parent.parent / "relay" / "relay.example.toml").read_text(
+        encoding="utf-8"
+    )

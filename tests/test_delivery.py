@@ -14,7 +14,15 @@ import pytest
 from relay import signing
 from relay.config import Secret, Settings
 from relay.sandbox import RunningSandbox
-from tests.support import SECRET, SERVER, Relay, StartRelay, qualified, registered
+from tests.support import (
+    SECRET,
+    SERVER,
+    Relay,
+    StartRelay,
+    eventually,
+    qualified,
+    registered,
+)
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -28,13 +36,6 @@ async def post_ids(relay: Relay, bodies: list[dict[str, Any]]) -> list[int]:
 async def status_of(relay: Relay) -> dict[str, Any]:
     _, body = await relay.get("/v1/status")
     return body
-
-
-async def eventually(check: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_200_referrals_land_exactly_once_in_order(

@@ -3,10 +3,8 @@ test, check-config, sign, /readyz and /metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import time
 from typing import Any
 
 import aiohttp
@@ -16,7 +14,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.config import Listen, Secret, ServerConfig, Settings
 from relay.sandbox import RunningSandbox, running_sandbox
 from relay.signing import signature_header
-from tests.support import SECRET, SERVER, Relay, StartRelay, cli, qualified, registered
+from tests.support import (
+    SECRET,
+    SERVER,
+    Relay,
+    StartRelay,
+    cli,
+    eventually,
+    qualified,
+    registered,
+)
 from tests.test_signing import VECTORS
 
 
@@ -337,13 +344,11 @@ def _non_loopback_address() -> str:
 
 
 async def _until(relay: Relay, check: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        _, status = await relay.get("/v1/status")
-        if check(status):
-            return
-        assert time.monotonic() < deadline, f"status never matched: {status}"
-        await asyncio.sleep(0.05)
+    async def matching() -> dict[str, Any] | None:
+        _, body = await relay.get("/v1/status")
+        return body if check(body) else None
+
+    await eventually(matching, timeout_s=timeout_s, what="the status to match")
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,14 @@ import asyncio
 import sqlite3
 import stat
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.outbox import Attempt, EventFilter, Outbox, Outcome, Retried
+from relay.outbox import Attempt, EventFilter, EventRecord, Outbox, Outcome, Retried
 from relay.schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 
@@ -293,3 +293,29 @@ async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> N
     small = await _hot_path_work(tmp_path, 500)
     large = await _hot_path_work(tmp_path, 5000)
     assert large < small * 2, (small, large)
+
+
+async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Path) -> None:
+    """/readyz's check is the outbox's own: a full disk it finds stops the next add at once."""
+    box = await Outbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
+    try:
+        box._disk_checked_at = time.monotonic() + 3600  # ingest's own check would not run yet
+        health = await box.health()
+        assert health.problems[0].startswith("disk nearly full")
+        assert health.free_bytes > 0
+        with pytest.raises(OutboxError, match="less than"):
+            await box.add([event(registered("t", "p"))], NOW)
+    finally:
+        await box.close()
+
+
+async def test_records_are_decoded_by_column_name_not_position(outbox: Outbox) -> None:
+    """A SELECT listing the columns in another order yields the same record."""
+    [added] = await outbox.add([event(registered("t", "p"))], NOW)
+    stored = await outbox.get(added.id)
+    assert stored is not None
+    names = [f.name for f in fields(EventRecord)]
+    with sqlite3.connect(outbox.path) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute(f"SELECT {', '.join(reversed(names))} FROM events").fetchone()
+    assert EventRecord.from_row(row) == stored

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Secret, ServerConfig
-from relay.deliveryview import OFFLINE
+from relay.offline import stopped
 from relay.outbox import Outbox
 from relay.player import story as player_story
 from relay.sandbox import RunningSandbox
@@ -195,7 +195,7 @@ async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Pat
 
     box = await Outbox.open(path)
     try:
-        told = await player_story(box, OFFLINE, "v2-player")
+        told = await player_story(box, stopped(()), "v2-player")
     finally:
         await box.close()
     assert told.token == "tok-v2"

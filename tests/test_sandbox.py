@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -23,6 +23,7 @@ from relay.sandbox import (
     serve_sandbox,
 )
 from relay.signing import HEADER, signature_header
+from tests.support import eventually
 
 SECRET = "test-secret"
 SERVER = "srv-123"
@@ -80,15 +81,6 @@ async def send(
     headers = {"Content-Type": "application/json", **headers}
     async with http.post(url, data=raw, headers=headers, **kwargs) as response:
         return Reply(response.status, await response.json(content_type=None), response.headers)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait up to a second for something the sandbox reaches on its own time."""
-    for _ in range(100):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the sandbox did not get there within 1 s")
 
 
 @pytest.fixture
@@ -416,7 +408,7 @@ async def test_hang_never_answers_and_lets_go_when_the_client_leaves(
     upstream.sandbox.faults.hang = True
     with pytest.raises(TimeoutError):
         await send(http, upstream.url, event(), timeout=aiohttp.ClientTimeout(total=0.3))
-    await eventually(lambda: upstream.sandbox.snapshot()["dropped"] == 1)
+    await eventually(lambda: upstream.sandbox.snapshot()["dropped"] == 1, timeout_s=1)
     assert upstream.sandbox.snapshot()["by_status"] == {}
 
 
@@ -424,7 +416,7 @@ async def test_hung_request_does_not_hold_up_shutdown(http: aiohttp.ClientSessio
     async with running_sandbox({SERVER: SECRET}) as upstream:
         upstream.sandbox.faults.hang = True
         request = asyncio.create_task(send(http, upstream.url, event()), name="hung-request")
-        await eventually(lambda: upstream.sandbox.snapshot()["requests"] == 1)
+        await eventually(lambda: upstream.sandbox.snapshot()["requests"] == 1, timeout_s=1)
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 0.3
     with pytest.raises(aiohttp.ClientConnectionError):

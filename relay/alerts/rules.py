@@ -20,10 +20,10 @@ from aiohttp import web
 
 from relay.alerts.targets import Message
 from relay.config import Settings
-from relay.deliveryview import DeliveryView, StateProvider
 from relay.errors import OutboxError
 from relay.outbox import Outbox
 from relay.records import AlertState
+from relay.state import DeliverySnapshot, Live
 
 log = structlog.get_logger("relay.alerts")
 
@@ -52,15 +52,15 @@ class Rules:
     def __init__(
         self,
         outbox: Outbox,
-        delivery_state: StateProvider,
-        settings: Settings,
+        delivery_state: Callable[[], DeliverySnapshot],
+        live: Live,
         send: Callable[[Message], None],
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._outbox = outbox
         self._state = delivery_state
-        self._s = settings
+        self._live = live
         self._send = send
         self._clock = clock
         self._host = socket.gethostname()
@@ -70,6 +70,11 @@ class Rules:
         self._dead_seen_at: float | None = None  # when untold dead events were first seen
         self._rounds = 0
         self._slow: list[Observation] = []
+
+    @property
+    def _s(self) -> Settings:
+        """The settings in force now: SIGHUP replaces them while the relay runs."""
+        return self._live.settings
 
     async def run(self) -> None:
         """Load the firing conditions, then evaluate every ``alert_every_s`` until cancelled."""
@@ -96,7 +101,7 @@ class Rules:
 
     def _observe_delivery(self) -> list[Observation]:
         s = self._s
-        view = DeliveryView.of(self._state())
+        view = self._state()
         found = [
             Observation(
                 f"paused:{server}",
@@ -105,7 +110,7 @@ class Rules:
                 f"{view.paused.get(server)}",
                 "mmolove-relay status; fix the secret, then: systemctl reload mmolove-relay",
             )
-            for server in view.servers
+            for server in (s.server_id for s in view.servers)
         ]
         found.append(
             Observation(

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from relay.api import DELIVERY_STATE, INGEST, OUTBOX
 from relay.config import Settings
 from relay.outbox import STATUSES
+from relay.state import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED
 
 # Counts stop here (shown as "100,000+"): exact counts of a million-event backlog take a
 # scan that would blow the page's time budget; `mmolove-relay status` gives them exactly.
@@ -50,7 +50,7 @@ def settings(request: web.Request) -> Settings:
 
 async def overview(request: web.Request) -> Overview:
     outbox = request.config_dict[OUTBOX]
-    snapshot: Mapping[str, Any] = request.config_dict[DELIVERY_STATE]()
+    snapshot = request.config_dict[DELIVERY_STATE]()
     counts = await outbox.counts_up_to(COUNT_CAP)
     waiting = [
         server_id
@@ -59,17 +59,15 @@ async def overview(request: web.Request) -> Overview:
     ]
     oldest = await outbox.oldest_pending_by_server(waiting)
     now = time.time()
-    open_until = snapshot["circuit_open_until"]
     servers: list[ServerView] = []
-    for server in snapshot["servers"]:
-        server_id = server["server_id"]
-        if server["paused"]:
-            state, detail = "paused", server["paused_reason"]
-        elif snapshot["circuit"] != "closed":
-            state = "circuit open"
-            detail = None if open_until is None else f"until {_clock(open_until)}"
-        else:
-            state, detail = "delivering", None
+    for server in snapshot.servers:
+        server_id = server.server_id
+        state, detail = _STATES.get(server.state, server.state), server.reason
+        if server.state == CIRCUIT_OPEN:
+            until = server.next_attempt_at
+            detail = None if until is None else f"until {_clock(until)}"
+        elif server.state == DELIVERING:
+            detail = None
         servers.append(
             ServerView(
                 server_id,
@@ -77,8 +75,8 @@ async def overview(request: web.Request) -> Overview:
                 detail,
                 counts.get(server_id, dict.fromkeys(STATUSES, 0)),
                 round(now - oldest[server_id], 1) if server_id in oldest else None,
-                server["last_error"],
-                server["last_error_at"],
+                server.last_error,
+                server.last_error_at,
             )
         )
     configured = {s.server_id for s in servers}
@@ -90,7 +88,11 @@ async def overview(request: web.Request) -> Overview:
                 ServerView(server_id, "not configured", None, by_status, age, None, None)
             )
     totals = {status: sum(s.counts[status] for s in servers) for status in STATUSES}
-    return Overview(snapshot["in_flight"], snapshot["circuit"], tuple(servers), totals)
+    return Overview(snapshot.in_flight, snapshot.circuit, tuple(servers), totals)
+
+
+# How each delivery state reads on the overview.
+_STATES = {PAUSED: "paused", CIRCUIT_OPEN: "circuit open", HELD: "not configured"}
 
 
 def count(n: int) -> str:

@@ -1,8 +1,6 @@
-"""The ``mmolove-relay`` command: the daemon, the sandbox, the demo and the operator tools.
+"""The commands that run something: the daemon (``serve``), the sandbox and the demo.
 
-The only module that reads ``os.environ``, installs signal handlers and configures logging.
-Exit codes: 0 done, 1 the relay or MMOLove refused, 2 usage, 3 configuration or start-up
-failure, 4 the relay is unreachable or unavailable (try again later).
+The only module that installs signal handlers and configures logging.
 """
 
 from __future__ import annotations
@@ -14,117 +12,41 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 import uvloop
 
-from relay import __version__, logs, ops, opsviews
+from relay import logs
+from relay.cli.client import EXIT_OK, EXIT_REFUSED, Environ, http_json
 from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
 from relay.daemon import RunningRelay, run
-from relay.errors import ConfigError, OutboxError
+from relay.errors import ConfigError
 from relay.notify import Notifier
-from relay.ops import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, http_json
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 
 log = structlog.get_logger("relay.cli")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return EXIT_USAGE
-    try:
-        code: int = args.handler(args)
-    except ops.CommandFailed as exc:
-        print(f"mmolove-relay: {exc}", file=sys.stderr)
-        return exc.code
-    except ConfigError as exc:
-        print(f"mmolove-relay: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OutboxError as exc:
-        print(f"mmolove-relay: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmolove-relay",
-        description="A local, durable, signing relay for MMOLove referral events.",
-        epilog="Exit codes: 0 ok, 1 refused, 2 usage, 3 configuration/start-up, 4 unavailable.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="TOML config file (default: $MMOLOVE_RELAY_CONFIG; environment variables override it)",
-    )
-    sub = parser.add_subparsers(metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the relay daemon")
-    serve.set_defaults(handler=_serve)
-
-    sandbox = sub.add_parser(
-        "sandbox",
-        help="run a local MMOLove stand-in that verifies "
-        "signatures, idempotency and the state machine",
-    )
-    sandbox.add_argument(
-        "--listen", default="127.0.0.1:8788", help="host:port (default %(default)s)"
-    )
-    sandbox.add_argument(
-        "--server",
-        action="append",
-        metavar="ID=SECRET",
-        default=[],
-        help=f"a server and its secret (default {DEMO_SERVER_ID}=<demo secret>)",
-    )
-    sandbox.add_argument("--latency-ms", type=float, default=0.0)
-    sandbox.add_argument(
-        "--error-rate", type=float, default=0.0, help="fraction of requests answered --error-status"
-    )
-    sandbox.add_argument("--error-status", type=int, default=500)
-    sandbox.add_argument("--clock-offset-s", type=float, default=0.0)
-    sandbox.set_defaults(handler=_sandbox)
-
-    demo = sub.add_parser(
-        "demo",
-        help="start a sandbox and a relay, send a registered, a "
-        "qualified and a test event, and show them land",
-    )
-    demo.add_argument("--timeout-s", type=float, default=20.0)
-    demo.set_defaults(handler=_demo)
-
-    ops.add_commands(sub, os.environ)
-    opsviews.add_commands(sub, os.environ)
-    return parser
-
-
 # -- serve ---------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(os.environ, args.config)
+def serve(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config)
     logs.configure(settings.log_format)
     _redact(settings)
     # uvloop: its transports cost less per request than asyncio's, which ingest feels.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_until_signalled(settings, args.config))
+        runner.run(_serve_until_signalled(settings, args.config, environ))
     return EXIT_OK
 
 
-async def _serve_until_signalled(settings: Settings, config: Path | None) -> None:
+async def _serve_until_signalled(settings: Settings, config: Path | None, environ: Environ) -> None:
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     handles: list[RunningRelay] = []
-    systemd = Notifier.from_environ(os.environ, pid=os.getpid())
+    systemd = Notifier.from_environ(environ, pid=os.getpid())
 
     def stop(name: str) -> None:
         if shutdown.is_set():
@@ -135,7 +57,7 @@ async def _serve_until_signalled(settings: Settings, config: Path | None) -> Non
 
     def reload() -> None:
         try:
-            settings = load_settings(os.environ, config)
+            settings = load_settings(environ, config)
         except ConfigError as exc:
             log.error("relay.reload_failed", error=str(exc))
             return
@@ -171,7 +93,7 @@ def _redact(settings: Settings) -> None:
 # -- sandbox -------------------------------------------------------------------------------
 
 
-def _sandbox(args: argparse.Namespace) -> int:
+def sandbox(args: argparse.Namespace, environ: Environ) -> int:
     servers = dict(_server_arg(text) for text in args.server) or {DEMO_SERVER_ID: DEMO_SECRET}
     listen = _listen_arg(args.listen)
     faults = Faults(
@@ -225,7 +147,7 @@ def _listen_arg(text: str) -> Listen:
 # -- demo ----------------------------------------------------------------------------------
 
 
-def _demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace, environ: Environ) -> int:
     logs.configure("console", level="warning")
     return asyncio.run(_run_demo(args.timeout_s))
 
@@ -317,7 +239,3 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
                 )
         await asyncio.sleep(0.05)
     return not pending and len(ids) == len(events) and all(i is not None for i in ids)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
