@@ -22,12 +22,14 @@ import stat
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from relay.config import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.harness import accepted_keys, eventually, in_progress, key_of, post, registered
 from tests.support import require_tools, unavailable
@@ -376,7 +378,9 @@ async def test_as_the_snippets_run_it_a_killed_container_loses_nothing(
     )
     assert killed_at < len(sent), "everything was delivered before the kill"
     assert set(delivered) == sent
-    assert snapshot["double_effects"] == 0
+    # One kill: at most the attempts then in flight are sent again (MMOLove absorbs them).
+    concurrency = next(f.default for f in fields(Settings) if f.name == "concurrency")
+    assert snapshot["duplicate_sends"] <= concurrency
     output = "".join(relay.lines + again.lines)
     assert SECRET not in output
     assert INGEST_TOKEN not in output
