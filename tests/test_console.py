@@ -430,3 +430,32 @@ async def test_the_overview_lists_a_firing_alert_with_its_since_time(
     await expect(alert).to_contain_text(f"paused:{SERVER} since 20")
     await expect(alert).to_contain_text(f"deliveries for MMOLove server {SERVER} are paused")
     await shot(page, tmp_path, "alerts")
+
+
+async def test_an_event_page_says_what_a_held_event_waits_for(
+    start_relay: StartRelay, sandbox: RunningSandbox, context: BrowserContext, tmp_path: Path
+) -> None:
+    relay = await start_relay(backoff_base_s=1000.0, backoff_cap_s=1000.0)
+    _, orphan = await relay.post(qualified("tok-orphan", "orphan-1"))  # its registered never came
+    await record_until(relay, orphan["id"], lambda r: r["outcome"] == "waiting_for_registered")
+    sandbox.sandbox.faults.error_rate = 1.0  # every answer a 500: the registered backs off
+    _, reg = await relay.post(registered("tok-slow", "slow-1"))
+    _, qual = await relay.post(qualified("tok-slow", "slow-1"))
+    await record_until(relay, reg["id"], lambda r: r["attempts"] > 0)
+
+    page = await context.new_page()
+    for event_id, waits in (
+        (orphan["id"], "waits for a registered of its token to be delivered"),
+        (qual["id"], f"waits behind #{reg['id']}"),
+        (reg["id"], "next attempt at"),
+    ):
+        await page.goto(f"{relay.url}/ui/events/{event_id}")
+        await expect(page.locator("#waits-for")).to_contain_text(waits)
+    await shot(page, tmp_path, "event-backing-off")
+
+
+async def record_until(relay: Relay, event_id: int, check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check((await relay.get(f"/v1/events/{event_id}"))[1]):
+        assert time.monotonic() < deadline, f"event {event_id} never got there"
+        await asyncio.sleep(0.05)
