@@ -3,7 +3,6 @@ and one player's referral told as a story with its verdict (the same as ``/v1/pl
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -40,11 +39,7 @@ async def players(request: web.Request) -> web.Response:
     told = None
     if player:
         told = await story(
-            request.config_dict[OUTBOX],
-            state.delivery_view(request),
-            player,
-            server_id=server_id,
-            now=time.time(),
+            request.config_dict[OUTBOX], state.delivery_view(request), player, server_id=server_id
         )
     return render(
         request,
