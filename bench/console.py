@@ -9,6 +9,7 @@ import urllib.request
 from urllib.parse import quote
 
 REPEATS = 5
+REJECTED = 10_000  # rejected inputs the bench's outbox holds: rejected_keep's default
 
 
 def pages(prefix: str, count: int) -> dict[str, str]:
@@ -26,6 +27,11 @@ def pages(prefix: str, count: int) -> dict[str, str]:
         "live rows": f"/ui/events.json?after={count - 20}",
         "event": f"/ui/events/{middle}",
         "dead letters": "/ui/dead",
+        "rejected": "/ui/rejected",
+        "rejected, absent code": "/ui/rejected?code=conflict",
+        "rejected, older page": f"/ui/rejected?before={REJECTED // 2}",
+        "player view": f"/ui/players?q={quote(f'player-{prefix}{middle}')}",
+        "player view, unknown": "/ui/players?q=nobody",
         "configuration": "/ui/config",
     }
 

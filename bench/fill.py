@@ -32,6 +32,17 @@ SELECT i, 'srv-123', 'mmref-' || printf('%024x', i), 'registered', 'reg-' || i,
        'player-' || i, 0, 'accepted', 'ref_' || printf('%016x', i), 'registered', 1, ?2, ?2
 FROM n
 """
+# Rejected inputs as a client looping on bad input leaves them: the table full at its cap.
+_REJECTED = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+INSERT INTO rejected (at, http_status, code, field, message, server_event_id, token,
+                      referee_identity, peer, body)
+SELECT ?2 - (?1 - i), 422, 'missing_field', 'referee_identity', 'referee_identity is required.',
+       'reg-r' || i, 'mmref-r' || i, NULL, '127.0.0.1',
+       CAST('{"event":"registered","token":"mmref-r' || i || '","server_event_id":"reg-r' || i ||
+            '"}' AS BLOB)
+FROM n
+"""
 _CHUNK = 100_000
 
 
@@ -57,6 +68,17 @@ def fill(path: Path, count: int, *, server_id: str, prefix: str) -> float:
     finally:
         db.close()
     return time.monotonic() - started
+
+
+def rejections(path: Path, count: int) -> None:
+    """Add ``count`` rejected inputs to ``path``, one a second up to now."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        db.execute(_REJECTED, (count, time.time()))
+        db.execute("COMMIT")
+    finally:
+        db.close()
 
 
 def ledger_bytes(path: Path, count: int) -> int:

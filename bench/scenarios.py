@@ -249,6 +249,7 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
     """Start-up, memory, ``status`` and drain rate with ``backlog_events`` pending."""
     db = workdir / "backlog.db"
     fill_s = fill.fill(db, plan.backlog_events, server_id=DEMO_SERVER_ID, prefix="b-")
+    fill.rejections(db, console.REJECTED)  # the console's rejected page at its worst
     log = workdir / "relay-backlog.log"
     log.unlink(missing_ok=True)
     with _relay_with_sandbox(

@@ -698,7 +698,6 @@ class Outbox:
         older_than: int | None,
         scan: int,
         limit: int,
-        body_contains: bytes | None = None,
     ) -> LogPage:
         """Up to ``limit`` events matching ``where`` among the ``scan`` ids below ``older_than``.
 
@@ -720,9 +719,6 @@ class Outbox:
             plain = rest == "= ?" and column.isidentifier() and column != "id"
             clauses.append("+" + clause if plain else clause)
         params.extend(values)
-        if body_contains is not None:
-            clauses.append("instr(body, ?) > 0")
-            params.append(body_contains)
         rows = await self._read(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
             " ORDER BY id DESC LIMIT ?",

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from relay.outbox import EventFilter, EventRecord, Outbox
+from relay.outbox import WAITING_FOR_REGISTERED, EventFilter, EventRecord, Outbox
 from relay.records import LedgerEntry, RejectedFilter, Rejection
 from relay.state import DeliverySnapshot
 
@@ -244,10 +244,23 @@ def _pending(
     return Verdict(None, f"Pending: {what} is due now and will be sent shortly.")
 
 
+async def waits_for(outbox: Outbox, view: DeliverySnapshot, record: EventRecord, now: float) -> str:
+    """What one pending event waits for, as its referral's story notes it ("" if nothing)."""
+    if record.status != "pending":
+        return ""
+    same = await outbox.select(
+        EventFilter(token=record.token, server_id=record.server_id), _MAX_EVENTS
+    )
+    entries = tuple(StoryEntry.of_record(r) for r in sorted(same, key=lambda r: r.id))
+    noted = _noted(entries, record.server_id, view, now)
+    return next((e.note for e in noted if e.id == record.id), "")
+
+
 def _noted(
     events: tuple[StoryEntry, ...], server_id: str | None, view: DeliverySnapshot, now: float
 ) -> tuple[StoryEntry, ...]:
-    """Say what each waiting event waits for: a pause, an earlier event, or its backoff."""
+    """Say what each waiting event waits for: a pause, the circuit, an earlier event, its
+    registered, or its backoff."""
     out = []
     for e in events:
         earlier = [p for p in events if p.id < e.id and not p.test and p.status != "delivered"]
@@ -255,8 +268,15 @@ def _noted(
             note = ""
         elif server_id in view.paused:
             note = f"held: server {server_id} is paused"
+        elif view.circuit in ("open", "half_open"):
+            until = view.circuit_open_until
+            note = "held: the circuit to MMOLove is open" + (
+                f" until {_clock(until)}" if until else ""
+            )
         elif earlier and not e.test:
             note = f"waits behind #{earlier[0].id}"
+        elif e.outcome == WAITING_FOR_REGISTERED:
+            note = "waits for a registered of its token to be delivered"
         elif e.next_attempt_at and e.next_attempt_at > now:
             note = f"next attempt at {_clock(e.next_attempt_at)}"
         else:

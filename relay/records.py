@@ -46,6 +46,7 @@ class RejectedFilter:
     code: str | None = None
     token: str | None = None
     referee_identity: str | None = None
+    before_id: int | None = None  # the page's cursor: only rows older than this id
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class Records:
             ("code", "=", where.code),
             ("token", "=", where.token),
             ("referee_identity", "=", where.referee_identity),
+            ("id", "<", where.before_id),
         ):
             if value is not None:
                 clauses.append(f"{column} {op} ?")
@@ -155,6 +157,16 @@ class Records:
         # The table is bounded (10,000 rows by default), so this scan stays cheap.
         rows = await self._read("SELECT COUNT(*) FROM rejected WHERE at >= ?", (since,))
         return int(rows[0][0])
+
+    async def rejections_per_hour(self, since: float, hours: int) -> list[int]:
+        """Rejected inputs in each of ``hours`` hours from ``since``, for the console's chart."""
+        rows = await self._read(
+            "SELECT CAST((at - ?) / 3600 AS INTEGER) AS hour, COUNT(*) FROM rejected"
+            " WHERE at >= ? GROUP BY hour",
+            (since, since),
+        )
+        counts = {int(hour): int(n) for hour, n in rows}
+        return [counts.get(hour, 0) for hour in range(hours)]
 
     # -- the ledger --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -80,8 +81,9 @@ def _shape_problem(kind: str, body: Any, raw: bytes, headers: Any) -> str | None
     return None
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
+    """A receiver listening on loopback for the block's duration."""
     rx = Receiver()
     app = web.Application()
     app.router.add_post("/{kind}/{token}", rx.handle)
@@ -94,6 +96,12 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield rx
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as rx:
+        yield rx
 
 
 def alerting(settings: Settings, receiver: Receiver, **overrides: Any) -> Settings:

@@ -6,6 +6,7 @@ saves a screenshot of its page under its tmp_path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import ipaddress
@@ -23,10 +24,22 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from relay.config import Listen, Secret, Settings
+from relay.config import Listen, Secret, ServerConfig, Settings
+from relay.console.views import PAGE
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.support import SECRET, SERVER, Relay, StartRelay, registered, running_relay, unavailable
+from tests.support import (
+    SECRET,
+    SERVER,
+    Relay,
+    StartRelay,
+    qualified,
+    registered,
+    running_relay,
+    unavailable,
+)
+from tests.test_alerts import Receiver, alerting, receiving, until, wrong_secret
 from tests.test_operate import dead_referral
+from tests.test_rejected import rejected
 
 # The browser lives as long as the module, so the tests and their fixtures share its loop.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -57,8 +70,10 @@ async def sandbox() -> AsyncIterator[RunningSandbox]:
 async def start_relay(settings: Settings) -> AsyncIterator[StartRelay]:
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(**overrides: Any) -> Relay:
-            return await stack.enter_async_context(running_relay(replace(settings, **overrides)))
+        async def start(custom: Settings | None = None, **overrides: Any) -> Relay:
+            return await stack.enter_async_context(
+                running_relay(replace(custom or settings, **overrides))
+            )
 
         yield start
 
@@ -68,6 +83,12 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     opened = await browser.new_context(viewport={"width": 1100, "height": 800})
     yield opened
     await opened.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as rx:
+        yield rx
 
 
 async def shot(page: Page, tmp_path: Path, name: str) -> None:
@@ -91,6 +112,7 @@ async def test_the_overview_shows_the_counts_by_status(
     await expect(server_row).to_contain_text("delivering")
     await expect(page.locator("svg.chart polyline.ingested")).to_have_count(1)
     await expect(page.locator("svg.chart desc")).to_contain_text("5 ingested")
+    await expect(page.get_by_text("No alerts configured")).to_be_visible()
     await shot(page, tmp_path, "overview")
 
 
@@ -302,3 +324,138 @@ async def test_on_loopback_or_the_socket_only_a_loopback_host_name_is_trusted(
                     base + "/ui/", headers={"Host": host}, allow_redirects=False
                 ) as resp:
                     assert resp.status == status, (relay.url, host)
+
+
+async def test_rejected_inputs_are_listed_as_inert_text_paged_filtered_and_charted(
+    start_relay: StartRelay, context: BrowserContext, tmp_path: Path
+) -> None:
+    relay = await start_relay()
+    for n in range(PAGE):
+        bad = {"event": "registered", "token": f"tok-r{n}", "server_event_id": f"r{n}"}
+        assert (await relay.post(bad))[0] == 422  # no referee_identity
+    assert (await relay.post(registered("tok-xss-r", XSS, reffere="x")))[0] == 422
+    await rejected(relay, PAGE + 1)
+    dialogs: list[str] = []
+    page = await context.new_page()
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+
+    await page.goto(relay.url + "/ui/rejected")
+    rows = page.locator("#rejected tbody tr")
+    await expect(rows).to_have_count(PAGE)
+    newest = rows.first
+    await expect(newest.locator("td").nth(3)).to_have_text("unknown_field")
+    await expect(newest.locator("td").nth(6)).to_have_text(XSS)
+    await expect(newest.locator("td.snippet")).to_contain_text(f'"referee_identity": "{XSS}"')
+    assert await page.locator("main img").count() == 0
+    await page.wait_for_timeout(300)  # a broken image's onerror fires at once; give it time
+    assert dialogs == []
+    await shot(page, tmp_path, "rejected")
+
+    await page.get_by_role("link", name="Older").click()  # the id cursor: the oldest one
+    await expect(rows).to_have_count(1)
+    await expect(rows.first.locator("td").nth(5)).to_have_text("tok-r0")
+    await page.get_by_label("Code").select_option("unknown_field")
+    await page.get_by_role("button", name="Show").click()
+    await expect(rows).to_have_count(1)
+    hour = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() + 3600))
+    await page.get_by_label("Since (UTC)").fill(hour)
+    await page.get_by_role("button", name="Show").click()
+    await expect(page.get_by_text("No rejected inputs match")).to_be_visible()
+
+    await page.goto(relay.url + "/ui/")
+    await expect(page.locator("svg.chart polyline.rejected")).to_have_count(1)
+    await expect(page.locator("svg.chart desc")).to_contain_text(f"{PAGE + 1} rejected")
+    await shot(page, tmp_path, "chart")
+
+
+async def test_a_player_search_tells_a_referral_held_by_a_401_pause_and_a_counted_one(
+    start_relay: StartRelay, settings: Settings, context: BrowserContext, tmp_path: Path
+) -> None:
+    relay = await start_relay()
+    _, reg = await relay.post(registered("tok-happy", "happy-1"))
+    _, qual = await relay.post(qualified("tok-happy", "happy-1"))
+    await relay.wait_finished([reg["id"], qual["id"]])
+    relay.handle.reload(replace(settings, servers=(ServerConfig(SERVER, Secret("wrong!")),)))
+    _, held = await relay.post(registered("tok-held", "held-1"))
+    deadline = time.monotonic() + 10
+    while not (await relay.get("/v1/status"))[1]["servers"][0]["paused"]:
+        assert time.monotonic() < deadline, "the server never paused"
+        await asyncio.sleep(0.05)
+    _, follower = await relay.post(qualified("tok-held", "held-1"))
+
+    page = await context.new_page()
+    await page.goto(relay.url + "/ui/")
+    await page.get_by_label("Find a player").fill("held-1")
+    await page.keyboard.press("Enter")
+    verdict = page.locator("#verdict")
+    await expect(verdict).to_contain_text(
+        f"Pending: registered #{held['id']} is held because deliveries for server {SERVER} "
+        "are paused"
+    )
+    await expect(page.locator("#fix")).to_contain_text("systemctl reload mmolove-relay")
+    rows = page.locator("#story tbody tr")
+    await expect(rows).to_have_count(2)
+    for row in (rows.nth(0), rows.nth(1)):
+        await expect(row).to_contain_text(f"held: server {SERVER} is paused")
+    await shot(page, tmp_path, "player-held")
+
+    await page.get_by_role("link", name=str(follower["id"]), exact=True).click()
+    await expect(page.locator("#waits-for")).to_have_text(f"held: server {SERVER} is paused")
+    await shot(page, tmp_path, "event-held")
+
+    await page.get_by_label("Find a player").fill("happy-1")
+    await page.keyboard.press("Enter")
+    await expect(verdict).to_contain_text("Counted: MMOLove has referral")
+    await expect(verdict).to_contain_text("in state qualified")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(1)).to_contain_text("accepted")
+    await shot(page, tmp_path, "player-counted")
+
+
+async def test_the_overview_lists_a_firing_alert_with_its_since_time(
+    start_relay: StartRelay,
+    settings: Settings,
+    receiver: Receiver,
+    context: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    relay = await start_relay(alerting(wrong_secret(settings), receiver))
+    await relay.post(registered("tok-alert", "alert-1"))
+    await until(lambda: receiver.got.get("webhook"), 5.0, "a pause alert")
+
+    page = await context.new_page()
+    await page.goto(relay.url + "/ui/")
+    alert = page.locator("#alerts li")
+    await expect(alert).to_have_count(1)
+    await expect(alert).to_contain_text(f"paused:{SERVER} since 20")
+    await expect(alert).to_contain_text(f"deliveries for MMOLove server {SERVER} are paused")
+    await shot(page, tmp_path, "alerts")
+
+
+async def test_an_event_page_says_what_a_held_event_waits_for(
+    start_relay: StartRelay, sandbox: RunningSandbox, context: BrowserContext, tmp_path: Path
+) -> None:
+    relay = await start_relay(backoff_base_s=1000.0, backoff_cap_s=1000.0)
+    _, orphan = await relay.post(qualified("tok-orphan", "orphan-1"))  # its registered never came
+    await record_until(relay, orphan["id"], lambda r: r["outcome"] == "waiting_for_registered")
+    sandbox.sandbox.faults.error_rate = 1.0  # every answer a 500: the registered backs off
+    _, reg = await relay.post(registered("tok-slow", "slow-1"))
+    _, qual = await relay.post(qualified("tok-slow", "slow-1"))
+    await record_until(relay, reg["id"], lambda r: r["attempts"] > 0)
+
+    page = await context.new_page()
+    for event_id, waits in (
+        (orphan["id"], "waits for a registered of its token to be delivered"),
+        (qual["id"], f"waits behind #{reg['id']}"),
+        (reg["id"], "next attempt at"),
+    ):
+        await page.goto(f"{relay.url}/ui/events/{event_id}")
+        await expect(page.locator("#waits-for")).to_contain_text(waits)
+    await shot(page, tmp_path, "event-backing-off")
+
+
+async def record_until(relay: Relay, event_id: int, check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check((await relay.get(f"/v1/events/{event_id}"))[1]):
+        assert time.monotonic() < deadline, f"event {event_id} never got there"
+        await asyncio.sleep(0.05)

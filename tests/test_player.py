@@ -173,7 +173,9 @@ async def test_a_referral_behind_an_open_circuit_says_it_recovers_by_itself(
         assert time.monotonic() < deadline, "the circuit never opened"
         await asyncio.sleep(0.05)
 
-    verdict = (await story(relay, "circ-1"))["verdict"]
+    told = await story(relay, "circ-1")
+    assert told["events"][0]["note"].startswith("held: the circuit to MMOLove is open until")
+    verdict = told["verdict"]
     assert verdict["counted"] is None
     assert verdict["sentence"].startswith("Pending: MMOLove is failing, so the circuit is open")
 

@@ -1,4 +1,5 @@
-"""The web console under ``/ui/``: the delivery log, dead letters and settings in a browser.
+"""The web console under ``/ui/``: the delivery log, dead letters, rejected inputs, the
+player view and settings in a browser.
 
 Server-rendered HTML (Jinja2, autoescaped), one stylesheet and one small script, all shipped
 in this package; it reads the same store and delivery snapshot as the admin API.
@@ -14,7 +15,7 @@ import jinja2
 from aiohttp import web
 
 from relay.api import OUTBOX
-from relay.console import security, state, views
+from relay.console import security, state, views, visibility
 from relay.console.jobs import JOBS, RetryJobs
 
 _HERE = Path(__file__).parent
@@ -38,6 +39,8 @@ def add_console(app: web.Application) -> None:
     r.add_get("/dead", views.dead)
     r.add_post("/dead/retry", views.retry_reason)
     r.add_get("/dead/progress.json", views.dead_progress)
+    r.add_get("/rejected", visibility.rejected)
+    r.add_get("/players", visibility.players)
     r.add_get("/config", views.config)
     r.add_get("/login", login_form)
     r.add_post("/login", login)

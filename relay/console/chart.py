@@ -38,12 +38,14 @@ class Chart:
     summary: str  # the chart in one sentence, for screen readers
 
 
-def draw(hours: Sequence[HourCounts]) -> Chart:
-    """Lines of ingested events, delivered and failed attempts, one point per hour."""
+def draw(hours: Sequence[HourCounts], rejected: Sequence[int]) -> Chart:
+    """Lines of ingested events, delivered and failed attempts and rejected inputs, one
+    point per hour; ``rejected`` holds a count for each of ``hours``."""
     columns = {
         "ingested": [h.ingested for h in hours],
         "delivered": [h.delivered for h in hours],
         "failed": [h.failed for h in hours],
+        "rejected": list(rejected),
     }
     top = _nice_max(max((v for values in columns.values() for v in values), default=0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from relay.alerts.rules import RULES
 from relay.api import DELIVERY_STATE, INGEST, OUTBOX
 from relay.config import Settings
 from relay.outbox import STATUSES
-from relay.state import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED
+from relay.records import AlertState
+from relay.state import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
 
 # Counts stop here (shown as "100,000+"): exact counts of a million-event backlog take a
 # scan that would blow the page's time budget; `mmolove-relay status` gives them exactly.
@@ -46,6 +48,19 @@ class Overview:
 def settings(request: web.Request) -> Settings:
     """The settings in force now: SIGHUP replaces them while the relay runs."""
     return request.config_dict[INGEST].settings
+
+
+def delivery_view(request: web.Request) -> DeliverySnapshot:
+    """The dispatcher's state, as the player view reads it."""
+    return request.config_dict[DELIVERY_STATE]()
+
+
+def firing_alerts(request: web.Request) -> tuple[AlertState, ...] | None:
+    """The alerts firing now, oldest first; None when no alert target is configured."""
+    rules = request.config_dict.get(RULES)
+    if rules is None:
+        return None
+    return tuple(sorted(rules.firing.values(), key=lambda a: a.since))
 
 
 async def overview(request: web.Request) -> Overview:

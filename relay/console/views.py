@@ -18,12 +18,13 @@ from relay.config import describe
 from relay.console import chart, security, state
 from relay.console.jobs import JOBS
 from relay.outbox import STATUSES, EventFilter, EventRecord
+from relay.player import waits_for
 
 TEMPLATES = web.AppKey("console_templates", Environment)
 PAGE = 50  # rows per page of the delivery log
 SCAN = 100_000  # ids one page of the log looks through: bounds its cost at any outbox size
 EVENTS = ("registered", "qualified", "reversed")
-_ID = re.compile(r"[0-9]{1,18}")
+ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,14 @@ async def overview(request: web.Request) -> web.Response:
     outbox = request.config_dict[OUTBOX]
     now = time.time()
     since = (now // 3600 - 23) * 3600  # 24 whole hours, the current one last
+    hours = await outbox.hourly(since, 24)
+    rejected = await outbox.records.rejections_per_hour(since, 24)
     return render(
         request,
         "overview.html",
         overview=await state.overview(request),
-        chart=chart.draw(await outbox.hourly(since, 24)),
+        chart=chart.draw(hours, rejected),
+        alerts=state.firing_alerts(request),
         dead=await outbox.dead_by_reason(),
         now=now,
     )
@@ -75,23 +79,20 @@ async def events(request: web.Request) -> web.Response:
     search = query.get("q", "").strip()
     rows: list[Row] = []
     next_cursor = scanned_from = None
+    is_player = False
     if error is None and search:
+        # A token or server_event_id, or a player: every event of the referrals whose
+        # registered names them (both through indexes).
         found = {r.id: r for r in await outbox.search(search, PAGE)}
-        if not found:
-            # Not a token or server_event_id: a player, named in recent registered events'
-            # bodies; then every event of that player's referrals.
-            needle = b'"referee_identity":' + json.dumps(search, ensure_ascii=False).encode()
-            page = await outbox.log_page(
-                EventFilter(), older_than=None, scan=SCAN, limit=PAGE, body_contains=needle
-            )
-            for token in {r.token for r in page.records}:
-                found.update((r.id, r) for r in await outbox.search(token, PAGE))
+        of_player = await outbox.select(EventFilter(player=search), PAGE)
+        found.update((r.id, r) for r in of_player)
+        is_player = bool(of_player)
         rows = [_row(r) for r in sorted(found.values(), key=lambda r: -r.id)[:PAGE]]
     elif error is None:
         page = await outbox.log_page(where, older_than=older_than, scan=SCAN, limit=PAGE)
         rows = [_row(r) for r in page.records]
         next_cursor, scanned_from = page.older_than, page.scanned_from
-    live = _with(
+    live = with_query(
         {k: v for k, v in query.items() if k in ("status", "event", "server_id", "outcome")}
     )
     return render(
@@ -102,7 +103,8 @@ async def events(request: web.Request) -> web.Response:
         error=error,
         query=query,
         search=search,
-        next_query=_with(query, before=next_cursor) if next_cursor else None,
+        is_player=is_player,
+        next_query=with_query(query, before=next_cursor) if next_cursor else None,
         scanned_from=scanned_from,
         newest_id=rows[0].id if rows else 0,
         live=None if search or "before" in query else f"{security.PREFIX}/events.json{live}",
@@ -116,7 +118,7 @@ async def events_json(request: web.Request) -> web.Response:
     """Rows newer than ``after``: what the log's script polls to show new events."""
     where, _, error = await _log_filter(request)
     after = request.query.get("after", "0")
-    if error is not None or not _ID.fullmatch(after):
+    if error is not None or not ID.fullmatch(after):
         return web.json_response({"error": error or "after is an outbox id."}, status=400)
     newer = EventFilter(**{**_fields(where), "after_id": int(after)})
     page = await request.config_dict[OUTBOX].log_page(newer, older_than=None, scan=SCAN, limit=PAGE)
@@ -137,6 +139,7 @@ async def event(request: web.Request) -> web.Response:
         body=body,
         attempts=await outbox.attempts(record.id),
         retried=request.query.get("retried"),
+        waits_for=await waits_for(outbox, state.delivery_view(request), record, time.time()),
         now=time.time(),
     )
 
@@ -247,16 +250,15 @@ async def _log_filter(request: web.Request) -> tuple[EventFilter, int | None, st
             values[name] = value
     older_than = None
     if before := query.get("before", ""):
-        if not _ID.fullmatch(before):
+        if not ID.fullmatch(before):
             return EventFilter(), None, "before is an outbox id."
         older_than = int(before)
     times: dict[str, float] = {}
     for name in ("from", "to"):
         if text := query.get(name, ""):
-            try:
-                times[name] = datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-            except ValueError:
+            if (at := utc_time(text)) is None:
                 return EventFilter(), None, f"{name} is a time like 2026-01-31T18:00 (UTC)."
+            times[name] = at
     if times:
         # Ids grow with ingest time, so a time range is an id range.
         found = await request.config_dict[OUTBOX].first_ids_at(list(times.values()))
@@ -273,17 +275,13 @@ def _fields(where: EventFilter) -> dict[str, Any]:
 
 
 def _row(record: EventRecord) -> Row:
-    try:
-        player = json.loads(record.body).get("referee_identity")
-    except (ValueError, AttributeError):
-        player = None
     snippet = record.body.decode("utf-8", "replace")
     return Row(
         record.id,
         record.created_at,
         record.event,
         record.token,
-        player if isinstance(player, str) else None,
+        record.referee_identity,
         record.server_id,
         record.status,
         record.outcome,
@@ -292,7 +290,15 @@ def _row(record: EventRecord) -> Row:
     )
 
 
-def _with(query: Any, **changes: Any) -> str:
+def utc_time(text: str) -> float | None:
+    """A form's time (``2026-01-31T18:00``, read as UTC) as Unix time; None if it is not one."""
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def with_query(query: Any, **changes: Any) -> str:
     params = {k: v for k, v in query.items() if v}
     params.update({k: str(v) for k, v in changes.items()})
     return "?" + urlencode(params)
