@@ -20,7 +20,7 @@ from relay import __version__
 from relay.api import DELIVERY_STATE, INGEST, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent, OutboxError
 from relay.metrics import CONTENT_TYPE
-from relay.outbox import STATUSES, EventFilter, Outbox
+from relay.store.sqlite import STATUSES, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)

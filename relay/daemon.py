@@ -20,8 +20,8 @@ from relay.api import INGEST, make_app
 from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
-from relay.outbox import Outbox
 from relay.sender import Sender
+from relay.store.sqlite import Outbox
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0

@@ -25,9 +25,9 @@ from relay.errors import (
     SenderPaused,
 )
 from relay.metrics import Metrics
-from relay.outbox import Attempt, EventRecord, Outbox, Outcome
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
+from relay.store.sqlite import Attempt, EventRecord, Outbox, Outcome
 
 log = structlog.get_logger("relay.dispatcher")
 

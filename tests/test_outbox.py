@@ -14,8 +14,8 @@ import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.outbox import Attempt, EventFilter, Outbox, Outcome, Retried
-from relay.schema import MIGRATIONS
+from relay.store.sqlite import Attempt, EventFilter, Outbox, Outcome, Retried
+from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 
 NOW = 1_800_000_000.0

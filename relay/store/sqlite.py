@@ -24,8 +24,8 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
-from relay.schema import migrate
-from relay.writer import Writer
+from relay.store.sqlite_schema import migrate
+from relay.store.sqlite_writer import Writer
 
 log = structlog.get_logger("relay.outbox")
 
