@@ -7,9 +7,7 @@ route. ``/healthz`` and ``/readyz`` are open for probes; they reveal no event da
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import shutil
 import time
 from dataclasses import asdict
 from typing import Any
@@ -20,7 +18,7 @@ from relay import __version__
 from relay.api import DELIVERY_STATE, INGEST, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent, OutboxError
 from relay.metrics import CONTENT_TYPE
-from relay.store.sqlite import STATUSES, EventFilter, Outbox
+from relay.store.contract import STATUSES, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -78,7 +76,7 @@ async def status(request: web.Request) -> web.Response:
         "circuit_open_until": delivery["circuit_open_until"],
         "servers": servers,
         "dead": await outbox.dead_by_reason(),
-        "outbox": {"path": str(outbox.path), "bytes": summary["outbox_bytes"]},
+        "outbox": {"path": outbox.location, "bytes": summary["outbox_bytes"]},
     }
     return web.json_response(body)
 
@@ -139,12 +137,12 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[INGEST].draining:
         problems.append("shutting down")
     try:
-        await outbox.writer.run(_touch)
+        await outbox.check_writable()
     except OutboxError as exc:
         problems.append(f"outbox not writable: {exc}")
-    free = (await asyncio.to_thread(shutil.disk_usage, outbox.path.parent)).free
+    free = await outbox.disk_free_bytes()  # None: the database server minds its own disk
     needed = request.app[INGEST].settings.min_free_bytes
-    if free < needed:
+    if free is not None and free < needed:
         problems.append(f"disk nearly full: {free} bytes free, {needed} needed for ingest")
     delivery = request.app[DELIVERY_STATE]()
     for server in delivery["servers"]:
@@ -196,10 +194,6 @@ def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def _zero() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
-
-
-def _touch(db: Any) -> None:
-    """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
 def _refuse_remote(request: web.Request) -> web.Response | None:

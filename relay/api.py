@@ -19,7 +19,7 @@ from relay.config import Settings
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
-from relay.store.sqlite import Added, Outbox
+from relay.store.contract import Added, Outbox
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

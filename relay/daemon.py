@@ -21,7 +21,8 @@ from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.sender import Sender
-from relay.store.sqlite import Outbox
+from relay.store.contract import Outbox
+from relay.store.sqlite import SqliteOutbox
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
@@ -78,7 +79,7 @@ async def run(
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        outbox = await Outbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
+        outbox = await SqliteOutbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())
         if requeued:

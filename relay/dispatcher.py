@@ -27,7 +27,7 @@ from relay.errors import (
 from relay.metrics import Metrics
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
-from relay.store.sqlite import Attempt, EventRecord, Outbox, Outcome
+from relay.store.contract import Attempt, EventRecord, Outbox, Outcome
 
 log = structlog.get_logger("relay.dispatcher")
 

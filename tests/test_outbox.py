@@ -14,7 +14,8 @@ import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.store.sqlite import Attempt, EventFilter, Outbox, Outcome, Retried
+from relay.store.contract import Attempt, EventFilter, Outcome, Retried
+from relay.store.sqlite import SqliteOutbox as Outbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 

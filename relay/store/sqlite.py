@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,15 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.store.contract import (
+    STATUSES,
+    Added,
+    Attempt,
+    EventFilter,
+    EventRecord,
+    Outcome,
+    Retried,
+)
 from relay.store.sqlite_schema import migrate
 from relay.store.sqlite_writer import Writer
 
@@ -36,135 +44,9 @@ _EVENT_COLUMNS = (
     "state, finished_at, replayed_at, body"
 )
 _DISK_CHECK_EVERY_S = 1.0
-STATUSES = ("pending", "in_flight", "delivered", "dead")
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One outbox row as operators and the dispatcher see it."""
-
-    id: int
-    server_id: str
-    token: str
-    event: str
-    server_event_id: str
-    test: bool
-    status: str
-    outcome: str | None
-    attempts: int
-    created_at: float
-    next_attempt_at: float
-    last_error: str | None
-    last_http_status: int | None
-    response: str | None
-    referral_id: str | None
-    state: str | None
-    finished_at: float | None
-    replayed_at: float | None  # the last operator retry of this event, if any
-    body: bytes
-
-    @property
-    def age_from(self) -> float:
-        """Where ``max_age_s`` counts from: ingest, or the last operator retry."""
-        return self.replayed_at or self.created_at
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> EventRecord:
-        values = list(row)
-        values[5] = bool(values[5])
-        return cls(*values)
-
-    def as_json(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "body"}
-        if self.status in ("delivered", "dead"):
-            out["next_attempt_at"] = None
-        out["body"] = self.body.decode("utf-8")
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Added:
-    """What became of one event handed to ``Outbox.add``."""
-
-    id: int
-    status: str
-    created: bool  # False: the key was already there
-    conflict: bool  # the existing row's client payload differs
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One row of the delivery log."""
-
-    event_id: int
-    started_at: float
-    duration_ms: float
-    http_status: int | None
-    outcome: str
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt decided for its event; written by ``Outbox.finish``."""
-
-    status: str  # pending (retry), delivered or dead
-    outcome: str | None = None
-    next_attempt_at: float = 0.0
-    error: str | None = None
-    http_status: int | None = None
-    response: str | None = None
-    referral_id: str | None = None
-    state: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events an operator means; every field left None matches everything."""
-
-    status: str | None = None
-    event: str | None = None
-    token: str | None = None
-    server_id: str | None = None
-    server_event_id: str | None = None
-    outcome: str | None = None  # for dead events: why they died
-    since: float | None = None  # ingested at or after
-    finished_before: float | None = None
-    after_id: int | None = None  # for walking a large set in chunks
-
-    # The fields matched by equality; the rest are numbers compared as ``where`` says.
-    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome")
-    NUMBER = ("since", "finished_before", "after_id")
-
-    def where(self) -> tuple[str, list[Any]]:
-        """The SQL condition and its parameters."""
-        clauses, params = ["1"], []
-        for column in self.TEXT:
-            value = getattr(self, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        for column, op, value in (
-            ("created_at", ">=", self.since),
-            ("finished_at", "<", self.finished_before),
-            ("id", ">", self.after_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(value)
-        return " AND ".join(clauses), params
-
-
-@dataclass(frozen=True, slots=True)
-class Retried:
-    """What an operator's retry did to one event."""
-
-    id: int
-    result: str  # requeued, due_now, not_found, delivered, in_flight
-    followers: tuple[int, ...] = ()
-
-
-class Outbox:
+class SqliteOutbox:
     """The outbox file: one writer connection behind a group-commit queue, one reader."""
 
     def __init__(
@@ -189,7 +71,7 @@ class Outbox:
         self.new_events = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: Path, *, min_free_bytes: int = 0) -> Outbox:
+    async def open(cls, path: Path, *, min_free_bytes: int = 0) -> SqliteOutbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
@@ -218,6 +100,17 @@ class Outbox:
         await self.writer.close()
         await self._reader.close()
         os.close(self._lock_fd)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    async def check_writable(self) -> None:
+        """Commit an empty write transaction; raises ``OutboxError`` if that fails."""
+        await self._write(_touch)
+
+    async def disk_free_bytes(self) -> int | None:
+        return (await asyncio.to_thread(shutil.disk_usage, self.path.parent)).free
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -572,6 +465,10 @@ class Outbox:
                 "the relay takes no new events until space is freed. Retry later.",
                 retry_after_s=30,
             )
+
+
+def _touch(db: sqlite3.Connection) -> None:
+    """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
 def _requeue(db: sqlite3.Connection, now: float, *, expired_only: bool) -> int:
