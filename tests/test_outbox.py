@@ -1,12 +1,15 @@
-"""The outbox on real SQLite files: durability settings, group commit, claims that keep
-per-referral order, crash recovery, pruning and schema versions."""
+"""The outbox contract on both backends (a real SQLite file, a real PostgreSQL database):
+claims that keep per-referral order, leases, duplicates, retries, pruning and schema
+versions; then what only SQLite has (file modes, group commit, the file lock)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,8 +17,9 @@ import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.store.contract import Attempt, EventFilter, Outcome, Retried
-from relay.store.sqlite import SqliteOutbox as Outbox
+from relay.store.contract import Attempt, EventFilter, Outbox, Outcome, Retried
+from relay.store.postgres import PostgresOutbox
+from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 
@@ -26,9 +30,28 @@ def event(body: dict[str, object]) -> Event:
     return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
 
 
+Opener = Callable[[], Awaitable[Outbox]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the same outbox each time it is called: the contract suite runs on both backends."""
+    if request.param == "sqlite":
+        return functools.partial(SqliteOutbox.open, tmp_path / "outbox.db")
+    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
+    return functools.partial(PostgresOutbox.open, url, where=url, password=password)
+
+
 @pytest.fixture
-async def outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
-    box = await Outbox.open(tmp_path / "outbox.db")
+async def outbox(open_outbox: Opener):  # type: ignore[no-untyped-def]
+    box = await open_outbox()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
+async def sqlite_outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
+    box = await SqliteOutbox.open(tmp_path / "outbox.db")
     yield box
     await box.close()
 
@@ -38,7 +61,8 @@ async def claim(box: Outbox, now: float = NOW, limit: int = 10) -> list[int]:
     return [r.id for r in records]
 
 
-async def test_file_is_private_and_durable_settings_hold(outbox: Outbox) -> None:
+async def test_file_is_private_and_durable_settings_hold(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
     for suffix in ("", "-wal", "-shm"):
         mode = stat.S_IMODE(outbox.path.with_name(outbox.path.name + suffix).stat().st_mode)
@@ -48,11 +72,11 @@ async def test_file_is_private_and_durable_settings_hold(outbox: Outbox) -> None
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
-async def test_acknowledged_events_survive_reopen(tmp_path: Path) -> None:
-    box = await Outbox.open(tmp_path / "o.db")
+async def test_acknowledged_events_survive_reopen(open_outbox: Opener) -> None:
+    box = await open_outbox()
     [added] = await box.add([event(registered("t", "p"))], NOW)
     await box.close()
-    box = await Outbox.open(tmp_path / "o.db")
+    box = await open_outbox()
     try:
         record = await box.get(added.id)
         assert record is not None
@@ -61,9 +85,10 @@ async def test_acknowledged_events_survive_reopen(tmp_path: Path) -> None:
         await box.close()
 
 
-async def test_second_relay_on_the_same_file_is_refused(outbox: Outbox) -> None:
+async def test_second_relay_on_the_same_file_is_refused(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     with pytest.raises(OutboxError, match="another relay is already using"):
-        await Outbox.open(outbox.path)
+        await SqliteOutbox.open(outbox.path)
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -71,10 +96,11 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(OutboxError, match="newer than this relay knows"):
-        await Outbox.open(path)
+        await SqliteOutbox.open(path)
 
 
-async def test_concurrent_adds_share_transactions(outbox: Outbox) -> None:
+async def test_concurrent_adds_share_transactions(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     """Group commit: 200 concurrent single-event adds take far fewer than 200 commits."""
     before = outbox.writer.commits
     results = await asyncio.gather(
@@ -115,7 +141,8 @@ async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
     assert await claim(outbox, now=time.time()) == [qual]
 
 
-async def test_requeue_in_flight_after_a_crash(outbox: Outbox) -> None:
+async def test_requeue_in_flight_after_a_crash(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
     [event_id] = await claim(outbox)
     assert await outbox.requeue_in_flight(NOW + 1) == 1
@@ -155,6 +182,7 @@ async def test_test_events_and_same_rank_events_do_not_block(outbox: Outbox) -> 
 
 async def test_prune_removes_old_delivered_and_keeps_dead(outbox: Outbox) -> None:
     added = await outbox.add([event(registered("t", "p")), event(registered("u", "q"))], NOW)
+    await claim(outbox)  # an outcome is written under the lease of a claim
     for a, status in zip(added, ("delivered", "dead"), strict=True):
         record = await outbox.get(a.id)
         assert record is not None
@@ -260,7 +288,7 @@ async def test_select_filters_newest_first(outbox: Outbox) -> None:
 async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
     """SQLite VM steps (in hundreds) for one claim, its finish and next_due, with ``backlog``
     other events pending: a count of work done, not a time, so it does not depend on load."""
-    box = await Outbox.open(tmp_path / f"backlog-{backlog}.db")
+    box = await SqliteOutbox.open(tmp_path / f"backlog-{backlog}.db")
     try:
         pair = [event(registered("t", "p")), event(qualified("t", "p"))]
         await box.add(pair, NOW - 10)
