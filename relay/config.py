@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from relay.errors import ConfigError
 
@@ -85,6 +85,8 @@ class Settings:
     endpoint: str = DEFAULT_ENDPOINT
     listen: Listen = field(default_factory=Listen)
     db_path: Path = Path("mmolove-relay.db")
+    db_url: str | None = None  # postgresql://…: a fleet's shared outbox (db_path is unused)
+    db_password: Secret | None = None
     ingest_token: Secret | None = None
     log_format: str | None = None  # "json", "console", or None: decided by the terminal
     ca_file: Path | None = None
@@ -144,7 +146,7 @@ _SECTION_KEYS = {
     "": {"endpoint", "log_format", "ca_file", "ingest", "delivery", "outbox", "servers"},
     "ingest": {"listen", "token", "token_file", *_TUNABLES["ingest"]},
     "delivery": set(_TUNABLES["delivery"]),
-    "outbox": {"path", *_TUNABLES["outbox"]},
+    "outbox": {"path", "url", "password_file", *_TUNABLES["outbox"]},
     "servers": {"id", "secret", "secret_file", "kid"},
 }
 
@@ -188,7 +190,7 @@ def load_settings(
         listen=listen,
         ingest_token=token,
         log_format=log_format,
-        db_path=Path(environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)),
+        **_database(environ, outbox),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
         servers=_servers(environ, doc.get("servers", []), require=require_servers),
     )
@@ -253,6 +255,8 @@ def describe(settings: Settings) -> dict[str, Any]:
             ]
         elif isinstance(value, Secret):
             value = "***"
+        elif f.name == "db_url" and value:
+            value = masked_url(value)
         elif isinstance(value, Path | Listen):
             value = str(value)
         out[f.name] = value
@@ -313,6 +317,35 @@ def _check_endpoint(url: str) -> str:
             f"MMOLOVE_ENDPOINT {url!r} is not an http(s) URL; e.g. {DEFAULT_ENDPOINT}."
         )
     return url
+
+
+def masked_url(url: str) -> str:
+    """The URL with any password in it replaced by ``***``, for logs and operators."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit(parts._replace(query=query))
+
+
+def _database(environ: Mapping[str, str], outbox: dict[str, Any]) -> dict[str, Any]:
+    """Where the outbox lives: a SQLite file (a path), or PostgreSQL (a postgresql:// URL)."""
+    where = environ.get("MMOLOVE_RELAY_DB") or outbox.get("url") or outbox.get("path")
+    password_file = environ.get("MMOLOVE_RELAY_DB_PASSWORD_FILE") or outbox.get("password_file")
+    password = _secret_from(None, password_file, what="outbox database password")
+    if where and str(where).startswith(("postgresql://", "postgres://")):
+        return {"db_url": str(where), "db_password": password}
+    if where and "://" in str(where):
+        raise ConfigError(
+            f"MMOLOVE_RELAY_DB {masked_url(str(where))!r} is neither a file path nor a "
+            "postgresql:// URL; use a path for SQLite or postgresql://user@host/db."
+        )
+    if password is not None:
+        raise ConfigError(
+            "a database password is set (MMOLOVE_RELAY_DB_PASSWORD_FILE) but the outbox is a "
+            "SQLite file; point MMOLOVE_RELAY_DB at a postgresql:// URL or drop the password."
+        )
+    return {"db_path": Path(where) if where else _default_db(environ)}
 
 
 def _default_db(environ: Mapping[str, str]) -> Path:

@@ -21,8 +21,8 @@ from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
 from relay.metrics import Metrics
 from relay.sender import Sender
+from relay.store.backends import open_outbox
 from relay.store.contract import Outbox
-from relay.store.sqlite import SqliteOutbox
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
@@ -79,7 +79,7 @@ async def run(
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        outbox = await SqliteOutbox.open(settings.db_path, min_free_bytes=settings.min_free_bytes)
+        outbox = await open_outbox(settings)
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())
         if requeued:
@@ -142,7 +142,7 @@ async def run(
             "relay.ready",
             version=__version__,
             listen=url,
-            outbox=str(settings.db_path),
+            outbox=outbox.location,
             endpoint=settings.endpoint,
             servers=[s.server_id for s in settings.servers],
             startup_ms=round((time.monotonic() - started) * 1000, 1),

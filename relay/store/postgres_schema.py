@@ -39,7 +39,7 @@ MIGRATIONS: tuple[str, ...] = (
         state            TEXT,
         finished_at      DOUBLE PRECISION,
         replayed_at      DOUBLE PRECISION,
-        lease_owner      TEXT,              -- the replica holding an in_flight row
+        lease_owner      TEXT,              -- the replica that claimed the row last
         lease            BIGINT NOT NULL DEFAULT 0,  -- fencing token of the latest claim
         UNIQUE (token, server_id, event, server_event_id)
     );

@@ -250,7 +250,7 @@ async def finish_row(
         "UPDATE events SET status = $1, outcome = $2, next_attempt_at = $3, last_error = $4,"
         " last_http_status = COALESCE($5, last_http_status), response = COALESCE($6, response),"
         " referral_id = COALESCE($7, referral_id), state = COALESCE($8, state),"
-        " finished_at = $9, lease_owner = NULL"
+        " finished_at = $9"
         f" WHERE id = $10{fence}",
         outcome.status,
         outcome.outcome,

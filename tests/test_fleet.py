@@ -1,0 +1,275 @@
+"""A fleet on one outbox: relays sharing a real PostgreSQL database.
+
+First two outboxes on one database, as two replicas see it (claims that skip each other,
+fenced leases, order across replicas, wake-ups); then the backend chosen by configuration,
+its password kept out of sight; then three real relay processes sharing the work while one
+of them is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from relay.config import load_settings
+from relay.errors import OutboxError
+from relay.events import Event, validate
+from relay.sandbox import RunningSandbox
+from relay.store.contract import Attempt, Outcome
+from relay.store.postgres import PostgresOutbox
+from relay.store.postgres_schema import MIGRATIONS
+from tests import support
+from tests.harness import (
+    RelayProcess,
+    Spawn,
+    get_json,
+    in_progress,
+    poll,
+    post,
+    qualified,
+    registered,
+    relay_env,
+    tuning,
+    wait_outbox_settled,
+)
+from tests.postgres import PgServer
+from tests.reliability.checker import Tally
+
+NOW = 1_800_000_000.0
+LEASE_S = 30.0
+
+
+def event(body: dict[str, object]) -> Event:
+    return validate(body, server_ids=[support.SERVER], allow_extra_fields=False, now=NOW)
+
+
+@pytest.fixture
+async def replicas(pg_url: str, pg_password: str | None) -> AsyncIterator[list[PostgresOutbox]]:
+    """Two outboxes on one database: what two relays of a fleet hold."""
+    boxes = [await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)]
+    boxes.append(await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password))
+    boxes[1].owner += "-b"  # one test process plays both replicas
+    yield boxes
+    for box in boxes:
+        await box.close()
+
+
+async def claim(box: PostgresOutbox, now: float = NOW, limit: int = 10) -> list[int]:
+    records = await box.claim(now, limit, servers=[support.SERVER], lease_s=LEASE_S, max_age_s=1e6)
+    return [r.id for r in records]
+
+
+def delivered(event_id: int, at: float) -> tuple[Outcome, Attempt]:
+    return (
+        Outcome(status="delivered", outcome="accepted", state="registered"),
+        Attempt(event_id, at, 1.0, 200, "accepted", None),
+    )
+
+
+async def test_concurrent_claims_share_the_rows_without_overlap(
+    replicas: list[PostgresOutbox],
+) -> None:
+    a, b = replicas
+    await a.add([event(support.registered(f"t{i}", f"p{i}")) for i in range(60)], NOW)
+    rounds = await asyncio.gather(*(claim(box, limit=7) for box in (a, b) for _ in range(6)))
+    taken = [event_id for ids in rounds for event_id in ids]
+    assert len(taken) == len(set(taken)) == 60
+    assert any(rounds[:6]), rounds  # both replicas took a share
+    assert any(rounds[6:]), rounds
+
+
+async def test_a_replica_past_its_lease_cannot_overwrite_the_new_owner(
+    replicas: list[PostgresOutbox],
+) -> None:
+    a, b = replicas
+    [added] = await a.add([event(support.registered("t", "p"))], NOW)
+    [stale] = await a.claim(NOW, 1, servers=[support.SERVER], lease_s=LEASE_S, max_age_s=1e6)
+    later = NOW + LEASE_S + 1  # a's lease ran out (it hung, or was cut off)
+    [fresh] = await b.claim(later, 1, servers=[support.SERVER], lease_s=LEASE_S, max_age_s=1e6)
+    assert fresh.id == stale.id == added.id
+    assert fresh.lease > stale.lease
+    await b.finish(fresh, *delivered(fresh.id, later))
+    dead = Outcome(status="dead", outcome="bad_request", error="late answer")
+    await a.finish(stale, dead, Attempt(stale.id, later + 1, 1.0, 400, "bad_request", None))
+    row = await a.get(added.id)
+    assert row is not None
+    assert (row.status, row.outcome) == ("delivered", "accepted")
+    assert len(await a.attempts(added.id)) == 2  # both attempts happened; both are logged
+    await a.release([stale], later + 2)  # a stale release is fenced too
+    row = await a.get(added.id)
+    assert row is not None
+    assert row.status == "delivered"
+
+
+async def test_order_holds_across_replicas(replicas: list[PostgresOutbox]) -> None:
+    """qualified is not claimed by b while a holds the registered in flight."""
+    a, b = replicas
+    reg, qual = (
+        x.id
+        for x in await a.add(
+            [event(support.registered("t", "p")), event(support.qualified("t", "p"))], NOW
+        )
+    )
+    assert await claim(a, limit=1) == [reg]
+    assert await claim(b, now=NOW + 5) == []
+    [record] = [r for r in [await a.get(reg)] if r]
+    await a.finish(record, *delivered(reg, NOW + 5))
+    assert await claim(b, now=NOW + 10) == [qual]
+
+
+async def test_a_starting_replica_leaves_the_others_claims_alone(
+    replicas: list[PostgresOutbox],
+) -> None:
+    a, b = replicas
+    await a.add([event(support.registered("t", "p"))], NOW)
+    [event_id] = await claim(a)
+    assert await b.requeue_in_flight(NOW + 1) == 0
+    assert await claim(b, now=NOW + 1) == []
+    assert await claim(b, now=NOW + LEASE_S + 1) == [event_id]  # a died: its lease ends
+
+
+async def test_an_add_on_one_replica_wakes_the_others(replicas: list[PostgresOutbox]) -> None:
+    a, b = replicas
+    await asyncio.wait_for(b.new_events.wait(), 10)  # the listener is up
+    b.new_events.clear()
+    await a.add([event(support.registered("t", "p"))], NOW)
+    await asyncio.wait_for(b.new_events.wait(), 10)
+
+
+async def test_newer_schema_is_refused(pg_url: str, pg_password: str | None) -> None:
+    box = await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)
+    await box.close()
+    db = await asyncpg.connect(pg_url, password=pg_password)
+    try:
+        await db.execute("INSERT INTO relay_schema (version) VALUES ($1)", len(MIGRATIONS) + 1)
+    finally:
+        await db.close()
+    with pytest.raises(OutboxError, match="newer than this relay knows"):
+        await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)
+
+
+async def test_an_unreachable_database_is_a_clear_error(pg_url: str) -> None:
+    with pytest.raises(OutboxError, match="cannot connect to the outbox database") as caught:
+        await PostgresOutbox.open(
+            "postgresql://relay@127.0.0.1:9/x", where="postgresql://relay@127.0.0.1:9/x"
+        )
+    assert "check that PostgreSQL is up" in str(caught.value)
+
+
+# -- choosing the backend ---------------------------------------------------------------
+
+
+def test_a_postgresql_url_selects_the_shared_outbox(tmp_path: Path) -> None:
+    password_file = tmp_path / "pw"
+    password_file.write_text("s3cret-db-pw\n")
+    env = {
+        "MMOLOVE_RELAY_DB": "postgresql://relay@db.internal/relay",
+        "MMOLOVE_RELAY_DB_PASSWORD_FILE": str(password_file),
+    }
+    settings = load_settings(env, require_servers=False)
+    assert settings.db_url == "postgresql://relay@db.internal/relay"
+    assert settings.db_password is not None
+    assert settings.db_password.reveal() == "s3cret-db-pw"
+    assert load_settings({"MMOLOVE_RELAY_DB": "/srv/x.db"}, require_servers=False).db_url is None
+
+
+async def test_check_config_masks_the_database_password(sandbox: RunningSandbox) -> None:
+    env = {
+        "MMOLOVE_SERVER_ID": support.SERVER,
+        "MMOLOVE_SECRET": support.SECRET,
+        "MMOLOVE_ENDPOINT": sandbox.url,
+        "MMOLOVE_RELAY_DB": "postgresql://relay:inline-pw-77c1@db.internal/relay?sslmode=require",
+    }
+    code, out, err = await support.cli("check-config", env=env)
+    assert code == 0, err
+    assert "inline-pw-77c1" not in out + err
+    assert "postgresql://relay:***@db.internal/relay" in out
+
+    code, _, err = await support.cli("check-config", env={**env, "MMOLOVE_RELAY_DB": "mysql://x"})
+    assert code == 3
+    assert "neither a file path nor a postgresql:// URL" in err
+
+
+# -- three real relays on one database ------------------------------------------------------
+
+
+def fleet_env(sandbox: RunningSandbox, tmp_path: Path, url: str, password: str | None) -> Any:
+    extra: dict[str, str | None] = {"MMOLOVE_RELAY_DB": url}
+    if password is not None:
+        path = tmp_path / "db-password"
+        path.write_text(password + "\n")
+        extra["MMOLOVE_RELAY_DB_PASSWORD_FILE"] = str(path)
+    return relay_env(sandbox.url, tmp_path / "unused.db", **extra)
+
+
+# Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s): a killed replica's claims come back
+# quickly enough for a test.
+FLEET_TUNING = tuning(drain_timeout_s=0.5, extra="send_timeout_s = 1.0\n")
+
+
+async def test_three_relays_share_one_outbox_and_survive_a_kill(
+    spawn: Spawn,
+    sandbox: RunningSandbox,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    pg_url: str,
+    pg_server: PgServer,
+) -> None:
+    """Three processes, clients on all three, one SIGKILLed with deliveries in flight: every
+    acknowledged event reaches MMOLove once, in order, and the work was shared."""
+    sandbox.sandbox.faults.latency_ms = 30
+    env = fleet_env(sandbox, tmp_path, pg_url, pg_server.password)
+    relays: list[RelayProcess] = [spawn(env, config=FLEET_TUNING) for _ in range(3)]
+    for relay in relays:
+        await relay.ready()
+    tally = Tally("fleet: three relays, one SIGKILL")
+    alive = list(relays)
+
+    async def client(n: int) -> None:
+        for i in range(12):
+            token = f"fleet-{n}-{i}"
+            for body in (registered(token), qualified(token)):
+                while True:
+                    relay = random.choice(alive)
+                    try:
+                        status, answer, _ = await post(http, relay.url, body)
+                    except aiohttp.ClientError:
+                        continue  # that one was just killed: the client tries another
+                    assert tally.ack(body, status, answer), (status, answer)
+                    break
+
+    async def killer() -> None:
+        await poll(lambda: in_progress(sandbox) > 0, bool, timeout_s=10)
+        victim = alive.pop(0)
+        victim.send(signal.SIGKILL)
+        assert await victim.exited() == -signal.SIGKILL
+
+    await asyncio.gather(killer(), *(client(n) for n in range(4)))
+    counts = await wait_outbox_settled(http, alive[0].url, timeout_s=60)
+    report = tally.check(sandbox, replicas=3, kills=1)
+    assert counts["delivered"] == len(tally.acked) == 96, counts
+    snap = sandbox.sandbox.snapshot()
+    assert set(snap["by_status"]) == {"200"}, snap["by_status"]  # no 422: order held
+    owners = await get_json(http, f"{alive[0].url}/v1/status")
+    assert owners["outbox"]["path"].startswith("postgresql://")
+    db = await asyncpg.connect(pg_url, password=pg_server.password)
+    try:
+        replicas_that_delivered = await db.fetchval(
+            "SELECT count(DISTINCT lease_owner) FROM events WHERE status = 'delivered'"
+        )
+    finally:
+        await db.close()
+    assert replicas_that_delivered >= 2, report
+    for relay in alive:
+        relay.send(signal.SIGTERM)
+        assert await relay.exited() == 0
+        if pg_server.password:
+            assert pg_server.password not in relay.output()
