@@ -22,12 +22,21 @@ import structlog
 import uvloop
 
 from relay import __version__, logs, ops
-from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
+from relay.config import (
+    Listen,
+    Secret,
+    ServerConfig,
+    Settings,
+    load_settings,
+    masked_url,
+    parse_listen,
+)
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError, OutboxError
 from relay.notify import Notifier
 from relay.ops import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, http_json
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
+from relay.store.copy import copy_outbox
 
 log = structlog.get_logger("relay.cli")
 
@@ -102,8 +111,36 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout-s", type=float, default=20.0)
     demo.set_defaults(handler=_demo)
 
+    move = sub.add_parser(
+        "migrate-outbox",
+        help="copy a SQLite outbox (every event, its state and delivery log) into PostgreSQL; "
+        "stop the relay first, and run again safely if interrupted",
+    )
+    move.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
+    move.add_argument(
+        "--from", dest="source", type=Path, help="the SQLite file (default: the configured outbox)"
+    )
+    move.set_defaults(handler=_migrate_outbox)
+
     ops.add_commands(sub, os.environ)
     return parser
+
+
+def _migrate_outbox(args: argparse.Namespace) -> int:
+    settings = load_settings(os.environ, args.config, require_servers=False)
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--to {masked_url(args.to)!r} is not a postgresql:// URL.")
+    source = args.source or settings.db_path
+    password = settings.db_password.reveal() if settings.db_password else None
+    done = asyncio.run(
+        copy_outbox(source, args.to, where=masked_url(args.to), password=password, progress=print)
+    )
+    print(
+        f"copied {done.copied} events and {done.attempts} attempts from {source} to "
+        f"{masked_url(args.to)}; {done.already_there} were there already. Point "
+        "MMOLOVE_RELAY_DB at the URL and start the relays."
+    )
+    return EXIT_OK
 
 
 # -- serve ---------------------------------------------------------------------------------

@@ -340,12 +340,8 @@ def _database(environ: Mapping[str, str], outbox: dict[str, Any]) -> dict[str, A
             f"MMOLOVE_RELAY_DB {masked_url(str(where))!r} is neither a file path nor a "
             "postgresql:// URL; use a path for SQLite or postgresql://user@host/db."
         )
-    if password is not None:
-        raise ConfigError(
-            "a database password is set (MMOLOVE_RELAY_DB_PASSWORD_FILE) but the outbox is a "
-            "SQLite file; point MMOLOVE_RELAY_DB at a postgresql:// URL or drop the password."
-        )
-    return {"db_path": Path(where) if where else _default_db(environ)}
+    # The password stays: migrate-outbox reads a SQLite file and writes to a database.
+    return {"db_path": Path(where) if where else _default_db(environ), "db_password": password}
 
 
 def _default_db(environ: Mapping[str, str]) -> Path:

@@ -23,9 +23,10 @@ from relay.config import load_settings
 from relay.errors import OutboxError
 from relay.events import Event, validate
 from relay.sandbox import RunningSandbox
-from relay.store.contract import Attempt, Outcome
+from relay.store.contract import Attempt, EventFilter, Outcome
 from relay.store.postgres import PostgresOutbox
 from relay.store.postgres_schema import MIGRATIONS
+from relay.store.sqlite import SqliteOutbox
 from tests import support
 from tests.harness import (
     RelayProcess,
@@ -273,3 +274,62 @@ async def test_three_relays_share_one_outbox_and_survive_a_kill(
         assert await relay.exited() == 0
         if pg_server.password:
             assert pg_server.password not in relay.output()
+
+
+# -- moving a SQLite outbox in ------------------------------------------------------------
+
+
+async def test_migrate_outbox_copies_every_state_and_can_run_again(
+    tmp_path: Path, pg_url: str, pg_password: str | None
+) -> None:
+    source = tmp_path / "outbox.db"
+    box = await SqliteOutbox.open(source)
+    added = await box.add([event(support.registered(f"t{i}", f"p{i}")) for i in range(5)], NOW)
+    ids = [a.id for a in added]
+    claimed = await box.claim(NOW, 3, servers=[support.SERVER], lease_s=30, max_age_s=1e6)
+    await box.finish(claimed[0], *delivered(claimed[0].id, NOW))
+    dead = Outcome(status="dead", outcome="not_found", error="unknown token")
+    await box.finish(claimed[1], dead, Attempt(claimed[1].id, NOW, 2.0, 404, "not_found", None))
+    before = {r.id: r for r in await box.select(EventFilter(), limit=10)}  # one left in flight
+    await box.close()
+
+    env = {"MMOLOVE_RELAY_DB": str(source)}
+    if pg_password is not None:
+        (tmp_path / "pw").write_text(pg_password)
+        env["MMOLOVE_RELAY_DB_PASSWORD_FILE"] = str(tmp_path / "pw")
+    code, out, err = await support.cli("migrate-outbox", "--to", pg_url, env=env)
+    assert code == 0, err
+    assert "events: 5/5 (0 already there)" in out
+    assert "copied 5 events and 2 attempts" in out
+
+    target = await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)
+    try:
+        after = {r.id: r for r in await target.select(EventFilter(), limit=10)}
+        assert sorted(after) == sorted(ids)
+        for event_id, old in before.items():
+            new = after[event_id]
+            assert (new.body, new.attempts, new.outcome) == (old.body, old.attempts, old.outcome)
+            # The stopped relay's in-flight attempt proved nothing: it is pending again.
+            assert new.status == ("pending" if old.status == "in_flight" else old.status)
+        assert [a.http_status for a in await target.attempts(claimed[1].id)] == [404]
+        [fresh] = await target.add([event(support.registered("new", "p"))], NOW)
+        assert fresh.id > max(ids)  # new events continue after the copied ids
+    finally:
+        await target.close()
+
+    code, out, err = await support.cli("migrate-outbox", "--to", pg_url, env=env)
+    assert code == 0, err
+    assert "copied 0 events and 0 attempts" in out
+    assert "5 were there already" in out
+
+
+async def test_migrate_outbox_refuses_a_file_a_relay_holds(tmp_path: Path, pg_url: str) -> None:
+    box = await SqliteOutbox.open(tmp_path / "outbox.db")
+    try:
+        code, _, err = await support.cli(
+            "migrate-outbox", "--from", str(tmp_path / "outbox.db"), "--to", pg_url
+        )
+    finally:
+        await box.close()
+    assert code == 3
+    assert "another relay is already using" in err
