@@ -19,6 +19,7 @@ from relay import __version__, admin
 from relay.api import INGEST, make_app
 from relay.config import Settings, describe
 from relay.dispatcher import Dispatcher
+from relay.fleet import FleetSync
 from relay.metrics import Metrics
 from relay.sender import Sender
 from relay.store.backends import open_outbox
@@ -107,6 +108,8 @@ async def run(
                 shutdown.set()
 
         dispatch_task.add_done_callback(dispatcher_done)
+        fleet = asyncio.create_task(FleetSync(outbox, dispatcher).run(), name="fleet-sync")
+        stack.push_async_callback(_cancel, fleet)
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
 

@@ -100,6 +100,13 @@ class Dispatcher:
                 state.probe_at = 0.0
         self._wake.set()
 
+    def share_rate(self, replicas: int) -> None:
+        """Take this replica's share of ``max_send_rate_per_s``; the fleet's total stays it."""
+        self._pacer.rate_per_s = self._settings.max_send_rate_per_s / max(1, replicas)
+
+    def wake(self) -> None:
+        self._wake.set()
+
     def snapshot(self) -> dict[str, object]:
         return {
             "circuit": self.breaker.state,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from relay.config import load_settings
+from relay.config import Secret, load_settings
 from relay.errors import OutboxError
 from relay.events import Event, validate
 from relay.sandbox import RunningSandbox
@@ -57,7 +58,6 @@ async def replicas(pg_url: str, pg_password: str | None) -> AsyncIterator[list[P
     """Two outboxes on one database: what two relays of a fleet hold."""
     boxes = [await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)]
     boxes.append(await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password))
-    boxes[1].owner += "-b"  # one test process plays both replicas
     yield boxes
     for box in boxes:
         await box.close()
@@ -333,3 +333,32 @@ async def test_migrate_outbox_refuses_a_file_a_relay_holds(tmp_path: Path, pg_ur
         await box.close()
     assert code == 3
     assert "another relay is already using" in err
+
+
+# -- one breaker, one pause, one rate ------------------------------------------------------
+
+
+async def test_breaker_pause_and_send_rate_are_shared_by_the_fleet(
+    start_relay: support.StartRelay, pg_url: str, pg_password: str | None
+) -> None:
+    database = {"db_url": pg_url, "db_password": Secret(pg_password) if pg_password else None}
+    a, b = [await start_relay(**database, max_send_rate_per_s=100.0) for _ in range(2)]
+    da, db_ = a.handle.dispatcher, b.handle.dispatcher
+    await poll(lambda: db_._pacer.rate_per_s, lambda rate: rate == 50.0, timeout_s=10)
+    assert db_._pacer.rate_per_s == 50.0  # two live replicas: half the rate each
+
+    da.breaker.failure(time.time(), retry_after_s=60)  # MMOLove asked a to wait a minute
+    await poll(lambda: db_.breaker.state, lambda state: state == "open", timeout_s=10)
+    assert db_.breaker.open_until is not None
+    assert db_.breaker.open_until >= da.breaker.open_until  # type: ignore[operator]
+
+    da.servers[support.SERVER].paused_reason = "MMOLove answered 401: check the secret"
+    paused = await poll(lambda: db_.servers[support.SERVER].paused_reason, bool, timeout_s=10)
+    assert paused.startswith("MMOLove answered 401")
+    assert "another replica" in paused
+    _, status = await b.get("/v1/status")
+    assert [s["paused"] for s in status["servers"]] == [True]
+
+    da.servers[support.SERVER].paused_reason = None  # a's probe went through
+    await poll(lambda: db_.servers[support.SERVER].paused_reason, lambda r: r is None, timeout_s=10)
+    assert db_.servers[support.SERVER].paused_reason is None

@@ -144,6 +144,15 @@ class Retried:
     followers: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    """Delivery decisions replicas share: the breaker's open circuit and paused servers."""
+
+    circuit_open_until: float | None = None
+    paused: tuple[tuple[str, str], ...] = ()  # (server_id, reason)
+    replicas: int = 1  # live replicas, this one included (in what ``share`` returns)
+
+
 class Outbox(Protocol):
     """One outbox, whichever backend keeps it. Every write is committed before it returns."""
 
@@ -201,3 +210,6 @@ class Outbox(Protocol):
     async def next_due(self, servers: Sequence[str]) -> float | None: ...
 
     async def oldest_pending_created(self) -> float | None: ...
+
+    async def share(self, mine: FleetState, now: float) -> FleetState:
+        """Publish what this replica decided; return what the other live replicas decided."""

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -33,6 +35,7 @@ from relay.store.contract import (
     Attempt,
     EventFilter,
     EventRecord,
+    FleetState,
     Outcome,
     Retried,
 )
@@ -54,6 +57,8 @@ _DOWN = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
 )
+# A replica silent this long is gone (dead, or cut off): its decisions no longer hold.
+FLEET_STALE_S = 10.0
 _TRIES = 3  # a deadlock between two replicas' transactions is retried, then reported
 
 
@@ -66,7 +71,7 @@ class PostgresOutbox:
         self.location = where
         # Who holds a lease: unique per process, so a restarted relay never mistakes another
         # live replica's claims (or its own past ones) for rows it may hand back at once.
-        self.owner = f"{socket.gethostname()}/{os.getpid()}"
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.closing = False
         self.new_events = asyncio.Event()
         self._size = 0
@@ -289,6 +294,19 @@ class PostgresOutbox:
             " ORDER BY id LIMIT 1"
         )
         return float(rows[0][0]) if rows else None
+
+    async def share(self, mine: FleetState, now: float) -> FleetState:
+        """Publish this replica's decisions, heartbeat included; merge the live others'."""
+        theirs: list[Any] = await self._tx(
+            lambda db: sql.share(db, self.owner, mine, now, stale_s=FLEET_STALE_S)
+        )
+        opens = [r[0] for r in theirs if r[0] is not None]
+        paused = {server: why for r in theirs for server, why in json.loads(r[1])}
+        return FleetState(
+            circuit_open_until=max(opens) if opens else None,
+            paused=tuple(sorted(paused.items())),
+            replicas=len(theirs) + 1,
+        )
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -59,6 +59,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_started ON attempts (started_at);
     CREATE SEQUENCE leases;
     """,
+    # 2: what each replica decided about delivery, for the others to follow (relay/fleet.py).
+    """
+    CREATE TABLE replicas (
+        owner              TEXT PRIMARY KEY,
+        seen_at            DOUBLE PRECISION NOT NULL,
+        circuit_open_until DOUBLE PRECISION,
+        paused             TEXT NOT NULL DEFAULT '[]'  -- JSON [[server_id, reason], ...]
+    );
+    """,
 )
 
 

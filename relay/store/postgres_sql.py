@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 
 from relay.events import Event
-from relay.store.contract import Added, Attempt, EventRecord, Outcome, Retried
+from relay.store.contract import Added, Attempt, EventRecord, FleetState, Outcome, Retried
 
 # Columns of an event as the API and CLI show it, then the claim's fencing token.
 EVENT_COLUMNS = (
@@ -270,3 +271,24 @@ async def finish_row(
 def _rowcount(status: str) -> int:
     """The row count at the end of a command tag such as ``DELETE 3``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def share(db: Db, owner: str, mine: FleetState, now: float, *, stale_s: float) -> list[Any]:
+    """Upsert this replica's row; the other live replicas' (circuit_open_until, paused)."""
+    await db.execute(
+        "INSERT INTO replicas (owner, seen_at, circuit_open_until, paused)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (owner) DO UPDATE SET seen_at = $2,"
+        " circuit_open_until = $3, paused = $4",
+        owner,
+        now,
+        mine.circuit_open_until,
+        json.dumps(mine.paused),
+    )
+    await db.execute("DELETE FROM replicas WHERE seen_at < $1", now - 3600)  # long gone
+    return list(
+        await db.fetch(
+            "SELECT circuit_open_until, paused FROM replicas WHERE owner != $1 AND seen_at >= $2",
+            owner,
+            now - stale_s,
+        )
+    )

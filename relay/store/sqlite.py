@@ -29,6 +29,7 @@ from relay.store.contract import (
     Attempt,
     EventFilter,
     EventRecord,
+    FleetState,
     Outcome,
     Retried,
 )
@@ -441,6 +442,10 @@ class SqliteOutbox:
             (),
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def share(self, mine: FleetState, now: float) -> FleetState:
+        """One relay per file: there is nobody to share with."""
+        return FleetState()
 
     # -- plumbing --------------------------------------------------------------------------
 
