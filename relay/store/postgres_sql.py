@@ -36,7 +36,7 @@ async def touch(db: Db) -> None:
     await db.execute("SELECT txid_current()")
 
 
-async def insert(db: Db, events: Sequence[Event], now: float, channel: str) -> list[Added]:
+async def insert(db: Db, events: Sequence[Event], now: float) -> list[Added]:
     results = []
     for ev in events:
         new_id = await db.fetchval(
@@ -68,8 +68,6 @@ async def insert(db: Db, events: Sequence[Event], now: float, channel: str) -> l
         results.append(
             Added(id=row[0], status=row[1], created=False, conflict=row[2] != ev.fingerprint)
         )
-    if any(r.created for r in results):
-        await db.execute("SELECT pg_notify($1, '')", channel)
     return results
 
 
@@ -80,14 +78,16 @@ _REQUEUE_EXPIRED = (
     " WHERE id IN (SELECT id FROM events WHERE status = 'in_flight' AND next_attempt_at <= $1"
     " FOR UPDATE SKIP LOCKED)"
 )
-# Due rows no other replica is claiming, each with the first undelivered event of a lower
-# rank for its (server, token), whoever holds that one: the ordering rule's blocker.
+# Due rows no other replica is claiming (one index range per server, as on SQLite, so a
+# paused server's backlog is never walked nor sorted), each with the first undelivered event
+# of a lower rank for its (server, token), whoever holds that one: the ordering rule's blocker.
 _CANDIDATES = (
-    "WITH e AS MATERIALIZED ("
-    "  SELECT id, token, server_id, rank, test, next_attempt_at,"
+    "WITH e AS MATERIALIZED (SELECT d.* FROM unnest($1::text[]) AS s(server_id),"
+    "  LATERAL (SELECT id, token, server_id, rank, test, next_attempt_at,"
     "  COALESCE(replayed_at, created_at) AS age_from FROM events"
-    "  WHERE status = 'pending' AND server_id = ANY($1::text[]) AND next_attempt_at <= $2"
-    "  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+    "  WHERE status = 'pending' AND server_id = s.server_id AND next_attempt_at <= $2"
+    "  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS d"
+    "  ORDER BY d.next_attempt_at LIMIT $3)"
     " SELECT e.id, e.age_from, b.id, b.status, b.outcome, b.next_attempt_at FROM e"
     " LEFT JOIN LATERAL (SELECT p.id, p.status, p.outcome, p.next_attempt_at FROM events p"
     "   WHERE p.token = e.token AND p.server_id = e.server_id AND p.status != 'delivered'"
@@ -147,9 +147,7 @@ async def claim(
     return sorted((record(r) for r in rows), key=lambda r: ready.index(r.id))
 
 
-async def finish(
-    db: Db, rec: EventRecord, outcome: Outcome, attempt: Attempt, channel: str
-) -> bool:
+async def finish(db: Db, rec: EventRecord, outcome: Outcome, attempt: Attempt) -> bool:
     """Log the attempt; write its outcome only under the lease it was sent on. Held or not."""
     await db.execute(
         "INSERT INTO attempts (event_id, started_at, duration_ms, http_status, outcome, detail)"
@@ -164,15 +162,16 @@ async def finish(
     if not await finish_row(db, rec.id, outcome, attempt.started_at, lease=rec.lease):
         return False
     if outcome.status in ("delivered", "dead"):
+        # "status || ''" keeps the planner on the token index, as "+status" does on SQLite:
+        # the status index would walk the server's whole pending backlog (21 ms at 20,000).
         await db.execute(
             "UPDATE events SET next_attempt_at = $1 WHERE token = $2 AND server_id = $3"
-            " AND status = 'pending' AND attempts = 0 AND id != $4",
+            " AND status || '' = 'pending' AND attempts = 0 AND id != $4",
             time.time(),
             rec.token,
             rec.server_id,
             rec.id,
         )
-        await db.execute("SELECT pg_notify($1, '')", channel)
     return True
 
 
