@@ -282,12 +282,14 @@ class PostgresOutbox:
         return [Attempt(*r) for r in rows]
 
     async def next_due(self, servers: Sequence[str]) -> float | None:
-        """When the earliest pending event of these servers falls due; None if none is."""
+        """When the earliest pending event of these servers falls due, or the earliest lease
+        runs out (another replica may have died holding it); None if neither exists."""
         if not servers:
             return None
         rows = await self._read(
-            "SELECT min(d.due) FROM unnest($1::text[]) AS s(server_id), LATERAL"
-            " (SELECT next_attempt_at AS due FROM events WHERE status = 'pending'"
+            "SELECT min(d.due) FROM unnest($1::text[]) AS s(server_id),"
+            " unnest(ARRAY['pending', 'in_flight']) AS st(status), LATERAL"
+            " (SELECT next_attempt_at AS due FROM events WHERE status = st.status"
             " AND server_id = s.server_id ORDER BY next_attempt_at LIMIT 1) AS d",
             list(servers),
         )

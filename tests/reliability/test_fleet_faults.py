@@ -26,6 +26,7 @@ from relay.sandbox import RunningSandbox
 from tests.harness import (
     RelayProcess,
     Spawn,
+    get_json,
     in_progress,
     poll,
     post,
@@ -198,3 +199,38 @@ async def test_three_replicas_killed_in_a_loop_lose_nothing_and_keep_order(
     assert counts["dead"] == 0, counts
     assert report["order_violations"] == 0, report
     assert kills_with_delivery_in_flight >= KILLS // 2, report
+
+
+@pytest.mark.timeout(120)
+async def test_a_stalled_replica_loses_its_leases_and_cannot_overwrite(
+    spawn: Spawn,
+    sandbox: RunningSandbox,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    pg_url: str,
+    pg_server: PgServer,
+) -> None:
+    """A replica frozen (SIGSTOP: as cut off from the database) with deliveries in flight:
+    the other takes its events when their leases end; thawed, its late outcomes are fenced
+    out (outbox.lease_lost) and nothing is lost."""
+    sandbox.sandbox.faults.latency_ms = 300  # attempts stay in flight while we freeze
+    env = fleet_env(sandbox, tmp_path, pg_url, pg_server.password)
+    stalled, other = [spawn(env, config=FLEET_TUNING) for _ in range(2)]
+    await stalled.ready()
+    tally = Tally("fleet: a replica stalled past its leases")
+    for n in range(8):
+        body = registered(f"stall-{n}")
+        status, answer, _ = await post(http, stalled.url, body)
+        assert tally.ack(body, status, answer), (status, answer)
+    await poll(lambda: in_progress(sandbox) > 0, bool, timeout_s=10)  # its claims in flight
+    stalled.send(signal.SIGSTOP)
+    try:
+        await other.ready()  # started only now: everything left is the stalled one's
+        counts = await wait_outbox_settled(http, other.url, timeout_s=30)
+    finally:
+        stalled.send(signal.SIGCONT)
+    assert counts["delivered"] == 8, counts
+    await stalled.wait_log("outbox.lease_lost", timeout_s=15)
+    tally.check(sandbox, replicas=2, lease_lost=len(stalled.find_logs("outbox.lease_lost")))
+    final = await get_json(http, f"{other.url}/v1/status")
+    assert final["counts"]["delivered"] == 8, final  # the late outcomes changed nothing
