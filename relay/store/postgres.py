@@ -135,7 +135,9 @@ class PostgresOutbox:
                 "the relay is shutting down; send again in a few seconds "
                 "(another instance may be starting)."
             )
-        results: list[Added] = await self._tx(lambda db: sql.insert(db, events, now))
+        results: list[Added] = await self._tx(
+            lambda db: sql.insert(db, events, now), single=len(events) == 1
+        )
         if any(r.created for r in results):
             self._announce()
         return results
@@ -319,12 +321,19 @@ class PostgresOutbox:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def _tx(self, job: Callable[[sql.Db], Awaitable[T]]) -> T:
-        """Run ``job`` in one transaction; it has committed when this returns."""
+    async def _tx(self, job: Callable[[sql.Db], Awaitable[T]], *, single: bool = False) -> T:
+        """Run ``job`` in one transaction; it has committed when this returns.
+
+        ``single``: the job's only write is one statement, which commits by itself; that
+        saves the BEGIN and COMMIT round trips.
+        """
         for attempt in range(1, _TRIES + 1):
             try:
-                async with self._pool.acquire() as db, db.transaction():
-                    return await job(db)
+                async with self._pool.acquire() as db:
+                    if single:
+                        return await job(db)
+                    async with db.transaction():
+                        return await job(db)
             except asyncpg.exceptions.TransactionRollbackError as exc:
                 if attempt == _TRIES:
                     raise _unavailable(exc) from exc
