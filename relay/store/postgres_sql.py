@@ -81,7 +81,7 @@ _REQUEUE_EXPIRED = (
 # Due rows no other replica is claiming (one index range per server, as on SQLite, so a
 # paused server's backlog is never walked nor sorted), each with the first undelivered event
 # of a lower rank for its (server, token), whoever holds that one: the ordering rule's blocker.
-_CANDIDATES = (
+CANDIDATES = (
     "WITH e AS MATERIALIZED (SELECT d.* FROM unnest($1::text[]) AS s(server_id),"
     "  LATERAL (SELECT id, token, server_id, rank, test, next_attempt_at,"
     "  COALESCE(replayed_at, created_at) AS age_from FROM events"
@@ -111,7 +111,7 @@ async def claim(
     await db.execute(_REQUEUE_EXPIRED, now)
     ready: list[int] = []
     for event_id, age_from, blocker, blocker_status, why, blocker_due in await db.fetch(
-        _CANDIDATES, servers, now, limit
+        CANDIDATES, servers, now, limit
     ):
         if age_from + max_age_s <= now:
             error = f"not delivered within max_age_s={max_age_s:g} of ingest"
@@ -147,6 +147,14 @@ async def claim(
     return sorted((record(r) for r in rows), key=lambda r: ready.index(r.id))
 
 
+# "status || ''" keeps the planner on the token index, as "+status" does on SQLite: the
+# status index would walk the server's whole pending backlog (21 ms at 20,000).
+WAKE_FOLLOWERS = (
+    "UPDATE events SET next_attempt_at = $1 WHERE token = $2 AND server_id = $3"
+    " AND status || '' = 'pending' AND attempts = 0 AND id != $4"
+)
+
+
 async def finish(db: Db, rec: EventRecord, outcome: Outcome, attempt: Attempt) -> bool:
     """Log the attempt; write its outcome only under the lease it was sent on. Held or not."""
     await db.execute(
@@ -162,11 +170,8 @@ async def finish(db: Db, rec: EventRecord, outcome: Outcome, attempt: Attempt) -
     if not await finish_row(db, rec.id, outcome, attempt.started_at, lease=rec.lease):
         return False
     if outcome.status in ("delivered", "dead"):
-        # "status || ''" keeps the planner on the token index, as "+status" does on SQLite:
-        # the status index would walk the server's whole pending backlog (21 ms at 20,000).
         await db.execute(
-            "UPDATE events SET next_attempt_at = $1 WHERE token = $2 AND server_id = $3"
-            " AND status || '' = 'pending' AND attempts = 0 AND id != $4",
+            WAKE_FOLLOWERS,
             time.time(),
             rec.token,
             rec.server_id,
