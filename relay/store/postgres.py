@@ -48,6 +48,14 @@ CHANNEL = "mmolove_relay_events"
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 30.0
 _LISTEN_PING_S = 10.0
+# A replica frozen or cut off in the middle of a transaction would hold its row locks, and
+# SKIP LOCKED would pass those rows by until TCP gave up (hours). The server ends a session
+# idle in a transaction after _IDLE_IN_TX_MS; one frozen between the messages of a statement
+# shows as active instead, so every replica's heartbeat also ends relay transactions older
+# than STALE_TX_S. The relay's own transactions last well under a second.
+APPLICATION = "mmolove-relay"
+_IDLE_IN_TX_MS = "10000"
+STALE_TX_S = 30.0
 # What a database that is down, restarting or unreachable raises: ingest answers 503.
 _DOWN = (
     OSError,
@@ -86,7 +94,14 @@ class PostgresOutbox:
         ``where`` is the URL as operators may see it (no password); ``password``, when given,
         overrides libpq's usual sources (PGPASSWORD, ~/.pgpass).
         """
-        options: dict[str, Any] = {"password": password, "timeout": _CONNECT_TIMEOUT_S}
+        options: dict[str, Any] = {
+            "password": password,
+            "timeout": _CONNECT_TIMEOUT_S,
+            "server_settings": {
+                "application_name": APPLICATION,
+                "idle_in_transaction_session_timeout": _IDLE_IN_TX_MS,
+            },
+        }
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=10, command_timeout=_COMMAND_TIMEOUT_S, **options
@@ -311,6 +326,9 @@ class PostgresOutbox:
         theirs: list[Any] = await self._tx(
             lambda db: sql.share(db, self.owner, mine, now, stale_s=FLEET_STALE_S)
         )
+        ended = await self._read(sql.END_STALE_TRANSACTIONS, APPLICATION, STALE_TX_S)
+        if ended:
+            log.warning("outbox.stale_transactions_ended", sessions=len(ended))
         opens = [r[0] for r in theirs if r[0] is not None]
         paused = {server: why for r in theirs for server, why in json.loads(r[1])}
         return FleetState(

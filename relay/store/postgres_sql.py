@@ -296,3 +296,11 @@ async def share(db: Db, owner: str, mine: FleetState, now: float, *, stale_s: fl
             now - stale_s,
         )
     )
+
+
+# Sessions of relays (any replica) holding a transaction open far longer than any of ours.
+END_STALE_TRANSACTIONS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name = $1 AND pid != pg_backend_pid()"
+    " AND xact_start < now() - make_interval(secs => $2)"
+)

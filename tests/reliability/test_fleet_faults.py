@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from relay.sandbox import RunningSandbox
+from relay.store.postgres import STALE_TX_S
 from tests.harness import (
     RelayProcess,
     Spawn,
@@ -226,7 +227,9 @@ async def test_a_stalled_replica_loses_its_leases_and_cannot_overwrite(
     stalled.send(signal.SIGSTOP)
     try:
         await other.ready()  # started only now: everything left is the stalled one's
-        counts = await wait_outbox_settled(http, other.url, timeout_s=30)
+        # 30 s more when the freeze caught a transaction: then its row locks hold until the
+        # other replica ends that session (STALE_TX_S).
+        counts = await wait_outbox_settled(http, other.url, timeout_s=30 + STALE_TX_S)
     finally:
         stalled.send(signal.SIGCONT)
     assert counts["delivered"] == 8, counts
