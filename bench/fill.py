@@ -15,12 +15,21 @@ from relay.store.sqlite_schema import MIGRATIONS
 _FILL = """
 WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
 INSERT INTO events (server_id, token, event, server_event_id, rank, test, body, fingerprint,
-                    created_at, next_attempt_at)
+                    created_at, next_attempt_at, referee_identity)
 SELECT ?3, 'mmref-' || ?4 || i, 'registered', 'reg-' || ?4 || i, 0, 0,
        CAST('{"event":"registered","token":"mmref-' || ?4 || i || '","server_id":"' || ?3 ||
             '","referee_identity":"player-' || ?4 || i || '","server_event_id":"reg-' || ?4 ||
             i || '","ts":' || CAST(?5 AS INTEGER) || '}' AS BLOB),
-       printf('%064x', i), ?5, ?5
+       printf('%064x', i), ?5, ?5, 'player-' || ?4 || i
+FROM n
+"""
+# Delivered events as prune leaves them in the ledger: realistic ids, tokens and answers.
+_LEDGER = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+INSERT INTO ledger (event_id, server_id, token, event, server_event_id, referee_identity, test,
+                    outcome, referral_id, state, attempts, created_at, finished_at)
+SELECT i, 'srv-123', 'mmref-' || printf('%024x', i), 'registered', 'reg-' || i,
+       'player-' || i, 0, 'accepted', 'ref_' || printf('%016x', i), 'registered', 1, ?2, ?2
 FROM n
 """
 _CHUNK = 100_000
@@ -48,6 +57,22 @@ def fill(path: Path, count: int, *, server_id: str, prefix: str) -> float:
     finally:
         db.close()
     return time.monotonic() - started
+
+
+def ledger_bytes(path: Path, count: int) -> int:
+    """Bytes ``count`` ledger entries (with their indexes) add to an empty outbox file."""
+    fill(path, 0, server_id="srv-123", prefix="l-")
+    empty = path.stat().st_size
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("BEGIN")
+        db.execute(_LEDGER, (count, time.time()))
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return path.stat().st_size - empty
 
 
 def delivered(path: Path) -> int:

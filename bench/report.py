@@ -60,6 +60,13 @@ def targets(results: dict[str, Any]) -> list[Target]:
         Target("1M backlog: peak RSS", backlog["peak_rss_mb"], 100, False, " MB"),
         Target("1M backlog: `status`", backlog["status_cli_s"], 1, False, " s"),
         Target(
+            "1M backlog: slowest console page",
+            max(backlog["console_ms"].values()),
+            100,
+            False,
+            " ms",
+        ),
+        Target(
             "1M backlog: drain / empty outbox",
             _ratio(backlog["drain_rate_per_s"], empty["rate_per_s"]),
             0.8,
@@ -128,7 +135,13 @@ def table(results: dict[str, Any]) -> str:
         f"Backlog of {b['events']:,} events ({b['db_mb']:,.0f} MB outbox): start-up "
         f"{b['startup_s']:.2f} s from spawn to /healthz ({b['startup_in_process_ms']} ms "
         f"in-process), `status` {b['status_cli_s']:.2f} s (CLI) / {b['status_api_s']:.3f} s "
-        f"(API), RSS {b['rss_mb']:.0f} MB (peak {b['peak_rss_mb']:.0f} MB).",
+        f"(API), RSS {b['rss_mb']:.0f} MB (peak {b['peak_rss_mb']:.0f} MB). The player "
+        f"view of one referral took {b['player_api_s'] * 1000:.1f} ms (API); the ledger "
+        f"takes {b['ledger_mb_per_million']:.0f} MB per million delivered events.",
+        "",
+        "Console pages with the backlog, median ms per GET: "
+        + ", ".join(f"{name} {ms:g}" for name, ms in b["console_ms"].items())
+        + ".",
     ]
     return "\n".join(lines)
 

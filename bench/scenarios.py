@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import fill, load, procs
+from bench import console, fill, load, procs
 from relay.sandbox import DEMO_SERVER_ID
 
 CONNECTIONS = 32
@@ -264,6 +264,13 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
         with urllib.request.urlopen(relay.url + "/v1/status", timeout=30) as resp:  # noqa: S310
             json.load(resp)
         status_api_s = time.monotonic() - t0
+        # The player view of one referral in the middle of the backlog.
+        player = f"player-b-{plan.backlog_events // 2}"
+        t0 = time.monotonic()
+        with urllib.request.urlopen(f"{relay.url}/v1/players/{player}", timeout=30) as resp:  # noqa: S310
+            told = json.load(resp)
+        player_api_s = time.monotonic() - t0
+        assert told["token"] == f"mmref-b-{plan.backlog_events // 2}", told
         t0 = time.monotonic()
         subprocess.run(  # noqa: S603
             [procs.PYTHON, "-m", "relay.cli", "status", "--url", relay.url],
@@ -271,6 +278,7 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
             capture_output=True,
         )
         status_cli_s = time.monotonic() - t0
+        console_ms = console.page_times_ms(relay.url, prefix="b-", count=plan.backlog_events)
         rss_mb, peak_mb = relay.rss_mb()
     return {
         "events": plan.backlog_events,
@@ -280,9 +288,18 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
         "startup_in_process_ms": _startup_ms(workdir / "relay-backlog.log"),
         "status_cli_s": round(status_cli_s, 3),
         "status_api_s": round(status_api_s, 3),
+        "player_api_s": round(player_api_s, 4),
+        "ledger_mb_per_million": round(
+            fill.ledger_bytes(workdir / "ledger.db", plan.backlog_events)
+            / plan.backlog_events
+            * 1e6
+            / 1e6,
+            1,
+        ),
         "rss_mb": round(rss_mb, 1),
         "peak_rss_mb": round(peak_mb, 1),
         "drain_rate_per_s": round(rate, 1),
+        "console_ms": console_ms,
     }
 
 

@@ -4,4 +4,4 @@ Game servers POST plain JSON events to the relay on localhost; the relay stores 
 in a SQLite outbox before answering, then signs and delivers it to MMOLove.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -14,11 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__
-from relay.api import DELIVERY_STATE, INGEST, METRICS, OUTBOX, error_response
-from relay.errors import InvalidEvent, OutboxError
+from relay import __version__, visibility
+from relay.alerts.rules import RULES
+from relay.alerts.targets import TARGETS
+from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
+from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
-from relay.store.contract import STATUSES, EventFilter, Outbox
+from relay.state import HELD, PAUSED, ServerSnapshot
+from relay.store.contract import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -51,32 +54,34 @@ async def status(request: web.Request) -> web.Response:
     now = time.time()
     summary = await _summary(request, now)
     outbox = request.app[OUTBOX]
-    settings = request.app[INGEST].settings
-    next_due = await outbox.next_due([s.server_id for s in settings.servers])
     delivery = request.app[DELIVERY_STATE]()
     counts = summary["counts"]
-    configured = {s["server_id"] for s in delivery["servers"]}
+    # Events of a server the relay does not know (removed before a restart) are held too.
     servers = [
-        {**server, "counts": counts.get(server["server_id"], _zero())}
-        for server in delivery["servers"]
-    ] + [
-        # Events of a server no longer configured wait until it is added back.
-        {"server_id": server_id, "configured": False, "counts": by_status}
-        for server_id, by_status in counts.items()
-        if server_id not in configured
+        *delivery.servers,
+        *(ServerSnapshot.held(sid) for sid in counts if delivery.server(sid) is None),
     ]
+    next_at = delivery.next_attempt_at(await outbox.next_due(delivery.sending))
     body = {
         "version": __version__,
         "uptime_s": round(now - request.app[STARTED], 1),
         "counts": _total(counts),
         "oldest_pending_age_s": summary["oldest_pending_age_s"],
-        "next_attempt_in_s": None if next_due is None else round(max(0.0, next_due - now), 1),
-        "in_flight": delivery["in_flight"],
-        "circuit": delivery["circuit"],
-        "circuit_open_until": delivery["circuit_open_until"],
-        "servers": servers,
+        "next_attempt_in_s": _seconds_until(next_at, now),
+        "in_flight": delivery.in_flight,
+        "outbox_lost": outbox.lost,
+        "circuit": delivery.circuit,
+        "circuit_open_until": delivery.circuit_open_until,
+        "circuit_reopens_in_s": _seconds_until(delivery.circuit_reopens_at, now),
+        "draining": delivery.draining,
+        "servers": [_server_json(s, counts.get(s.server_id, _zero()), now) for s in servers],
         "dead": await outbox.dead_by_reason(),
+        "waiting_for_registered": await outbox.count(
+            EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
+        ),
         "outbox": {"path": outbox.location, "bytes": summary["outbox_bytes"]},
+        "rejected": await visibility.rejected_summary(outbox, now),
+        "alerts": _alerts(request),
     }
     return web.json_response(body)
 
@@ -134,26 +139,26 @@ async def readyz(request: web.Request) -> web.Response:
     """
     problems: list[str] = []
     outbox = request.app[OUTBOX]
-    if request.app[INGEST].draining:
-        problems.append("shutting down")
-    try:
-        await outbox.check_writable()
-    except OutboxError as exc:
-        problems.append(f"outbox not writable: {exc}")
-    free = await outbox.disk_free_bytes()  # None: the database server minds its own disk
-    needed = request.app[INGEST].settings.min_free_bytes
-    if free is not None and free < needed:
-        problems.append(f"disk nearly full: {free} bytes free, {needed} needed for ingest")
     delivery = request.app[DELIVERY_STATE]()
-    for server in delivery["servers"]:
-        if server["paused"]:
-            problems.append(f"server {server['server_id']} paused: {server['paused_reason']}")
+    if delivery.draining:
+        problems.append("shutting down")
+    if (lost := await outbox.check_file()) is not None:
+        problems.append(f"outbox file lost: {lost}; restart the relay")
+    health = await outbox.health()
+    problems += health.problems
+    for server in delivery.servers:
+        if server.state == PAUSED:
+            problems.append(f"server {server.server_id} paused: {server.reason}")
     body = {
         "ready": not problems,
         "problems": problems,
-        "disk_free_bytes": free,
-        "circuit": delivery["circuit"],
-        "servers": {s["server_id"]: "paused" if s["paused"] else "ok" for s in delivery["servers"]},
+        "disk_free_bytes": health.free_bytes,
+        "circuit": delivery.circuit,
+        "servers": {
+            s.server_id: "paused" if s.state == PAUSED else "ok"
+            for s in delivery.servers
+            if s.state != HELD
+        },
     }
     return web.json_response(body, status=503 if problems else 200)
 
@@ -161,12 +166,12 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     summary = await _summary(request, time.time())
     delivery = request.app[DELIVERY_STATE]()
+    request.app[METRICS].outbox_lost.set(1 if request.app[OUTBOX].lost else 0)
     text = request.app[METRICS].render(
         counts=summary["counts"],
         oldest_pending_age_s=summary["oldest_pending_age_s"],
         outbox_bytes=summary["outbox_bytes"],
-        circuit=delivery["circuit"],
-        servers=delivery["servers"],
+        delivery=delivery,
     )
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
@@ -184,6 +189,33 @@ async def _summary(request: web.Request, now: float) -> dict[str, Any]:
     }
 
 
+def _alerts(request: web.Request) -> dict[str, Any]:
+    """Which conditions are firing, and how each alert target last answered."""
+    rules, targets = request.app.get(RULES), request.app.get(TARGETS)
+    return {
+        "firing": [asdict(s) for s in rules.firing.values()] if rules else [],
+        "targets": [asdict(h) for h in targets.health] if targets else [],
+    }
+
+
+def _server_json(server: ServerSnapshot, counts: dict[str, int], now: float) -> dict[str, Any]:
+    paused = server.state == PAUSED
+    return {
+        **asdict(server),
+        "next_attempt_in_s": _seconds_until(server.next_attempt_at, now),
+        # The names before the state field; kept for the scripts that read them.
+        "configured": server.state != HELD,
+        "paused": paused,
+        "paused_reason": server.reason if paused else None,
+        "next_probe_at": server.next_attempt_at if paused else None,
+        "counts": counts,
+    }
+
+
+def _seconds_until(moment: float | None, now: float) -> float | None:
+    return None if moment is None else round(max(0.0, moment - now), 1)
+
+
 def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:
     total = _zero()
     for by_status in counts.values():
@@ -196,17 +228,22 @@ def _zero() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
 
 
-def _refuse_remote(request: web.Request) -> web.Response | None:
+def local_peer(request: web.Request) -> bool:
+    """Whether the request comes from this machine: a loopback peer or the Unix socket."""
     peer = request.remote
     if not peer:  # the Unix socket: its file permissions decide who gets here
-        return None
+        return True
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
-        return None
+        return True
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
-    if address.is_loopback:
+    return address.is_loopback
+
+
+def _refuse_remote(request: web.Request) -> web.Response | None:
+    if local_peer(request):
         return None
     return error_response(
         403,
@@ -260,9 +297,19 @@ def _filter(data: Any, *, required: tuple[str, ...] = ()) -> EventFilter:
         if name in EventFilter.TEXT:
             if not isinstance(value, str):
                 raise InvalidEvent(422, "invalid_filter", f"{name} is a string.", name)
+            if name == "status" and value not in STATUSES:
+                raise InvalidEvent(
+                    422,
+                    "invalid_filter",
+                    f"status {value!r} is not one of {', '.join(STATUSES)}.",
+                    name,
+                )
             values[name] = value
         else:
             number = _number(value, name)
+            if name.endswith("_id") and not _is_id(int(number)):
+                # SQLite integers are 64-bit: a larger id would crash the query, not match.
+                raise InvalidEvent(422, "invalid_filter", f"{name} is 0 to 2^63 - 1.", name)
             values[name] = int(number) if name.endswith("_id") else number
     return EventFilter(**values)
 

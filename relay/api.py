@@ -9,57 +9,56 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from relay.config import Settings
+from relay import openapi
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
+from relay.rejected import BATCH_REJECTS, RAW_BODY
+from relay.rejected import middleware as _rejections
+from relay.state import DeliverySnapshot, Live
 from relay.store.contract import Added, Outbox
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OUTBOX = web.AppKey("outbox", Outbox)
-StateProvider = Callable[[], dict[str, Any]]
+StateProvider = Callable[[], DeliverySnapshot]
 DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
 METRICS = web.AppKey("metrics", Metrics)
-
-
-@dataclass
-class Ingest:
-    """What handlers read that can change while the app runs (SIGHUP, shutdown)."""
-
-    settings: Settings
-    draining: bool = False
-
-
-INGEST = web.AppKey("ingest", Ingest)
+# The live settings and draining flag, shared with the dispatcher and the daemon.
+INGEST = web.AppKey("ingest", Live)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
+# The web console checks the token itself: a browser sends a cookie, not a bearer header.
+_OWN_AUTH_PREFIX = "/ui"
 _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
 def make_app(
-    outbox: Outbox, settings: Settings, delivery_state: StateProvider, metrics: Metrics
+    outbox: Outbox, live: Live, delivery_state: StateProvider, metrics: Metrics
 ) -> web.Application:
     """The ingest app; ``delivery_state`` reports the breaker and per-server pauses.
 
     The operator routes (``relay.admin``) are added to it by the daemon.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors, _auth])
+    app = web.Application(
+        client_max_size=live.settings.max_body_bytes, middlewares=[_rejections, _errors, _auth]
+    )
     app[OUTBOX] = outbox
-    app[INGEST] = Ingest(settings)
+    app[INGEST] = live
     app[DELIVERY_STATE] = delivery_state
     app[METRICS] = metrics
     app.router.add_post("/v1/events", post_event)
     app.router.add_post("/v1/events/batch", post_batch)
     app.router.add_get("/v1/events/{id}", get_event)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/openapi.json", openapi.serve)
     return app
 
 
@@ -96,6 +95,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(503, "unavailable", str(exc))
         response.headers["Retry-After"] = "5"
         return response
+    except ConnectionError:
+        # The client hung up before its body arrived: nobody to answer, nothing stored.
+        log.info("api.client_disconnected", path=request.path)
+        return error_response(400, "client_disconnected", "the client closed the connection.")
     except Exception:
         # A bug, not bad input: say so in JSON, and keep the daemon serving.
         log.exception("api.crashed", path=request.path)
@@ -110,7 +113,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[INGEST].settings.ingest_token
-    if token is not None and request.path not in _PUBLIC_PATHS:
+    own_auth = request.path == _OWN_AUTH_PREFIX or request.path.startswith(_OWN_AUTH_PREFIX + "/")
+    if token is not None and request.path not in _PUBLIC_PATHS and not own_auth:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         # surrogateescape: header bytes that are not UTF-8 must compare unequal, not crash.
         if not hmac.compare_digest(
@@ -126,10 +130,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _read_json(request: web.Request) -> Any:
-    if request.app[INGEST].draining:
-        raise OutboxUnavailable(
-            "the relay is shutting down; send again in a few seconds.", retry_after_s=2
-        )
+    request.app[INGEST].refuse_if_draining()
     if request.content_type != "application/json":
         raise InvalidEvent(
             415,
@@ -137,7 +138,11 @@ async def _read_json(request: web.Request) -> Any:
             "send the event with Content-Type: "
             f"application/json (got {request.content_type or 'none'}).",
         )
-    return parse_json(await request.read())
+    raw = await request.read()
+    request[RAW_BODY] = raw  # kept for the record of a rejection
+    # Again: a body still arriving when the drain began must not be stored after it.
+    request.app[INGEST].refuse_if_draining()
+    return parse_json(raw)
 
 
 def _validate(request: web.Request, data: Any, now: float) -> Event:
@@ -231,6 +236,7 @@ async def post_batch(request: web.Request) -> web.Response:
                 "id": result.id,
                 "duplicate": not result.created,
             }
+    request[BATCH_REJECTS] = [r for r in results if r["status"] >= 400]
     return web.json_response({"results": results})
 
 

@@ -25,13 +25,17 @@ class Breaker:
     Closed: send freely. After ``failures`` retryable failures in a row it opens for a
     cool-down that doubles with each failed probe (capped); then one probe goes through
     (half-open) and its answer closes or re-opens the circuit. A ``Retry-After`` on 429 or
-    503 holds the circuit open at least that long: MMOLove asked the whole client to wait.
+    503 holds the circuit open at least that long, up to ``retry_after_cap_s``: MMOLove
+    asked the whole client to wait, but one answer must not halt every event for an hour.
     """
 
-    def __init__(self, *, failures: int, cooldown_s: float, cap_s: float) -> None:
+    def __init__(
+        self, *, failures: int, cooldown_s: float, cap_s: float, retry_after_cap_s: float
+    ) -> None:
         self._threshold = failures
         self._base_s = cooldown_s
         self._cap_s = cap_s
+        self._retry_after_cap_s = retry_after_cap_s
         self._failures = 0
         self._cooldown_s = cooldown_s
         self.open_until: float | None = None
@@ -42,6 +46,11 @@ class Breaker:
         if self.open_until is None:
             return "closed"
         return "half_open" if self._probing else "open"
+
+    @property
+    def reopens_at(self) -> float | None:
+        """When the open circuit lets its probe through; None unless it is open."""
+        return self.open_until if self.state == "open" else None
 
     def allowance(self, now: float, wanted: int) -> int:
         """How many attempts may start now (0 while open; 1 probe once the cool-down ends)."""
@@ -65,7 +74,7 @@ class Breaker:
         if self._probing or self._failures >= self._threshold or retry_after_s:
             if self._probing:
                 self._cooldown_s = min(self._cap_s, self._cooldown_s * 2)
-            hold_s = max(self._cooldown_s, retry_after_s or 0.0)
+            hold_s = max(self._cooldown_s, min(retry_after_s or 0.0, self._retry_after_cap_s))
             self.open_until = now + hold_s
             self._probing = False
             log.warning("breaker.opened", failures=self._failures, reopen_in_s=round(hold_s, 1))

@@ -7,31 +7,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import structlog
 from aiohttp import web
 
-from relay import __version__, admin
-from relay.api import INGEST, make_app
-from relay.config import Settings, describe
+from relay import __version__, admin, guard, visibility
+from relay.alerts.rules import RULES, Rules
+from relay.alerts.targets import TARGETS, Targets
+from relay.api import make_app
+from relay.config import Settings, describe, host_port, mask_url
+from relay.console import add_console
 from relay.dispatcher import Dispatcher
+from relay.errors import ConfigError
 from relay.fleet import FleetSync
 from relay.metrics import Metrics
+from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
+from relay.state import Live
 from relay.store.backends import open_outbox
 from relay.store.contract import Outbox
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
+# How soon a deleted or replaced outbox file is noticed when no ingest checks it first.
+FILE_CHECK_EVERY_S = 2.0
 INGEST_GRACE_S = 1.0
 UNIX_SOCKET_MODE = 0o660
 # What SIGHUP applies; every other setting needs a restart, and a reload that changes one
 # says so in its log line.
-RELOADABLE = ("servers", "allow_extra_fields", "max_batch")
+RELOADABLE = ("servers", "allow_extra_fields", "max_batch", "notes")
 
 
 @dataclass
@@ -39,11 +48,15 @@ class RunningRelay:
     """A handle on a started relay, given to ``on_ready``."""
 
     url: str  # base URL of ingest, e.g. http://127.0.0.1:8787 (or unix:/path)
-    settings: Settings
+    live: Live
     dispatcher: Dispatcher
     outbox: Outbox
     _app: web.Application = field(repr=False)
     _dispatch_task: asyncio.Task[None] = field(repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
 
     @property
     def dispatching(self) -> bool:
@@ -58,16 +71,19 @@ class RunningRelay:
             if f.name not in RELOADABLE
             and getattr(settings, f.name) != getattr(self.settings, f.name)
         ]
-        self.settings = replace(
+        before = {s.server_id for s in self.settings.servers}
+        self.live.settings = replace(
             self.settings, **{name: getattr(settings, name) for name in RELOADABLE}
         )
-        self._app[INGEST].settings = self.settings
         self.dispatcher.reload(self.settings.servers)
         log.info(
             "relay.reloaded",
             servers=[s.server_id for s in self.settings.servers],
+            # Their events are held, not sent, until they are added back.
+            removed=sorted(before - {s.server_id for s in settings.servers}) or None,
             needs_restart=needs_restart or None,
         )
+        _log_notes(settings)
 
 
 async def run(
@@ -79,6 +95,8 @@ async def run(
 ) -> None:
     """Serve until ``shutdown`` is set, then stop ingest, drain deliveries and close."""
     started = time.monotonic()
+    fd_limit = guard.raise_fd_limit()
+    max_connections = guard.connection_cap(settings, fd_limit.soft)
     async with AsyncExitStack() as stack:
         outbox = await open_outbox(settings)
         stack.push_async_callback(outbox.close)
@@ -95,7 +113,8 @@ async def run(
         )
         stack.push_async_callback(sender.close)
         metrics = Metrics()
-        dispatcher = Dispatcher(outbox, sender, settings, metrics=metrics)
+        live = Live(settings)
+        dispatcher = Dispatcher(outbox, sender, live, metrics=metrics)
         stop_dispatch = asyncio.Event()
         dispatch_task = asyncio.create_task(dispatcher.run(stop_dispatch), name="dispatcher")
         stack.push_async_callback(_finish, dispatch_task, stop_dispatch)
@@ -112,13 +131,39 @@ async def run(
         stack.push_async_callback(_cancel, fleet)
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
+        watch = asyncio.create_task(_watch_file(outbox), name="outbox-watch")
+        stack.push_async_callback(_cancel, watch)
 
-        app = make_app(outbox, settings, dispatcher.snapshot, metrics)
+        app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
+        app.middlewares.append(guard.body_guard(settings))
+        visibility.add_routes(app)
+        rejections = Rejections(outbox.records, metrics, keep=settings.rejected_keep)
+        app[REJECTIONS] = rejections
+        recorder = asyncio.create_task(rejections.run(), name="rejections")
+        # Cancelled before the outbox closes; what it still holds is written on the way out.
+        stack.push_async_callback(rejections.flush)
+        stack.push_async_callback(_cancel, recorder)
+        if settings.alerts:
+            # Their own tasks and HTTP client: a slow or failing target never touches delivery.
+            app[TARGETS] = Targets(settings.alerts, metrics)
+            app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send)
+            for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
+                stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
+        add_console(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s)
+        runner = guard.GuardedRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=min(INGEST_GRACE_S, settings.drain_timeout_s),
+            max_connections=max_connections,
+            # aiohttp closes a connection still waiting for a complete request head when
+            # this runs out, counted from its opening or its last answer: slowloris included.
+            keepalive_timeout=settings.header_timeout_s,
+            # What a connection may buffer before its body is read: 1,000 attackers' worth
+            # stays small (aiohttp pauses the socket at twice this).
+            read_bufsize=16 * 1024,
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -127,7 +172,13 @@ async def run(
             site = web.UnixSite(runner, str(settings.listen.path))
         else:
             site = web.TCPSite(runner, settings.listen.host, settings.listen.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.listen}: {exc.strerror}; pick another address "
+                "with MMOLOVE_RELAY_LISTEN."
+            ) from exc
         if settings.listen.path is not None:
             # The owner and its group may connect (put the game server in that group), others
             # not. Before this chmod the umask applies, which denies others with any sane one.
@@ -135,7 +186,7 @@ async def run(
         url = _bound_url(runner, settings)
         relay = RunningRelay(
             url=url,
-            settings=settings,
+            live=live,
             dispatcher=dispatcher,
             outbox=outbox,
             _app=app,
@@ -146,12 +197,22 @@ async def run(
             version=__version__,
             listen=url,
             outbox=outbox.location,
-            endpoint=settings.endpoint,
+            endpoint=mask_url(settings.endpoint),
             servers=[s.server_id for s in settings.servers],
             startup_ms=round((time.monotonic() - started) * 1000, 1),
         )
         # The settings in force, secrets masked: what an operator checks first.
         log.info("relay.settings", **describe(settings))
+        log.log(
+            # A lowered cap or a limit that could not be raised: the operator should know.
+            logging.WARNING
+            if fd_limit.error or max_connections < settings.max_connections
+            else logging.INFO,
+            "relay.fd_limit",
+            **asdict(fd_limit),
+            max_connections=max_connections,
+        )
+        _log_notes(settings)
         if on_ready is not None:
             on_ready(relay)
 
@@ -160,11 +221,19 @@ async def run(
         log.info("relay.stopping")
         if on_stopping is not None:
             on_stopping()
-        app[INGEST].draining = True
-        stop_dispatch.set()  # no new claims; in-flight attempts drain alongside the listener
-        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (drain
-        # within its budget), HTTP client, outbox.
+        live.draining = True
+        # No new claims; in-flight attempts drain within their budget while the listener
+        # still answers, so a client sees 503 + Retry-After rather than a refused connection.
+        await _finish(dispatch_task, stop_dispatch)
+        # The exit stack now unwinds in reverse: listener, housekeeping, dispatcher (done),
+        # HTTP client, outbox.
     log.info("relay.stopped")
+
+
+def _log_notes(settings: Settings) -> None:
+    """The configuration's warnings (unknown variables, short secrets, trims), one line each."""
+    for note in settings.notes:
+        log.log(logging.getLevelName(note.level.upper()), note.event, message=note.message)
 
 
 async def _finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -184,7 +253,9 @@ async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
         await asyncio.sleep(HOUSEKEEPING_EVERY_S)
         now = time.time()
         try:
-            events, attempts = await outbox.prune(now - settings.retention_s)
+            events, attempts = await outbox.prune(
+                now - settings.retention_s, now - settings.ledger_retention_s
+            )
         except Exception as exc:  # the next round may succeed; never kill the daemon
             log.error("outbox.housekeeping_failed", error=str(exc))
             continue
@@ -196,10 +267,16 @@ async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
             )
 
 
+async def _watch_file(outbox: Outbox) -> None:
+    """Check the outbox is still the file at its path (``Outbox.check_file`` logs a loss)."""
+    while True:
+        if await outbox.check_file() is not None:
+            return  # lost for good: nothing more to notice
+        await asyncio.sleep(FILE_CHECK_EVERY_S)
+
+
 def _bound_url(runner: web.AppRunner, settings: Settings) -> str:
     if settings.listen.path is not None:
         return f"unix:{settings.listen.path}"
     host, port = runner.addresses[0][:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"http://{host_port(host, port)}"  # the bound address, wildcard included

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -27,7 +27,8 @@ from relay.errors import (
 from relay.metrics import Metrics
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
-from relay.store.contract import Attempt, EventRecord, Outbox, Outcome
+from relay.state import CIRCUIT_OPEN, DELIVERING, PAUSED, DeliverySnapshot, Live, ServerSnapshot
+from relay.store.contract import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
 
 log = structlog.get_logger("relay.dispatcher")
 
@@ -48,17 +49,20 @@ class ServerState:
     clock_offset_s: float = 0.0
     last_error: str | None = None
     last_error_at: float | None = None
+    removed: bool = False  # dropped by a reload: its events are held until it comes back
 
-    def as_json(self) -> dict[str, object]:
-        return {
-            "server_id": self.config.server_id,
-            "paused": self.paused_reason is not None,
-            "paused_reason": self.paused_reason,
-            "next_probe_at": self.probe_at if self.paused_reason else None,
-            "clock_offset_s": self.clock_offset_s,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-        }
+    def snapshot(self, circuit: str, circuit_open_until: float | None) -> ServerSnapshot:
+        server_id = self.config.server_id
+        if self.removed:
+            return ServerSnapshot.held(server_id)
+        state, reason, next_at = DELIVERING, None, None
+        if self.paused_reason is not None:
+            state, reason, next_at = PAUSED, self.paused_reason, self.probe_at
+        elif circuit != "closed":
+            state, next_at = CIRCUIT_OPEN, circuit_open_until
+            reason = "MMOLove is failing; the circuit holds every server's deliveries back"
+        last = (self.clock_offset_s, self.last_error, self.last_error_at)
+        return ServerSnapshot(server_id, state, reason, next_at, *last)
 
 
 class Dispatcher:
@@ -68,7 +72,7 @@ class Dispatcher:
         self,
         outbox: Outbox,
         sender: Sender,
-        settings: Settings,
+        live: Live,
         *,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
@@ -76,20 +80,26 @@ class Dispatcher:
         self._outbox = outbox
         self._metrics = metrics
         self._sender = sender
-        self._settings = settings
+        self._live = live
         self._clock = clock
+        settings = live.settings
         self.servers = {s.server_id: ServerState(s) for s in settings.servers}
         self.breaker = Breaker(
             failures=settings.breaker_failures,
             cooldown_s=settings.breaker_cooldown_s,
             cap_s=max(settings.backoff_cap_s, settings.breaker_cooldown_s),
+            retry_after_cap_s=settings.breaker_retry_after_cap_s,
         )
         self._pacer = Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}
         self._wake = asyncio.Event()
 
     def reload(self, servers: Sequence[ServerConfig]) -> None:
-        """Take new secrets and kids (and new servers); every paused server is probed at once."""
+        """Take new secrets and kids, new servers and removed ones; every paused server is
+        probed at once. A removed server is sent nothing more; its events are held."""
+        kept = {config.server_id for config in servers}
+        for known in self.servers.values():
+            known.removed = known.config.server_id not in kept
         for config in servers:
             state = self.servers.get(config.server_id)
             if state is None:
@@ -107,13 +117,20 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "circuit": self.breaker.state,
-            "circuit_open_until": self.breaker.open_until,
-            "in_flight": len(self._tasks),
-            "servers": [s.as_json() for s in self.servers.values()],
-        }
+    def snapshot(self) -> DeliverySnapshot:
+        """What observers may know of delivery right now."""
+        circuit, open_until = self.breaker.state, self.breaker.open_until
+        return DeliverySnapshot(
+            circuit=circuit,
+            circuit_open_until=open_until,
+            in_flight=len(self._tasks),
+            draining=self._live.draining,
+            servers=tuple(s.snapshot(circuit, open_until) for s in self.servers.values()),
+        )
+
+    @property
+    def _settings(self) -> Settings:
+        return self._live.settings
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and send until ``stop``; then let in-flight attempts finish or cancel them."""
@@ -140,7 +157,13 @@ class Dispatcher:
         free = s.concurrency - len(self._tasks)
         if free <= 0:
             return _IDLE_WAIT_S
-        active = [sid for sid, st in self.servers.items() if not st.paused_reason]
+        if not await self._outbox.can_deliver():
+            # The disk is full: an attempt started now could not record its outcome, and
+            # would be sent again after its lease.
+            return _OUTBOX_RETRY_S
+        active = [
+            sid for sid, st in self.servers.items() if not st.paused_reason and not st.removed
+        ]
         claimed = await self._claim_probes(now, free)
         free -= len(claimed)
         allowed = self.breaker.allowance(now, free) if free else 0
@@ -164,7 +187,12 @@ class Dispatcher:
         """One event for each paused server whose probe time has come."""
         probes: list[EventRecord] = []
         for state in self.servers.values():
-            due = state.paused_reason and not state.probing and state.probe_at <= now
+            due = (
+                state.paused_reason
+                and not state.removed
+                and not state.probing
+                and state.probe_at <= now
+            )
             if not due or len(probes) >= free or not self.breaker.allowance(now, 1):
                 continue
             claimed = await self._outbox.claim(
@@ -197,7 +225,9 @@ class Dispatcher:
             if due is not None:
                 moments.append(due)
             moments += [
-                st.probe_at for st in self.servers.values() if st.paused_reason and not st.probing
+                st.probe_at
+                for st in self.servers.values()
+                if st.paused_reason and not st.probing and not st.removed
             ]
         return max(0.0, min(moments) - now)
 
@@ -246,19 +276,27 @@ class Dispatcher:
         return self._settings.send_timeout_s * 2 + self._settings.drain_timeout_s
 
     async def _attempt(self, record: EventRecord) -> None:
-        state = self.servers.get(record.server_id)
+        state = self.servers[record.server_id]
+        if state.removed:
+            # A reload removed the server while this event waited for the pacer: hold it.
+            state.probing = False
+            self.breaker.release_probe()
+            await self._outbox.release([record], self._clock())
+            return
         started, t0 = self._clock(), time.monotonic()
         try:
             result = await self._send(record, state, started)
         except asyncio.CancelledError:
             # Shutdown cut the attempt short: it proves nothing about MMOLove or the server.
-            if state is not None and state.probing:
+            if state.probing:
                 state.probing = False
             self.breaker.release_probe()
             raise
         latency_ms = (time.monotonic() - t0) * 1000
         # Backoff counts from the end of the attempt: a 15 s timeout must not eat it.
         outcome = await self._decide(record, state, result, self._clock())
+        if outcome.outcome == "illegal_transition":
+            outcome = await self._hold_for_registered(record, outcome, started)
         label = outcome.outcome or outcome.status
         detail = result.response if isinstance(result, Delivered) else str(result)
         attempt = Attempt(
@@ -321,15 +359,9 @@ class Dispatcher:
                 await asyncio.sleep(_OUTBOX_RETRY_S)
 
     async def _send(
-        self, record: EventRecord, state: ServerState | None, now: float
+        self, record: EventRecord, state: ServerState, now: float
     ) -> Delivered | DeliveryError:
         """Sign with a fresh t and post once; every failure comes back as a DeliveryError."""
-        if state is None:
-            return PermanentDelivery(
-                "server_not_configured",
-                f"server {record.server_id} is no longer in the configuration; add it back "
-                "and replay the event",
-            )
         try:
             t = int(now + state.clock_offset_s)
             header = signature_header(
@@ -346,20 +378,19 @@ class Dispatcher:
     async def _decide(
         self,
         record: EventRecord,
-        state: ServerState | None,
+        state: ServerState,
         result: Delivered | DeliveryError,
         now: float,
     ) -> Outcome:
         """Turn one attempt's result into the event's next status; update breaker and pauses."""
         s = self._settings
-        was_probe = state is not None and state.probing
-        if state is not None:
-            state.probing = False
-            if not isinstance(result, Delivered):
-                state.last_error, state.last_error_at = str(result), now
+        was_probe = state.probing
+        state.probing = False
+        if not isinstance(result, Delivered):
+            state.last_error, state.last_error_at = str(result), now
         if isinstance(result, Delivered | PermanentDelivery):
             self.breaker.success()  # MMOLove answered
-            if state is not None and was_probe and state.paused_reason:
+            if was_probe and state.paused_reason:
                 # Any verdict on the event means the signature and endpoint work again.
                 log.info("sender.resumed", server_id=state.config.server_id)
                 state.paused_reason = None
@@ -380,7 +411,7 @@ class Dispatcher:
                 http_status=result.http_status,
                 response=result.response or None,
             )
-        if isinstance(result, SenderPaused) and state is not None:
+        if isinstance(result, SenderPaused):
             self.breaker.success()
             await self._pause(state, result, now)
             retry_at = now  # the pause holds it back; a probe or a reload may take it any time
@@ -390,7 +421,7 @@ class Dispatcher:
                 # Honoured, but a Retry-After of days must not stall the relay for days.
                 retry_after = min(retry_after, s.retry_after_cap_s)
             self.breaker.failure(now, retry_after)
-            if state is not None and was_probe:
+            if was_probe:
                 state.probe_at = now + s.pause_probe_s
             delay = backoff_s(record.attempts, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s)
             retry_at = now + max(delay, retry_after or 0.0)
@@ -401,6 +432,33 @@ class Dispatcher:
             next_attempt_at=min(retry_at, record.age_from + s.max_age_s),
             http_status=result.http_status,
             response=result.response or None,
+        )
+
+    async def _hold_for_registered(
+        self, record: EventRecord, outcome: Outcome, started: float
+    ) -> Outcome:
+        """A qualified or reversed refused as illegal may only have overtaken its registered
+        (two code paths in the game server race): keep it until a registered for its token
+        is delivered, and dead-letter it as orphaned only when max_age_s runs out."""
+        if record.event == "registered" or record.test:
+            return outcome
+        delivered_at = await self._outbox.registered_delivered_at(record.server_id, record.token)
+        if delivered_at is not None and delivered_at < started:
+            return outcome  # MMOLove had the registered already: really illegal
+        expires_at = record.age_from + self._settings.max_age_s
+        error = (
+            f"MMOLove refused this {record.event} as an illegal transition ({outcome.error}), "
+            f"and no registered for token {record.token} had been delivered: waiting for one; "
+            "it is sent again as soon as one is, and dead-lettered as orphaned at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(expires_at))} UTC (max_age_s)"
+        )
+        return replace(
+            outcome,
+            status="pending",
+            outcome=WAITING_FOR_REGISTERED,
+            error=error,
+            # A registered delivered while this one was on its way: try again at once.
+            next_attempt_at=self._clock() if delivered_at is not None else expires_at,
         )
 
     async def _pause(self, state: ServerState, error: SenderPaused, now: float) -> None:

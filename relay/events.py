@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,10 @@ KNOWN_FIELDS = ("event", "token", "server_id", "referee_identity", "server_event
 MAX_FIELD_CHARS = 512
 # A ts this far ahead of the relay's clock is almost always milliseconds sent as seconds.
 MAX_FUTURE_TS_S = 24 * 3600
+# A ts before this (2001-09-09) is not the time of a referral; 0, 5 or 5e-324 are mistakes.
+MIN_TS = 1_000_000_000
+# Ids are printable text: a NUL or a newline in a token breaks logs, terminals and MMOLove.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,7 @@ class Event:
     test: bool
     body: bytes
     fingerprint: str  # digest of what the client sent: tells an exact repeat from a conflict
+    referee_identity: str | None = None  # the player, the anchor the player view finds
 
     @property
     def rank(self) -> int:
@@ -87,6 +92,16 @@ def validate(
         )
 
     fields = {name: _required_string(data, name) for name in REQUIRED_STRINGS}
+    for name, value in fields.items():
+        found = _CONTROL.search(value)
+        if found:
+            raise InvalidEvent(
+                422,
+                "invalid_field",
+                f"{name} contains the control character U+{ord(found.group()):04X}; "
+                "send printable text.",
+                name,
+            )
     if fields["event"] not in EVENT_RANK:
         raise InvalidEvent(
             422,
@@ -131,6 +146,7 @@ def validate(
         test=bool(test),
         body=_dumps(body),
         fingerprint=fingerprint,
+        referee_identity=referee,
     )
 
 
@@ -195,13 +211,23 @@ def _server_id(data: dict[str, Any], server_ids: Sequence[str]) -> str:
     return server_id
 
 
-def _ts(value: Any, now: float) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEvent(422, "invalid_field", "ts must be a number of Unix seconds.", "ts")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidEvent(422, "invalid_field", "ts must be a finite number.", "ts")
-    if value <= 0:
-        raise InvalidEvent(422, "invalid_field", "ts must be positive Unix seconds.", "ts")
+def _ts(value: Any, now: float) -> int:
+    # Only a JSON integer: a float is rounded by every parser (5e-324, 10,000 digits) and
+    # MMOLove reads whole seconds.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(
+            422,
+            "invalid_field",
+            "ts must be whole Unix seconds as a JSON integer, e.g. 1733500000.",
+            "ts",
+        )
+    if value < MIN_TS:
+        raise InvalidEvent(
+            422,
+            "invalid_field",
+            f"ts {value} is before 2001; send the event's time in Unix seconds.",
+            "ts",
+        )
     if value > now + MAX_FUTURE_TS_S:
         raise InvalidEvent(
             422,

@@ -1,7 +1,10 @@
 """Logging: structlog configured once, JSON lines off a terminal, and a redaction step.
 
 ``configure`` is called by the CLI only. Secrets registered with ``redact`` are replaced in
-every rendered line, whatever field or message they hide in.
+every rendered line: a secret of ``MIN_SECRET_CHARS`` or more wherever it hides in a field or
+message; a shorter one (warned about at start-up) only where it is a field's whole value,
+since as a substring it would mangle unrelated words (an outbox path once printed as
+``/tmp/x/***.db``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from relay.config import MIN_SECRET_CHARS
 
 REDACTED = "***"
 _secrets: set[str] = set()
@@ -24,8 +29,10 @@ def redact(values: Iterable[str]) -> None:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
+        if value in _secrets:
+            return REDACTED
         for secret in _secrets:
-            if secret in value:
+            if len(secret) >= MIN_SECRET_CHARS and secret in value:
                 value = value.replace(secret, REDACTED)
         return value
     if isinstance(value, dict):

@@ -6,8 +6,7 @@ ids, event types and outcome names: never a token, a player or a secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import prometheus_client
 from prometheus_client import (
@@ -18,6 +17,8 @@ from prometheus_client import (
     exposition,
     generate_latest,
 )
+
+from relay.state import HELD, PAUSED, DeliverySnapshot
 
 # The *_created series (when each counter was born) only double the output here.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -37,6 +38,18 @@ class Metrics:
             f"{_PREFIX}_events_ingested",
             "Events stored by ingest (duplicates not counted).",
             ["server_id", "event"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            f"{_PREFIX}_ingest_rejected",
+            "Inputs ingest refused with a 4xx, by error code (see mmolove-relay rejected).",
+            ["code"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            f"{_PREFIX}_alerts",
+            "Alert messages by target kind and result (sent, failed).",
+            ["kind", "result"],
             registry=r,
         )
         self.delivered = Counter(
@@ -76,6 +89,11 @@ class Metrics:
             "1 while the circuit to MMOLove is open or half-open (MMOLove failing).",
             registry=r,
         )
+        self.outbox_lost = Gauge(
+            f"{_PREFIX}_outbox_file_lost",
+            "1 once the outbox file was deleted or replaced under the running relay.",
+            registry=r,
+        )
         self._paused = Gauge(
             f"{_PREFIX}_server_paused",
             "1 while a server's deliveries are paused (401, redirect, proxy error).",
@@ -95,8 +113,7 @@ class Metrics:
         counts: Mapping[str, Mapping[str, int]],
         oldest_pending_age_s: float | None,
         outbox_bytes: int,
-        circuit: str,
-        servers: Sequence[Mapping[str, Any]],
+        delivery: DeliverySnapshot,
     ) -> bytes:
         """Set the gauges from the outbox and dispatcher state just read, then expose all."""
         self._depth.clear()
@@ -105,8 +122,9 @@ class Metrics:
                 self._depth.labels(server_id, status).set(count)
         self._oldest.set(oldest_pending_age_s or 0.0)
         self._size.set(outbox_bytes)
-        self._circuit.set(0 if circuit == "closed" else 1)
+        self._circuit.set(0 if delivery.circuit == "closed" else 1)
         self._paused.clear()
-        for server in servers:
-            self._paused.labels(server["server_id"]).set(1 if server["paused"] else 0)
+        for server in delivery.servers:
+            if server.state != HELD:
+                self._paused.labels(server.server_id).set(1 if server.state == PAUSED else 0)
         return generate_latest(self.registry)

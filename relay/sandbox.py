@@ -10,6 +10,7 @@ import functools
 import json
 import random
 import secrets
+import socket
 import ssl
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import Any, TypeGuard
 
 from aiohttp import hdrs, web
 
+from relay import config
 from relay.signing import HEADER, ParsedSignature, parse_header, verify
 
 DEMO_SERVER_ID = "srv-demo"
@@ -46,6 +48,19 @@ _TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 _RECORD_FIELDS = ("server_id", "token", "event", "server_event_id")
+
+# The `impostor` fault: 2xx answers that are not MMOLove speaking (a captive portal, a CDN
+# maintenance page, a cut answer), as (status, content type, body).
+IMPOSTORS: dict[str, tuple[int, str, bytes]] = {
+    "html": (200, "text/html", b"<html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"),
+    "empty": (200, "application/json", b""),
+    "ok_false": (200, "application/json", b'{"ok":false}'),
+    "empty_object": (200, "application/json", b"{}"),
+    "cut": (200, "application/json", b'{"ok":tr'),
+    "201": (201, "application/json", b'{"ok":true}'),
+    "202": (202, "application/json", b'{"ok":true}'),
+    "204": (204, "application/json", b""),
+}
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -64,6 +79,7 @@ class Faults:
     slow_body_ms: float = 0
     clock_offset_s: float = 0
     redirect_to: str | None = None
+    impostor: str | None = None  # a key of IMPOSTORS: answer that instead of MMOLove
     unknown_tokens: set[str] = field(default_factory=set)
 
     def as_json(self) -> dict[str, Any]:
@@ -118,6 +134,19 @@ class _Referral:
 
 
 @dataclass(slots=True)
+class Send:
+    """One POST to the event endpoint, in arrival order: the request log.
+
+    ``repeat`` marks a send of an event MMOLove had already accepted when its body arrived,
+    however it was then answered: the duplicate sends a relay should keep near zero.
+    """
+
+    key: tuple[str, str, str] | None  # (token, event, server_event_id); None if unreadable
+    repeat: bool
+    status: int | None = None  # None: the connection was dropped unanswered
+
+
+@dataclass(slots=True)
 class _Ledger:
     """Everything the sandbox remembers; a reset replaces it whole."""
 
@@ -127,7 +156,7 @@ class _Ledger:
     accepted: list[dict[str, str]] = field(default_factory=list)
     duplicates: int = 0
     test_events: int = 0
-    double_effects: int = 0
+    sends: list[Send] = field(default_factory=list)
     effects: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # by _Event.key
     referrals: dict[tuple[str, str], _Referral] = field(default_factory=dict)
     anchors: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -168,13 +197,17 @@ class Sandbox:
             "accepted": [dict(record) for record in ledger.accepted],
             "duplicates": ledger.duplicates,
             "test_events": ledger.test_events,
-            "double_effects": ledger.double_effects,
+            "duplicate_sends": sum(send.repeat for send in ledger.sends),
             "referrals": {
                 f"{server_id}/{token}": asdict(referral)
                 for (server_id, token), referral in ledger.referrals.items()
             },
             "faults": self.faults.as_json(),
         }
+
+    def request_log(self) -> list[Send]:
+        """Every event POST so far, in arrival order."""
+        return list(self._ledger.sends)
 
     def reset(self) -> None:
         """Forget all state and clear faults in place, so callers holding ``faults`` see it."""
@@ -185,29 +218,34 @@ class Sandbox:
 
     async def _on_event(self, request: web.Request) -> web.StreamResponse:
         self._ledger.requests += 1
-        response = await self._respond(request)
+        try:
+            # Read before any fault is applied, so every send is logged with its key.
+            body: bytes | None = await request.read()
+        except ConnectionResetError:
+            body = None
+        key = _key_of(body)
+        send = Send(key, repeat=key is not None and self._ledger.effects[key] > 0)
+        self._ledger.sends.append(send)
+        response = await self._respond(request, body)
         if response is None:
             self._ledger.dropped += 1
             return _abort(request)
+        send.status = response.status
         self._ledger.by_status[str(response.status)] += 1
         if self.faults.slow_body_ms > 0:
             return await _trickle(request, response, self.faults.slow_body_ms / 1000)
         return response
 
-    async def _respond(self, request: web.Request) -> web.Response | None:
+    async def _respond(self, request: web.Request, body: bytes | None) -> web.Response | None:
         """The answer to an event POST, or None when the connection must die unanswered."""
         faults = self.faults
         if faults.hang:
             await _until_gone(request)
             return None
-        if faults.reset:
+        if faults.reset or body is None:
             return None
         answer = self._fault_answer()
         if answer is None:
-            try:
-                body = await request.read()
-            except ConnectionResetError:
-                return None
             try:
                 answer = self._ingest(body, request.headers.get(HEADER))
             except _Refusal as refusal:
@@ -222,6 +260,9 @@ class Sandbox:
         faults = self.faults
         if faults.outage:
             return _json({"error": "outage"}, status=503)
+        if faults.impostor in IMPOSTORS:
+            status, content_type, body = IMPOSTORS[faults.impostor]
+            return web.Response(status=status, body=body or None, content_type=content_type)
         if faults.redirect_to:
             return _json({"error": "moved"}, status=307, headers={"Location": faults.redirect_to})
         if faults.throttle_next > 0:
@@ -290,9 +331,6 @@ class Sandbox:
     def _record(self, event: _Event, outcome: str) -> None:
         ledger = self._ledger
         ledger.effects[event.key] += 1
-        # Unreachable while the duplicate check precedes _apply; counted so tests can prove it.
-        if ledger.effects[event.key] > 1:
-            ledger.double_effects += 1
         record = {name: getattr(event, name) for name in _RECORD_FIELDS}
         ledger.accepted.append(record | {"outcome": outcome})
 
@@ -326,19 +364,26 @@ async def running_sandbox(
     port: int = 0,
     faults: Faults | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve a fresh sandbox on ``host:port`` (0 picks a free port) for the block's duration.
 
-    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate.
+    With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate. With ``sock``
+    (bound, e.g. in another network namespace) it serves there instead of ``host:port``.
     """
     sandbox = Sandbox(servers, faults)
     runner = web.AppRunner(sandbox.app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock, ssl_context=ssl_context)
+            if sock is not None
+            else web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        )
         await site.start()
         scheme = "http" if ssl_context is None else "https"
-        base_url = _base_url(runner.addresses[0], scheme)
+        host, port = runner.addresses[0][:2]
+        base_url = config.base_url(host, port, scheme)
         yield RunningSandbox(sandbox, base_url + EVENT_PATH, base_url)
     finally:
         await runner.cleanup()
@@ -374,6 +419,19 @@ def _load_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _Refusal(400, "body must be a JSON object")
     return data
+
+
+def _key_of(body: bytes | None) -> tuple[str, str, str] | None:
+    """The dedup key of a non-test event body, read leniently; None if it has none."""
+    try:
+        data = _load_object(body or b"")
+    except _Refusal:
+        return None
+    parts = (data.get("token"), data.get("event"), data.get("server_event_id"))
+    if data.get("test") is True or not all(isinstance(part, str) for part in parts):
+        return None
+    token, event, server_event_id = (str(part) for part in parts)
+    return (token.strip(), event, server_event_id.strip())
 
 
 def _reject_constant(name: str) -> Any:
@@ -467,12 +525,3 @@ async def _trickle(
     except ConnectionError:
         pass  # the client gave up mid-body, as a client with a timeout does
     return stream
-
-
-def _base_url(address: Any, scheme: str = "http") -> str:
-    host, port = address[0], address[1]
-    # A wildcard bind is reachable over loopback; the wildcard itself is not an address to dial.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"

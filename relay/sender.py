@@ -1,7 +1,8 @@
 """The HTTP client to MMOLove: posts signed bytes and turns each answer into an outcome.
 
-The only module that touches aiohttp's client. A 2xx becomes a ``Delivered``; everything
-else becomes one of the ``DeliveryError`` classes, following ``mmolove-api.md``.
+The only module that touches aiohttp's client. MMOLove's 200 with ``"ok": true`` becomes a
+``Delivered``; everything else becomes one of the ``DeliveryError`` classes, following
+``mmolove-api.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from relay.errors import PermanentDelivery, RetryableDelivery, SenderPaused
 from relay.signing import HEADER
 
 SNIPPET_CHARS = 500  # how much of MMOLove's answer the outbox and logs keep
+_DETAIL_CHARS = 200  # how much of an answer an error message quotes
 _READ_LIMIT = 16 * 1024
 
 
@@ -109,7 +111,20 @@ def classify(
 ) -> Delivered:
     """Map one MMOLove answer to ``Delivered`` or raise the matching ``DeliveryError``."""
     answer = _json_object(text)
-    if 200 <= status < 300:
+    detail = _detail(answer, text)
+    if 200 <= status < 300 and (status != 200 or answer.get("ok") is not True):
+        # MMOLove answers every success with 200 and "ok": true; a 2xx without it is a
+        # captive portal, a CDN maintenance page or a cut answer, which proves no delivery.
+        raise SenderPaused(
+            "unexpected_answer",
+            f"the endpoint answered {status} with {detail}, which is not MMOLove's answer "
+            '(200 with "ok": true), so the event was not taken as delivered; a captive '
+            "portal, proxy or maintenance page is likely: check MMOLOVE_ENDPOINT and the "
+            "network path to it",
+            http_status=status,
+            response=text,
+        )
+    if status == 200:
         if answer.get("duplicate"):
             outcome = "duplicate"
         elif answer.get("ignored"):
@@ -126,7 +141,6 @@ def classify(
             state=_str_or_none(answer.get("state")),
             clock_skew_s=clock_skew(date),
         )
-    detail = str(answer.get("error") or text or "(empty body)")[:200]
     if 300 <= status < 400:
         raise SenderPaused(
             "redirect",
@@ -194,6 +208,12 @@ def _http_date(value: str) -> float | None:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _detail(answer: dict[str, Any], text: str) -> str:
+    """A short quote of an answer for an error message: MMOLove's error, else the body."""
+    quoted = str(answer.get("error") or " ".join(text.split()))
+    return quoted[:_DETAIL_CHARS] if quoted else "(empty body)"
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import json
 import os
@@ -19,9 +18,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,9 +27,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from relay.cli.client import EXIT_CONFIG  # noqa: F401 - for the test modules
 from relay.sandbox import EVENT_PATH, RunningSandbox
 from relay.signing import HEADER
-from tests.support import SECRET, SERVER
+from tests.support import SECRET, SERVER, eventually, poll, qualified, registered  # noqa: F401
 
 Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
 
@@ -40,7 +39,6 @@ SERVER_ID = SERVER
 INGEST_TOKEN = "ingest-tok-4f9e2d71"
 CONCURRENCY = 4
 DRAIN_TIMEOUT_S = 5.0
-EXIT_CONFIG = 3
 
 
 def tuning(*, drain_timeout_s: float = DRAIN_TIMEOUT_S, extra: str = "") -> str:
@@ -159,14 +157,22 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         if not k.startswith("MMOLOVE_") and k not in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY")
     }
 
-    def start(env: Mapping[str, str | None], *, config: str | None = None) -> RelayProcess:
+    def start(
+        env: Mapping[str, str | None],
+        *,
+        config: str | None = None,
+        wrap: Sequence[str] = (),
+        program: Sequence[str] = (sys.executable, "-m", "relay.cli"),
+    ) -> RelayProcess:
+        """``wrap`` prefixes the command, e.g. to run it in a network namespace; ``program``
+        is another relay's command, e.g. an older release's."""
         full = dict(base_env)
         for name, value in env.items():
             if value is None:
                 full.pop(name, None)
             else:
                 full[name] = value
-        args = [sys.executable, "-m", "relay.cli"]
+        args = [*wrap, *program]
         if config is not None:
             path = tmp_path / f"relay-{next(configs)}.toml"
             path.write_text(config, encoding="utf-8")
@@ -260,19 +266,6 @@ async def held_answers(upstream: str, *, hold_s: float) -> AsyncIterator[HeldAns
 # -- events, ingest and polling -----------------------------------------------------------
 
 
-def registered(token: str) -> dict[str, Any]:
-    return {
-        "event": "registered",
-        "token": token,
-        "referee_identity": f"player-{token}",
-        "server_event_id": f"reg-{token}",
-    }
-
-
-def qualified(token: str) -> dict[str, Any]:
-    return {"event": "qualified", "token": token, "server_event_id": f"qual-{token}"}
-
-
 def key_of(body: Mapping[str, Any]) -> Key:
     return (str(body["token"]), str(body["event"]), str(body["server_event_id"]))
 
@@ -302,31 +295,6 @@ async def get_json(
         assert resp.status == 200, await resp.text()
         answer: dict[str, Any] = await resp.json()
         return answer
-
-
-async def poll(
-    check: Callable[[], Any], until: Callable[[Any], object], *, timeout_s: float
-) -> Any:
-    """Call ``check`` (sync or async) until ``until`` accepts its result or time is up.
-
-    Returns the last result, so the caller's assertion can say what it was.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if until(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
-
-
-async def eventually(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail by name at the deadline."""
-    result = await poll(check, bool, timeout_s=timeout_s)
-    if not result:
-        pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-    return result
 
 
 async def wait_delivered(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import sys
@@ -47,20 +48,19 @@ class Relay:
         self, ids: list[int], timeout_s: float = 15.0
     ) -> dict[int, dict[str, Any]]:
         """Poll until every id is delivered or dead; returns the final records."""
-        deadline = time.monotonic() + timeout_s
         done: dict[int, dict[str, Any]] = {}
-        while True:
-            for event_id in ids:
-                if event_id not in done:
-                    _, record = await self.get(f"/v1/events/{event_id}")
-                    if record["status"] in ("delivered", "dead"):
-                        done[event_id] = record
-            if len(done) == len(ids):
-                return done
-            if time.monotonic() > deadline:
-                missing = sorted(set(ids) - set(done))
-                raise AssertionError(f"events {missing[:10]} not finished in {timeout_s} s")
-            await asyncio.sleep(0.02)
+
+        async def finished() -> bool:
+            for event_id in set(ids) - set(done):
+                _, record = await self.get(f"/v1/events/{event_id}")
+                if record["status"] in ("delivered", "dead"):
+                    done[event_id] = record
+            return len(done) == len(set(ids))
+
+        missing = lambda: sorted(set(ids) - set(done))[:10]  # noqa: E731 - read at failure
+        if not await poll(finished, bool, timeout_s=timeout_s):
+            raise AssertionError(f"events {missing()} not finished in {timeout_s} s")
+        return done
 
 
 StartRelay = Callable[..., Awaitable[Relay]]
@@ -102,18 +102,52 @@ async def cli(
     return proc.returncode, out.decode(), err.decode()
 
 
-def registered(token: str, player: str, **extra: Any) -> dict[str, Any]:
+def registered(token: str, player: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A registered event; without a player, one named after the token, keyed reg-<token>."""
     return {
         "event": "registered",
         "token": token,
-        "referee_identity": player,
-        "server_event_id": f"reg-{player}",
+        "referee_identity": player or f"player-{token}",
+        "server_event_id": f"reg-{player or token}",
         **extra,
     }
 
 
-def qualified(token: str, player: str, **extra: Any) -> dict[str, Any]:
-    return {"event": "qualified", "token": token, "server_event_id": f"qual-{player}", **extra}
+def qualified(token: str, player: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "event": "qualified",
+        "token": token,
+        "server_event_id": f"qual-{player or token}",
+        **extra,
+    }
+
+
+async def poll(
+    check: Callable[[], Any], until: Callable[[Any], object], *, timeout_s: float
+) -> Any:
+    """Call ``check`` (sync or async) until ``until`` accepts its result or time is up.
+
+    Returns the last result, so the caller's assertion can say what it was. The one polling
+    loop of the tests: everything that waits for a condition goes through it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if until(result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.02)
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout_s: float = 10.0, what: str = "the condition"
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail by name at the deadline."""
+    result = await poll(check, bool, timeout_s=timeout_s)
+    if not result:
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+    return result
 
 
 def require_tools(*names: str, why: str) -> None:

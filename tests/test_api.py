@@ -69,6 +69,16 @@ INVALID_EVENTS: list[tuple[str, Any, int, str, str | None]] = [
     ("ts negative", {**qualified("t", "p"), "ts": -5}, 422, "invalid_field", "ts"),
     ("ts boolean", {**qualified("t", "p"), "ts": True}, 422, "invalid_field", "ts"),
     ("ts string", {**qualified("t", "p"), "ts": "1733500000"}, 422, "invalid_field", "ts"),
+    ("ts tiny float", {**qualified("t", "p"), "ts": 5e-324}, 422, "invalid_field", "ts"),
+    ("ts fraction", {**qualified("t", "p"), "ts": 1733500000.5}, 422, "invalid_field", "ts"),
+    ("NUL in token", {**qualified("t", "p"), "token": "a\x00b"}, 422, "invalid_field", "token"),
+    (
+        "newline in server_event_id",
+        {**qualified("t", "p"), "server_event_id": "q-1\nq-2"},
+        422,
+        "invalid_field",
+        "server_event_id",
+    ),
     ("test not boolean", {**qualified("t", "p"), "test": "yes"}, 422, "invalid_field", "test"),
     (
         "unknown server",
@@ -206,10 +216,12 @@ async def test_extra_fields_rejected_by_default_and_kept_when_allowed(
     start_relay: StartRelay,
 ) -> None:
     relay = await start_relay(allow_extra_fields=True)
-    status, answer = await relay.post({**qualified("tok-x", "p"), "ts": 5, "campaign": "w1"})
+    status, answer = await relay.post(
+        {**qualified("tok-x", "p"), "ts": 1733500000, "campaign": "w1"}
+    )
     assert status == 202
     _, record = await relay.get(f"/v1/events/{answer['id']}")
-    assert record["body"].endswith(',"ts":5,"campaign":"w1"}')
+    assert record["body"].endswith(',"ts":1733500000,"campaign":"w1"}')
 
 
 async def test_batch_stores_valid_items_and_answers_per_item(start_relay: StartRelay) -> None:
@@ -430,3 +442,13 @@ async def test_low_disk_answers_503_with_retry_after_and_stores_nothing(
     assert await stored(relay) == 0
     async with relay.http.get(relay.url + "/healthz") as resp:
         assert resp.status == 200  # the daemon stays up
+
+
+async def test_a_status_filter_outside_the_statuses_is_422(start_relay: StartRelay) -> None:
+    """It once answered 200 with total=0, as if no event had that status."""
+    relay = await start_relay()
+    status, answer = await relay.get("/v1/events?status=delivred")
+    assert status == 422
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("invalid_filter", "status")
+    assert "pending, in_flight, delivered, dead" in answer["error"]["message"]
+    assert (await relay.get("/v1/events?status=delivered"))[0] == 200

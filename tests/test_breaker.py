@@ -8,7 +8,7 @@ from relay.breaker import Breaker, backoff_s
 
 
 def test_opens_after_consecutive_failures_then_lets_one_probe_through() -> None:
-    breaker = Breaker(failures=3, cooldown_s=10, cap_s=100)
+    breaker = Breaker(failures=3, cooldown_s=10, cap_s=100, retry_after_cap_s=300)
     for _ in range(2):
         breaker.failure(now=0)
     assert breaker.allowance(0, 4) == 4  # two failures: still closed
@@ -23,7 +23,7 @@ def test_opens_after_consecutive_failures_then_lets_one_probe_through() -> None:
 
 
 def test_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
-    breaker = Breaker(failures=1, cooldown_s=10, cap_s=25)
+    breaker = Breaker(failures=1, cooldown_s=10, cap_s=25, retry_after_cap_s=300)
     breaker.failure(now=0)
     holds = []
     now = 0.0
@@ -36,14 +36,25 @@ def test_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
 
 
 def test_retry_after_opens_at_once_for_at_least_that_long() -> None:
-    breaker = Breaker(failures=5, cooldown_s=1, cap_s=100)
+    breaker = Breaker(failures=5, cooldown_s=1, cap_s=100, retry_after_cap_s=300)
     breaker.failure(now=0, retry_after_s=30)
     assert breaker.state == "open"
     assert breaker.open_until == 30
+    assert breaker.reopens_at == 30
+
+
+def test_retry_after_holds_the_shared_circuit_no_longer_than_its_cap() -> None:
+    """One 429 with Retry-After: 3600 must not halt every other event for an hour."""
+    breaker = Breaker(failures=5, cooldown_s=1, cap_s=100, retry_after_cap_s=300)
+    breaker.failure(now=1000, retry_after_s=3600)
+    assert (breaker.state, breaker.reopens_at) == ("open", 1300)
+    assert breaker.allowance(1299, 4) == 0
+    assert breaker.allowance(1300, 4) == 1  # the probe
+    assert breaker.reopens_at is None  # half-open: the probe is under way
 
 
 def test_released_probe_can_be_taken_again() -> None:
-    breaker = Breaker(failures=1, cooldown_s=1, cap_s=10)
+    breaker = Breaker(failures=1, cooldown_s=1, cap_s=10, retry_after_cap_s=300)
     breaker.failure(now=0)
     assert breaker.allowance(1, 1) == 1
     breaker.release_probe()

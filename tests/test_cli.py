@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from tests.support import StartRelay, cli
+from relay.cli import main
+from relay.cli.client import EXIT_BROKEN_PIPE
+from relay.config import ENVIRONMENT, Settings
+from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, RunningSandbox
+from tests.support import SECRET, SERVER, StartRelay, cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,3 +128,116 @@ async def test_send_without_wait_fails_at_once_when_unreachable() -> None:
     )
     assert code == 4
     assert "cannot reach the relay" in err
+
+
+async def test_a_closed_pipe_ends_a_command_quietly(start_relay: StartRelay) -> None:
+    """`mmolove-relay status | head -3`: the reader is gone; no BrokenPipeError traceback."""
+    relay = await start_relay()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the command writes a line
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "status",
+            "--url",
+            relay.url,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "MMOLOVE_RELAY_CONFIG": ""},
+        )
+    finally:
+        os.close(write_end)
+    _, err = await proc.communicate()
+    assert err.decode() == ""
+    assert proc.returncode == EXIT_BROKEN_PIPE
+
+
+async def test_test_json_reports_the_http_status_of_a_success(sandbox: RunningSandbox) -> None:
+    code, out, err = await cli("test", "--json", env=sandbox_env(sandbox))
+    assert code == 0, err
+    [result] = json.loads(out)["servers"]
+    assert (result["ok"], result["http_status"]) == (True, 200)
+
+
+async def test_check_config_prints_absolute_paths_and_where_each_value_came_from(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("[delivery]\nconcurrency = 3\n", encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "check-config",
+        "--config",  # after the subcommand, too
+        str(config),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "MMOLOVE_RELAY_CONFIG": "", **sandbox_env(sandbox)},
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert f"  db_path = {tmp_path / 'mmolove-relay.db'}   [default]" in lines
+    assert f"  endpoint = {sandbox.url}   [environment MMOLOVE_ENDPOINT]" in lines
+    assert f"  concurrency = 3   [file {config}]" in lines
+    assert f"  server {SERVER}: secret *** from environment MMOLOVE_SECRET" in lines
+
+
+async def test_config_option_is_taken_before_and_after_the_subcommand(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("[delivery]\nconcurrency = 3\n", encoding="utf-8")
+    for args in (
+        ["--config", str(config), "check-config"],
+        ["check-config", "--config", str(config)],
+    ):
+        code, out, err = await cli(*args, "--json", env=sandbox_env(sandbox))
+        assert code == 0, err
+        assert json.loads(out)["concurrency"] == 3, args
+
+
+def test_every_command_describes_itself_and_serve_lists_its_environment(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return capsys.readouterr().out
+
+    names = re.findall(r"^    ([a-z-]+)\b", help_of(), re.MULTILINE)
+    assert {"serve", "status", "events", "check-config", "sandbox", "sign"} <= set(names)
+    for command in [[name] for name in names] + [["events", "list"], ["events", "show"]]:
+        description = help_of(*command).split("\n\n")[1]
+        assert not description.startswith(("positional", "options")), f"{command}: undescribed"
+    serve = " ".join(help_of("serve").split())
+    for name, (_, default) in ENVIRONMENT.items():
+        assert f"{name} " in serve
+        assert default in serve
+
+
+async def test_check_config_example_prints_the_shipped_file_and_it_is_valid() -> None:
+    code, out, err = await cli("check-config", "--example")
+    assert code == 0, err
+    assert "[delivery]" in out
+    example = tomllib.loads(out)
+    assert example["delivery"]["concurrency"] == Settings().concurrency
+
+
+async def test_sandbox_help_shows_the_demo_secret_and_the_serve_environment() -> None:
+    code, out, _ = await cli("sandbox", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert DEMO_SECRET in text
+    assert (
+        f"MMOLOVE_SERVER_ID={DEMO_SERVER_ID} MMOLOVE_SECRET={DEMO_SECRET} mmolove-relay serve"
+        in text
+    )
+
+
+def sandbox_env(sandbox: RunningSandbox) -> dict[str, str]:
+    return {"MMOLOVE_SERVER_ID": SERVER, "MMOLOVE_SECRET": SECRET, "MMOLOVE_ENDPOINT": sandbox.url}

@@ -13,31 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from relay.config import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
+from tests.harness import accepted_keys, eventually, in_progress, key_of, post, registered
 from tests.support import require_tools, unavailable
+from tests.systems import cache_dir, cache_lock, debootstrap, free_port, sh, tail
 
 ROOT = Path(__file__).parent.parent
 BASE_TAG = "localhost/mmolove-relay-base:bookworm"
 # One tag per checkout, so test runs in several checkouts never use each other's image.
 IMAGE_TAG = f"localhost/mmolove-relay:test-{hashlib.sha256(bytes(ROOT.resolve())).hexdigest()[:12]}"
-MIRROR = os.environ.get("DEBOOTSTRAP_MIRROR", "http://deb.debian.org/debian")
 RELAY_UID = 10001  # the image's non-root user
 SERVER_ID = "srv-c1"
 SECRET = "s3cret-container-5e1d"
@@ -46,61 +47,27 @@ INGEST_TOKEN = "ingest-tok-container-93ab"
 pytestmark = pytest.mark.timeout(1800)  # a cold run debootstraps a Debian root first
 
 
-def sh(*args: str, timeout_s: float, what: str) -> str:
-    """Run a command; on failure, fail the test with the tail of what it printed."""
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{what} took more than {timeout_s} s:\n{_tail(exc.stdout, exc.stderr)}")
-    if done.returncode != 0:
-        pytest.fail(f"{what} failed (exit {done.returncode}):\n{_tail(done.stdout, done.stderr)}")
-    return done.stdout
-
-
-def _tail(*outputs: str | bytes | None, lines: int = 40) -> str:
-    text = "".join(o.decode() if isinstance(o, bytes) else (o or "") for o in outputs)
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # -- the base image and the build --------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmolove-relay"
 
 
 def ensure_base_image() -> None:
     """Import the Debian root as ``BASE_TAG`` unless podman has it; debootstrap it first unless
     its tarball is cached. A lock keeps test runs of several checkouts from racing here."""
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with (cache_dir() / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock():
         exists = subprocess.run(["podman", "image", "exists", BASE_TAG], check=False)
         if exists.returncode == 0:
             return
         tarball = cache_dir() / "debian-bookworm-minbase.tar"
         if not tarball.exists():
-            debootstrap(tarball)
+            debootstrap_base(tarball)
         sh("podman", "import", str(tarball), BASE_TAG, timeout_s=300, what="podman import")
 
 
-def debootstrap(tarball: Path) -> None:
+def debootstrap_base(tarball: Path) -> None:
     root = tarball.with_suffix(".root")
-    shutil.rmtree(root, ignore_errors=True)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    sh(
-        "debootstrap",
-        "--variant=minbase",
-        "--include=python3,python3-venv,ca-certificates",
-        "bookworm",
-        str(root),
-        MIRROR,
-        timeout_s=1200,
-        what="debootstrap",
-    )
+    debootstrap(root, "python3,python3-venv,ca-certificates")
     # Half the root is package caches and docs that no image needs.
     for junk in (
-        "var/cache/apt/archives",
         "var/lib/apt/lists",
         "usr/share/doc",
         "usr/share/man",
@@ -161,13 +128,6 @@ def container(image: str) -> Iterator[str]:
 # -- running the relay in it -------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, children first."""
     children: dict[int, list[int]] = {}
@@ -210,7 +170,7 @@ class InContainer:
         deadline = time.monotonic() + timeout_s
         while not self.logs(event):
             if self.proc.returncode is not None or time.monotonic() > deadline:
-                pytest.fail(f"no {event} from the relay in the container:\n{_tail(*self.lines)}")
+                pytest.fail(f"no {event} from the relay in the container:\n{tail(*self.lines)}")
             await asyncio.sleep(0.1)
         return self.logs(event)[0]
 
@@ -231,6 +191,19 @@ class InContainer:
                     os.kill(pid, signal.SIGKILL)
             await self.proc.wait()
         await self._reader
+
+
+async def serve_in(run: list[str]) -> InContainer:
+    """``mmolove-relay serve`` as the image's entry point runs it, under ``run``."""
+    proc = await asyncio.create_subprocess_exec(
+        *run,
+        "mmolove-relay",
+        "serve",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return InContainer(proc)
 
 
 @pytest.fixture
@@ -267,15 +240,8 @@ async def test_image_runs_as_a_sidecar_and_relays_an_event_to_the_sandbox(
         "MMOLOVE_RELAY_INGEST_TOKEN": INGEST_TOKEN,
     }
     run = buildah_run(container, env, [f"{data}:/data", f"{secret}:/run/secrets/mmolove-secret:ro"])
-    proc = await asyncio.create_subprocess_exec(
-        *run,
-        "mmolove-relay",
-        "serve",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    relay = InContainer(proc)
+    relay = await serve_in(run)
+    proc = relay.proc
     try:
         ready = await relay.wait_log("relay.ready")
         assert ready["listen"] == f"http://0.0.0.0:{port}"
@@ -297,7 +263,7 @@ async def test_image_runs_as_a_sidecar_and_relays_an_event_to_the_sandbox(
         deadline = time.monotonic() + 30
         while not sandbox.sandbox.snapshot()["accepted"]:
             assert time.monotonic() < deadline, (
-                f"nothing reached the sandbox:\n{_tail(*relay.lines)}"
+                f"nothing reached the sandbox:\n{tail(*relay.lines)}"
             )
             await asyncio.sleep(0.1)
         [accepted] = sandbox.sandbox.snapshot()["accepted"]
@@ -310,7 +276,7 @@ async def test_image_runs_as_a_sidecar_and_relays_an_event_to_the_sandbox(
 
         os.kill(relay.relay_pid(), signal.SIGTERM)
         async with asyncio.timeout(30):
-            assert await proc.wait() == 0, _tail(*relay.lines)
+            assert await proc.wait() == 0, tail(*relay.lines)
         await relay.wait_log("relay.stopped")
     finally:
         await relay.stop()
@@ -345,3 +311,91 @@ def test_image_refuses_to_listen_on_the_pod_network_without_a_token(container: s
     assert done.returncode == 3, done.stderr
     assert "MMOLOVE_RELAY_INGEST_TOKEN" in done.stderr
     assert "not loopback" in done.stderr
+
+
+async def test_as_the_snippets_run_it_a_killed_container_loses_nothing(
+    container: str, sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """As the README's Kubernetes and compose snippets run it: both secrets mounted as files
+    under /run/secrets (the token through MMOLOVE_RELAY_INGEST_TOKEN_FILE), the outbox on a
+    volume. Killed mid-delivery and started again on the same volume, it loses nothing."""
+    data, secrets = tmp_path / "data", tmp_path / "secrets"
+    data.mkdir()
+    secrets.mkdir()
+    (secrets / "mmolove-secret").write_text(SECRET + "\n")
+    (secrets / "ingest-token").write_text(INGEST_TOKEN + "\n")
+    for path in (data, secrets, *secrets.iterdir()):
+        os.chown(path, RELAY_UID, RELAY_UID)
+    for path in secrets.iterdir():
+        path.chmod(0o400)
+    port = free_port()
+    env = {
+        "MMOLOVE_SERVER_ID": SERVER_ID,
+        "MMOLOVE_ENDPOINT": sandbox.url,
+        "MMOLOVE_RELAY_LISTEN": f"0.0.0.0:{port}",
+        "MMOLOVE_RELAY_INGEST_TOKEN_FILE": "/run/secrets/ingest-token",
+    }
+    run = buildah_run(container, env, [f"{data}:/data", f"{secrets}:/run/secrets:ro"])
+    url = f"http://127.0.0.1:{port}"
+    bodies = [registered(f"pod-{n}") for n in range(40)]
+    sandbox.sandbox.faults.latency_ms = 200  # so deliveries are on the wire at the kill
+
+    relay = await serve_in(run)
+    try:
+        await relay.wait_log("relay.ready")
+        async with aiohttp.ClientSession() as http:
+            assert (await post(http, url, bodies[0]))[0] == 401
+            for body in bodies:
+                status, answer, _ = await post(http, url, body, token=INGEST_TOKEN)
+                assert status == 202, answer
+        await eventually(
+            lambda: len(accepted_keys(sandbox)) >= 5 and in_progress(sandbox),
+            timeout_s=30,
+            what="deliveries under way",
+        )
+    finally:
+        await relay.stop()  # SIGKILL, the whole container
+    killed_at = len(accepted_keys(sandbox))
+    sandbox.sandbox.faults.latency_ms = 0
+
+    again = await serve_in(run)
+    try:
+        await again.wait_log("relay.ready")
+        sent = {key_of(body) for body in bodies}
+        await eventually(
+            lambda: set(accepted_keys(sandbox)) >= sent, timeout_s=60, what="every event"
+        )
+    finally:
+        await again.stop()
+
+    delivered = accepted_keys(sandbox)
+    snapshot = sandbox.sandbox.snapshot()
+    duplicates = snapshot["duplicates"] + sum(count - 1 for count in delivered.values())
+    print(
+        f"container: {len(sent)} events sent, {len(set(delivered) & sent)} delivered "
+        f"({killed_at} before the kill), {len(sent - set(delivered))} lost, "
+        f"{duplicates} duplicate sends (answers lost to the kill, absorbed by MMOLove)"
+    )
+    assert killed_at < len(sent), "everything was delivered before the kill"
+    assert set(delivered) == sent
+    # One kill: at most the attempts then in flight are sent again (MMOLove absorbs them).
+    concurrency = next(f.default for f in fields(Settings) if f.name == "concurrency")
+    assert snapshot["duplicate_sends"] <= concurrency
+    output = "".join(relay.lines + again.lines)
+    assert SECRET not in output
+    assert INGEST_TOKEN not in output
+
+
+def test_the_installed_package_prints_the_example_config(container: str) -> None:
+    """What pip installed, not the source tree: the example file ships as package data."""
+    done = subprocess.run(
+        [*buildah_run(container, {}, []), "mmolove-relay", "check-config", "--example"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (Path(__file__).parent.parent / "relay" / "relay.example.toml").read_text(
+        encoding="utf-8"
+    )

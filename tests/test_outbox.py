@@ -10,14 +10,23 @@ import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.store.contract import Attempt, EventFilter, Outbox, Outcome, Retried
+from relay.store.contract import (
+    WAITING_FOR_REGISTERED,
+    Attempt,
+    EventFilter,
+    EventRecord,
+    Outbox,
+    Outcome,
+    Retried,
+)
+from relay.store.contract_records import AlertState, RejectedFilter, Rejection
 from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_schema import MIGRATIONS
@@ -114,7 +123,7 @@ async def test_concurrent_adds_share_transactions(sqlite_outbox: SqliteOutbox) -
 async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) -> None:
     [first] = await outbox.add([event(registered("t", "p"))], NOW)
     [again] = await outbox.add([event(registered("t", "p"))], NOW + 5)
-    [clash] = await outbox.add([event(registered("t", "p", ts=1))], NOW)
+    [clash] = await outbox.add([event(registered("t", "p", ts=1733500000))], NOW)
     assert (first.created, again.created, again.conflict) == (True, False, False)
     assert again.id == first.id == clash.id
     assert clash.conflict
@@ -322,3 +331,135 @@ async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> N
     small = await _hot_path_work(tmp_path, 500)
     large = await _hot_path_work(tmp_path, 5000)
     assert large < small * 2, (small, large)
+
+
+async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Path) -> None:
+    """/readyz's check is the outbox's own: a full disk it finds stops the next add at once."""
+    box = await SqliteOutbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
+    try:
+        box._disk_checked_at = time.monotonic() + 3600  # ingest's own check would not run yet
+        health = await box.health()
+        assert health.problems[0].startswith("disk nearly full")
+        assert health.free_bytes > 0
+        with pytest.raises(OutboxError, match="less than"):
+            await box.add([event(registered("t", "p"))], NOW)
+    finally:
+        await box.close()
+
+
+async def test_records_are_decoded_by_column_name_not_position(
+    sqlite_outbox: SqliteOutbox,
+) -> None:
+    """A SELECT listing the columns in another order yields the same record."""
+    outbox = sqlite_outbox
+    [added] = await outbox.add([event(registered("t", "p"))], NOW)
+    stored = await outbox.get(added.id)
+    assert stored is not None
+    names = [f.name for f in fields(EventRecord) if f.name != "lease"]
+    with sqlite3.connect(outbox.path) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute(f"SELECT {', '.join(reversed(names))} FROM events").fetchone()
+    assert EventRecord.from_row(row) == stored
+
+
+# -- integrated promises, on both backends ------------------------------------------------
+
+
+async def test_a_waiting_event_is_woken_by_its_registered_or_orphaned_at_max_age(
+    outbox: Outbox,
+) -> None:
+    """WAITING_FOR_REGISTERED: a qualified MMOLove refused before its registered waits, is
+    due at once when the registered is delivered, and dies as orphaned if none comes."""
+    qual, lone = await outbox.add([event(qualified("t", "p")), event(qualified("u", "q"))], NOW)
+    waiting = Outcome(status="pending", outcome=WAITING_FOR_REGISTERED, next_attempt_at=NOW + 3000)
+    for record in await outbox.claim(NOW, 10, servers=[SERVER], lease_s=30, max_age_s=3600):
+        await outbox.finish(record, waiting, Attempt(record.id, NOW, 1.0, 422, "illegal", None))
+    [reg] = await outbox.add([event(registered("t", "p"))], NOW + 1)
+    [record] = await outbox.claim(NOW + 1, 10, servers=[SERVER], lease_s=30, max_age_s=3600)
+    assert record.id == reg.id
+    assert await outbox.registered_delivered_at(SERVER, "t") is None
+    attempt = Attempt(reg.id, NOW + 1, 1.0, 200, "accepted", None)
+    await outbox.finish(record, Outcome(status="delivered", outcome="accepted"), attempt)
+    assert await outbox.registered_delivered_at(SERVER, "t") == NOW + 1
+    assert await outbox.registered_delivered_at(SERVER, "u") is None
+    # t's qualified is due now that its registered is delivered; u's still waits.
+    assert await claim(outbox, now=NOW + 2) == [qual.id]
+    still = await outbox.get(lone.id)
+    assert still is not None
+    assert (still.status, still.next_attempt_at) == ("pending", NOW + 3000)
+    assert await claim(outbox, now=NOW + 3600) == []  # u's qualified: past max_age_s
+    orphan = await outbox.get(lone.id)
+    assert orphan is not None
+    assert (orphan.status, orphan.outcome) == ("dead", "orphaned")
+    assert "orphaned" in [d.outcome for d in await outbox.records.dead_since(0)]
+
+
+async def test_player_lookup_and_the_ledger_outlive_pruning(outbox: Outbox) -> None:
+    """The registered names the player; the referral's events are found by it, and once
+    pruned, the ledger still tells by token and by player."""
+    reg, qual, _ = await outbox.add(
+        [event(registered("t", "alice")), event(qualified("t", "alice")), event(registered("u"))],
+        NOW,
+    )
+    stored = await outbox.get(reg.id)
+    assert stored is not None
+    assert stored.referee_identity == "alice"
+    found = await outbox.select(EventFilter(player="alice"))
+    assert [r.id for r in found] == [qual.id, reg.id]
+    assert await outbox.count(EventFilter(player="nobody")) == 0
+    for record in await outbox.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600):
+        attempt = Attempt(record.id, NOW, 1.0, 200, "accepted", None)
+        await outbox.finish(record, Outcome(status="delivered", outcome="accepted"), attempt)
+    assert await outbox.prune(NOW + 1, ledger_before=NOW - 1) == (1, 1)
+    assert await outbox.get(reg.id) is None
+    [entry] = await outbox.records.ledger(referee_identity="alice")
+    assert (entry.event_id, entry.token, entry.outcome, entry.test) == (
+        reg.id,
+        "t",
+        "accepted",
+        False,
+    )
+    assert await outbox.records.ledger(token="t") == [entry]
+    await outbox.prune(NOW + 1, ledger_before=NOW + 1)  # the ledger's own retention
+    assert await outbox.records.ledger(token="t") == []
+
+
+async def test_rejections_are_kept_newest_first_and_bounded(outbox: Outbox) -> None:
+    def rejected(n: int, token: str | None) -> Rejection:
+        return Rejection(
+            NOW + n, 422, "invalid_event", f"bad {n}", "ts", None, token, None, None, b"x" * 600
+        )
+
+    assert await outbox.records.add_rejections([rejected(n, "t") for n in range(3)], keep=10)
+    assert await outbox.records.add_rejections([rejected(3, "u"), rejected(4, None)], keep=4)
+    kept = await outbox.records.rejections(RejectedFilter())
+    assert [r.message for r in kept] == ["bad 4", "bad 3", "bad 2", "bad 1"]
+    assert all(len(r.body) == 512 and r.id > 0 for r in kept)
+    only_t = await outbox.records.rejections(RejectedFilter(token="t", since=NOW + 2))
+    assert [r.message for r in only_t] == ["bad 2"]
+    assert await outbox.records.count_rejections(NOW + 3) == 2
+
+
+async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> None:
+    box = await open_outbox()
+    try:
+        await box.records.save_alert(AlertState("paused:srv", NOW, NOW, "paused"))
+        await box.records.save_alert(AlertState("paused:srv", NOW, NOW + 60, "paused again"))
+        await box.records.save_alert(AlertState("disk", NOW, NOW, "full"))
+        await box.records.clear_alert("disk")
+        await box.records.set_mark("dead", 7.0)
+        await box.records.set_mark("dead", 9.0)
+    finally:
+        await box.close()
+    box = await open_outbox()
+    try:
+        assert await box.records.alert_states() == {
+            "paused:srv": AlertState("paused:srv", NOW, NOW + 60, "paused again")
+        }
+        assert await box.records.mark("dead") == 9.0
+        assert await box.records.mark("never") is None
+        assert (await box.health()).problems == ()
+        assert await box.check_file() is None
+        assert await box.can_deliver()
+    finally:
+        await box.close()

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -23,6 +23,7 @@ from relay.sandbox import (
     serve_sandbox,
 )
 from relay.signing import HEADER, signature_header
+from tests.support import eventually
 
 SECRET = "test-secret"
 SERVER = "srv-123"
@@ -80,15 +81,6 @@ async def send(
     headers = {"Content-Type": "application/json", **headers}
     async with http.post(url, data=raw, headers=headers, **kwargs) as response:
         return Reply(response.status, await response.json(content_type=None), response.headers)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait up to a second for something the sandbox reaches on its own time."""
-    for _ in range(100):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the sandbox did not get there within 1 s")
 
 
 @pytest.fixture
@@ -168,10 +160,10 @@ async def test_exact_repeat_is_a_duplicate_with_one_effect(
     snapshot = upstream.sandbox.snapshot()
     assert first.json["state"] == "registered"
     assert (again.status, again.json) == (200, {"ok": True, "duplicate": True})
-    assert (snapshot["duplicates"], len(snapshot["accepted"]), snapshot["double_effects"]) == (
+    assert (snapshot["duplicates"], len(snapshot["accepted"]), snapshot["duplicate_sends"]) == (
         1,
         1,
-        0,
+        1,
     )
 
 
@@ -319,6 +311,35 @@ async def test_throttle_answers_429_with_retry_after_for_the_next_n_requests(
     assert (snapshot["requests"], snapshot["by_status"]) == (3, {"429": 2, "200": 1})
 
 
+async def test_request_log_counts_only_sends_of_an_already_accepted_event(
+    upstream: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    """Sends before MMOLove accepts an event are retries, not duplicates; every send after,
+    answered or not, is a duplicate send. Test events and unreadable bodies have no key."""
+    faults = upstream.sandbox.faults
+    faults.outage = True
+    await send(http, upstream.url, event())  # refused before acceptance: a plain retry
+    faults.outage = False
+    await send(http, upstream.url, event())  # accepted
+    await send(http, upstream.url, event())  # answered duplicate
+    faults.outage = True
+    await send(http, upstream.url, event())  # a repeat, though MMOLove answered 503
+    faults.outage = False
+    await send(http, upstream.url, event(test=True))
+    await send(http, upstream.url, b"not json")
+    log = upstream.sandbox.request_log()
+    key = ("mmref-a", "registered", "reg-mmref-a")
+    assert [(s.key, s.repeat, s.status) for s in log] == [
+        (key, False, 503),
+        (key, False, 200),
+        (key, True, 200),
+        (key, True, 503),
+        (None, False, 200),
+        (None, False, 400),
+    ]
+    assert upstream.sandbox.snapshot()["duplicate_sends"] == 2
+
+
 async def test_outage_answers_503_before_any_signature_check(
     upstream: RunningSandbox, http: aiohttp.ClientSession
 ) -> None:
@@ -378,7 +399,7 @@ async def test_slow_body_sends_headers_at_once_and_trickles_an_applied_answer(
     upstream.sandbox.faults.slow_body_ms = 0
     assert (await send(http, upstream.url, event())).json == {"ok": True, "duplicate": True}
     snap = upstream.sandbox.snapshot()
-    assert (len(snap["accepted"]), snap["duplicates"], snap["double_effects"]) == (1, 2, 0)
+    assert (len(snap["accepted"]), snap["duplicates"], snap["duplicate_sends"]) == (1, 2, 2)
 
 
 async def test_hang_never_answers_and_lets_go_when_the_client_leaves(
@@ -387,7 +408,7 @@ async def test_hang_never_answers_and_lets_go_when_the_client_leaves(
     upstream.sandbox.faults.hang = True
     with pytest.raises(TimeoutError):
         await send(http, upstream.url, event(), timeout=aiohttp.ClientTimeout(total=0.3))
-    await eventually(lambda: upstream.sandbox.snapshot()["dropped"] == 1)
+    await eventually(lambda: upstream.sandbox.snapshot()["dropped"] == 1, timeout_s=1)
     assert upstream.sandbox.snapshot()["by_status"] == {}
 
 
@@ -395,7 +416,7 @@ async def test_hung_request_does_not_hold_up_shutdown(http: aiohttp.ClientSessio
     async with running_sandbox({SERVER: SECRET}) as upstream:
         upstream.sandbox.faults.hang = True
         request = asyncio.create_task(send(http, upstream.url, event()), name="hung-request")
-        await eventually(lambda: upstream.sandbox.snapshot()["requests"] == 1)
+        await eventually(lambda: upstream.sandbox.snapshot()["requests"] == 1, timeout_s=1)
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 0.3
     with pytest.raises(aiohttp.ClientConnectionError):

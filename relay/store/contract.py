@@ -1,7 +1,20 @@
-"""The outbox contract: what the dispatcher, the API, admin and the CLI may ask of an outbox.
+"""The outbox contract: what the dispatcher, the API, admin, the CLI, the console, the alert
+rules and the player view may ask of an outbox.
 
 Two backends keep it: ``sqlite`` (one relay, one file) and ``postgres`` (a fleet of relays
-on one database). Callers hold an ``Outbox`` and never learn which one they have.
+on one database). Callers hold an ``Outbox`` and never learn which one they have; the
+records beside the events (rejected inputs, the ledger, alert state) are ``outbox.records``
+(``contract_records``).
+
+What is a file's concern only is trivial on PostgreSQL, whose server minds its own disk and
+whose data no relay holds as a file:
+
+- ``check_file`` is always None and ``lost`` stays None (nothing can be deleted under us);
+- ``can_deliver`` is always True (no local disk reserve; a write that fails is an error);
+- ``disk_free_bytes`` is None, and so is ``health().free_bytes``; ``health`` only proves a
+  write can commit;
+- ``size_bytes`` is the events and attempts tables' size, as last measured;
+- ``share`` is where replicas meet; on SQLite it returns an empty ``FleetState``.
 """
 
 from __future__ import annotations
@@ -12,8 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.events import Event
+from relay.store.contract_records import Records
 
 STATUSES = ("pending", "in_flight", "delivered", "dead")
+# A qualified or reversed that MMOLove refused as illegal before any registered for its
+# token was delivered: pending until one is, dead as "orphaned" at max_age_s.
+WAITING_FOR_REGISTERED = "waiting_for_registered"
+# Outcomes of an attempt MMOLove took; any other outcome is a failed attempt.
+DELIVERED_OUTCOMES = ("accepted", "duplicate", "ignored", "test")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +58,7 @@ class EventRecord:
     finished_at: float | None
     replayed_at: float | None  # the last operator retry of this event, if any
     body: bytes
+    referee_identity: str | None = None  # on registered events: the player
     # The fencing token of the claim that leased this row (PostgreSQL; 0 on SQLite, where
     # one process holds the file): an outcome is written only under the lease it was sent on.
     lease: int = 0
@@ -49,10 +69,10 @@ class EventRecord:
         return self.replayed_at or self.created_at
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> EventRecord:
-        values = list(row)
-        values[5] = bool(values[5])
-        return cls(*values)
+    def from_row(cls, row: Any) -> EventRecord:
+        """The record from a row with named columns (``sqlite3.Row``, ``asyncpg.Record``)."""
+        values = {name: row[name] for name in row.keys()}  # noqa: SIM118 - a row, not a dict
+        return cls(**values | {"test": bool(values["test"])})
 
     def as_json(self) -> dict[str, Any]:
         out = {n: getattr(self, n) for n in self.__slots__ if n not in ("body", "lease")}
@@ -108,12 +128,13 @@ class EventFilter:
     server_id: str | None = None
     server_event_id: str | None = None
     outcome: str | None = None  # for dead events: why they died
+    player: str | None = None  # every event of the referral whose registered names this player
     since: float | None = None  # ingested at or after
     finished_before: float | None = None
     after_id: int | None = None  # for walking a large set in chunks
 
     # The fields matched by equality; the rest are numbers compared as ``where`` says.
-    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome")
+    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome", "player")
     NUMBER = ("since", "finished_before", "after_id")
 
     def where(self) -> tuple[str, list[Any]]:
@@ -121,7 +142,13 @@ class EventFilter:
         clauses, params = ["TRUE"], []
         for column in self.TEXT:
             value = getattr(self, column)
-            if value is not None:
+            if value is not None and column == "player":
+                clauses.append(
+                    "(token, server_id) IN (SELECT token, server_id FROM events"
+                    " WHERE referee_identity = ?)"
+                )
+                params.append(value)
+            elif value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         for column, op, value in (
@@ -133,6 +160,14 @@ class EventFilter:
                 clauses.append(f"{column} {op} ?")
                 params.append(value)
         return " AND ".join(clauses), params
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What ``/readyz`` needs of the outbox: what stops ingest now, and the disk's free bytes."""
+
+    problems: tuple[str, ...]
+    free_bytes: int | None  # None where the relay cannot see the disk (PostgreSQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +188,68 @@ class FleetState:
     replicas: int = 1  # live replicas, this one included (in what ``share`` returns)
 
 
+@dataclass(frozen=True, slots=True)
+class HourCounts:
+    """One hour of the console's chart."""
+
+    start: float
+    ingested: int
+    delivered: int  # attempts MMOLove took
+    failed: int  # attempts that did not deliver (retried or dead-lettered)
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """A page of the delivery log, newest first, and where the next (older) page starts."""
+
+    records: tuple[EventRecord, ...]
+    older_than: int | None  # the cursor of the next page; None: nothing older
+    scanned_from: int  # the lowest id this page looked at
+
+
+def claim_rule(candidate: Any, now: float, max_age_s: float) -> Outcome | float | None:
+    """What claiming does with one due event; the first rule that applies decides.
+
+    ``candidate`` is a row with named columns (both backends select the same names): id,
+    age_from, outcome, and its blocker's blocker, blocker_status, blocker_outcome, blocker_due.
+
+    1. Older than ``max_age_s`` (from ingest, or its last replay): dead, ``expired``, or
+       ``orphaned`` if it was waiting for a registered that never came.
+    2. No undelivered predecessor for its referral: claimed, sent now (None).
+    3. Its predecessor is dead: dead too, ``predecessor_dead``, naming it, so the order
+       MMOLove sees is never broken; an operator replays both.
+    4. Its predecessor is still to be sent: deferred until that one is due (the time
+       returned), and at least a second, so an unclaimed predecessor cannot spin the loop.
+    """
+    if candidate["age_from"] + max_age_s <= now:
+        error = f"not delivered within max_age_s={max_age_s:g} of ingest"
+        if candidate["outcome"] == WAITING_FOR_REGISTERED:
+            error += "; no registered for its token was delivered in that time"
+            return Outcome(status="dead", outcome="orphaned", error=error)
+        return Outcome(status="dead", outcome="expired", error=error)
+    if candidate["blocker"] is None:
+        return None
+    if candidate["blocker_status"] == "dead":
+        error = (
+            f"held back: event {candidate['blocker']} for this token is dead "
+            f"({candidate['blocker_outcome']}); this one was not sent, to keep the order. "
+            "Replay both once the cause is fixed."
+        )
+        return Outcome(status="dead", outcome="predecessor_dead", error=error)
+    return float(max(candidate["blocker_due"], now + 1.0))
+
+
 class Outbox(Protocol):
     """One outbox, whichever backend keeps it. Every write is committed before it returns."""
 
     # Set after every commit that added or freed events, so the dispatcher sends at once.
     new_events: asyncio.Event
+    # Why the outbox is lost (see ``check_file``); None while it is fine.
+    lost: str | None
+
+    @property
+    def records(self) -> Records:
+        """Rejected inputs, the ledger and the alert state, in the same database."""
 
     @property
     def location(self) -> str:
@@ -165,11 +257,17 @@ class Outbox(Protocol):
 
     async def close(self) -> None: ...
 
-    async def check_writable(self) -> None:
-        """Raise ``OutboxError`` unless a write transaction can be committed now."""
+    async def health(self) -> Health:
+        """Whether events can be stored now, and why not."""
+
+    async def check_file(self) -> str | None:
+        """Why the outbox was lost under the relay (its file deleted or replaced), or None."""
 
     async def disk_free_bytes(self) -> int | None:
         """Free bytes on the outbox's disk; None where the relay cannot see that disk."""
+
+    async def can_deliver(self) -> bool:
+        """Whether an attempt started now could record its outcome."""
 
     def size_bytes(self) -> int:
         """The outbox's size on disk, as last measured."""
@@ -187,7 +285,9 @@ class Outbox(Protocol):
 
     async def release(self, records: Iterable[EventRecord], now: float) -> None: ...
 
-    async def prune(self, before: float) -> tuple[int, int]: ...
+    async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
+        """Delete delivered events and attempts before ``before``, each delivered event
+        leaving its ledger entry; drop ledger entries finished before ``ledger_before``."""
 
     async def retry(
         self, ids: Sequence[int] | EventFilter, now: float, *, limit: int = 500
@@ -209,7 +309,35 @@ class Outbox(Protocol):
 
     async def next_due(self, servers: Sequence[str]) -> float | None: ...
 
+    async def registered_delivered_at(self, server_id: str, token: str) -> float | None:
+        """When this token's (non-test) registered was delivered; None if it was not."""
+
     async def oldest_pending_created(self) -> float | None: ...
+
+    # -- the console's reads: each bounded, whatever the backlog ----------------------------
+
+    async def first_ids_at(self, times: Sequence[float]) -> list[int]:
+        """For each time, the lowest id such that every event from it on came at or after."""
+
+    async def hourly(self, since: float, hours: int) -> list[HourCounts]: ...
+
+    async def log_page(
+        self,
+        where: EventFilter,
+        *,
+        older_than: int | None,
+        scan: int,
+        limit: int,
+        body_contains: bytes | None = None,
+    ) -> LogPage:
+        """Up to ``limit`` events matching ``where`` among the ``scan`` ids below ``older_than``."""
+
+    async def search(self, text: str, limit: int) -> list[EventRecord]: ...
+
+    async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
+        """``counts_by_server`` with each count stopped at ``cap + 1``."""
+
+    async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]: ...
 
     async def share(self, mine: FleetState, now: float) -> FleetState:
         """Publish what this replica decided; return what the other live replicas decided."""

@@ -1,10 +1,12 @@
 """``migrate-outbox``: copy a SQLite outbox into PostgreSQL, whatever state its events are in.
 
 Events keep their ids (clients and operators hold them), statuses, outcomes, attempt counts
-and answers, and their delivery log comes along. Each chunk commits as one transaction and a
-row already in the target is left as it is, so an interrupted copy is simply run again. The
-relay on the file must be stopped: its file lock is taken for the whole copy, and a row it
-left in flight is copied as pending, as its own start-up would have made it.
+and answers, and their delivery log comes along, as do the ledger and the rejected inputs
+(alert state is not copied: the fleet's rules find what is firing again). Each chunk commits
+as one transaction and a row already in the target is left as it is, so an interrupted copy
+is simply run again. The relay on the file must be stopped: its file lock is taken for the
+whole copy, and a row it left in flight is copied as pending, as its own start-up would have
+made it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncpg
 
 from relay.errors import OutboxError
 from relay.store.postgres import PostgresOutbox
+from relay.store.postgres_sql import LEDGER_COLUMNS
 from relay.store.sqlite import _lock
 
 CHUNK = 1000
@@ -28,8 +31,31 @@ _EVENT_COLUMNS = (
     "id", "server_id", "token", "event", "server_event_id", "rank", "test", "body",
     "fingerprint", "status", "outcome", "attempts", "created_at", "next_attempt_at",
     "last_error", "last_http_status", "response", "referral_id", "state", "finished_at",
-    "replayed_at",
+    "replayed_at", "referee_identity",
 )  # fmt: skip
+# Kept beside the events: the ledger of pruned deliveries and the rejected inputs, each by
+# its key, with the column SQLite stores as an integer and PostgreSQL as a boolean.
+_RECORDS = (
+    ("ledger", "event_id", LEDGER_COLUMNS.split(", "), "test"),
+    (
+        "rejected",
+        "id",
+        [
+            "id",
+            "at",
+            "http_status",
+            "code",
+            "field",
+            "message",
+            "server_event_id",
+            "token",
+            "referee_identity",
+            "peer",
+            "body",
+        ],
+        None,
+    ),
+)
 _ATTEMPT_COLUMNS = (
     "id",
     "event_id",
@@ -49,6 +75,7 @@ class Copied:
     copied: int  # newly written to the target
     already_there: int  # written by an earlier run
     attempts: int  # attempt rows newly written
+    records: int  # ledger entries and rejected inputs newly written
 
 
 async def copy_outbox(
@@ -108,10 +135,44 @@ async def _copy(
                 attempts + logged_new,
             )
             progress(f"events: {copied + already}/{total} ({already} already there)")
+        records = 0
+        for table, key, columns, flag in _RECORDS:
+            records += await _copy_records(db, target, table, key, columns, flag)
         await _continue_ids(target)
     finally:
         await target.close()
-    return Copied(events=total, copied=copied, already_there=already, attempts=attempts)
+    return Copied(
+        events=total, copied=copied, already_there=already, attempts=attempts, records=records
+    )
+
+
+async def _copy_records(
+    db: sqlite3.Connection,
+    target: asyncpg.Connection,
+    table: str,
+    key: str,
+    columns: list[str],
+    flag: str | None,
+) -> int:
+    """Copy ``table`` in chunks of its key; rows already there stay. How many were new."""
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    insert = (
+        f"INSERT INTO {table} ({', '.join(columns)}) OVERRIDING SYSTEM VALUE VALUES ({marks})"
+        " ON CONFLICT DO NOTHING"
+    )
+    new, last = 0, 0
+    while rows := db.execute(
+        f"SELECT {', '.join(columns)} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+        (last, CHUNK),
+    ).fetchall():
+        last = rows[-1][columns.index(key)]
+        async with target.transaction():
+            for row in rows:
+                values = dict(zip(columns, row, strict=True))
+                if flag is not None:
+                    values[flag] = bool(values[flag])
+                new += (await target.execute(insert, *values.values())).endswith(" 1")
+    return new
 
 
 def _event(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -164,7 +225,7 @@ async def _copy_chunk(
 
 async def _continue_ids(target: asyncpg.Connection) -> None:
     """New events and attempts get ids after the copied ones."""
-    for table in ("events", "attempts"):
+    for table in ("events", "attempts", "rejected"):
         await target.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
             f" GREATEST((SELECT max(id) FROM {table}), 1))"

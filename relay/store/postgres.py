@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.store import postgres_console as console
 from relay.store import postgres_sql as sql
 from relay.store.contract import (
     STATUSES,
@@ -36,9 +36,13 @@ from relay.store.contract import (
     EventFilter,
     EventRecord,
     FleetState,
+    Health,
+    HourCounts,
+    LogPage,
     Outcome,
     Retried,
 )
+from relay.store.postgres_records import PostgresRecords
 from relay.store.postgres_schema import migrate
 
 log = structlog.get_logger("relay.outbox")
@@ -82,6 +86,8 @@ class PostgresOutbox:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.closing = False
         self.new_events = asyncio.Event()
+        self.lost: str | None = None  # nothing to lose: the database is not a file we hold
+        self._records = PostgresRecords(self._tx, self._read)
         self._size = 0
         self._announcer: asyncio.Task[None] | None = None
         self._announce_again = False
@@ -132,11 +138,26 @@ class PostgresOutbox:
                     await task
         await self._pool.close()
 
-    async def check_writable(self) -> None:
-        await self._tx(sql.touch)
+    @property
+    def records(self) -> PostgresRecords:
+        return self._records
+
+    async def health(self) -> Health:
+        """Whether the database takes a write now; its disk is its server's to report."""
+        try:
+            await self._tx(sql.touch)
+        except OutboxError as exc:
+            return Health((f"outbox not writable: {exc}",), None)
+        return Health((), None)
+
+    async def check_file(self) -> str | None:
+        return None  # no file of ours to lose: the database server keeps the data
 
     async def disk_free_bytes(self) -> int | None:
         return None  # the database server's disk is its operator's to watch
+
+    async def can_deliver(self) -> bool:
+        return True  # no local reserve: a write that fails is the database's error to report
 
     def size_bytes(self) -> int:
         return self._size  # measured by counts_by_server, which every summary calls first
@@ -201,8 +222,8 @@ class PostgresOutbox:
         if held:
             await self._tx(lambda db: sql.release(db, held, now))
 
-    async def prune(self, before: float) -> tuple[int, int]:
-        pruned: tuple[int, int] = await self._tx(lambda db: sql.prune(db, before))
+    async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
+        pruned: tuple[int, int] = await self._tx(lambda db: sql.prune(db, before, ledger_before))
         return pruned
 
     async def retry(
@@ -313,6 +334,16 @@ class PostgresOutbox:
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
+    async def registered_delivered_at(self, server_id: str, token: str) -> float | None:
+        """When this token's (non-test) registered was delivered; None if it was not."""
+        rows = await self._read(
+            "SELECT min(finished_at) FROM events WHERE token = $1 AND server_id = $2"
+            " AND event = 'registered' AND NOT test AND status = 'delivered'",
+            token,
+            server_id,
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
     async def oldest_pending_created(self) -> float | None:
         """When the oldest undelivered event was ingested (ids grow with ingest time)."""
         rows = await self._read(
@@ -336,6 +367,41 @@ class PostgresOutbox:
             paused=tuple(sorted(paused.items())),
             replicas=len(theirs) + 1,
         )
+
+    # -- the console's reads (relay/store/postgres_console.py) ------------------------------
+
+    async def first_ids_at(self, times: Sequence[float]) -> list[int]:
+        return await console.first_ids_at(self._read, times)
+
+    async def hourly(self, since: float, hours: int) -> list[HourCounts]:
+        return await console.hourly(self._read, since, hours)
+
+    async def log_page(
+        self,
+        where: EventFilter,
+        *,
+        older_than: int | None,
+        scan: int,
+        limit: int,
+        body_contains: bytes | None = None,
+    ) -> LogPage:
+        return await console.log_page(
+            self._read,
+            where,
+            older_than=older_than,
+            scan=scan,
+            limit=limit,
+            body_contains=body_contains,
+        )
+
+    async def search(self, text: str, limit: int) -> list[EventRecord]:
+        return await console.search(self._read, text, limit)
+
+    async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
+        return await console.counts_up_to(self._read, cap)
+
+    async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
+        return await console.oldest_pending_by_server(self._read, servers)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -420,8 +486,7 @@ class PostgresOutbox:
 def _where(where: EventFilter) -> tuple[str, list[Any]]:
     """The filter's condition with PostgreSQL's numbered placeholders."""
     clause, params = where.where()
-    numbers = iter(range(1, len(params) + 1))
-    return re.sub(r"\?", lambda _: f"${next(numbers)}", clause), params
+    return console.numbered(clause), params
 
 
 def _unavailable(exc: BaseException) -> OutboxUnavailable:

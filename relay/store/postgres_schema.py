@@ -68,6 +68,57 @@ MIGRATIONS: tuple[str, ...] = (
         paused             TEXT NOT NULL DEFAULT '[]'  -- JSON [[server_id, reason], ...]
     );
     """,
+    # 3: operator visibility, as SQLite's migration 4: the player anchor on events; rejected
+    # inputs (bounded by count); the ledger of delivered events that outlives their bodies;
+    # and the alert state machine, so a restart is not a new incident.
+    """
+    ALTER TABLE events ADD COLUMN referee_identity TEXT;
+    UPDATE events SET referee_identity = convert_from(body, 'UTF8')::jsonb->>'referee_identity'
+        WHERE event = 'registered';
+    CREATE INDEX events_referee ON events (referee_identity) WHERE referee_identity IS NOT NULL;
+    CREATE TABLE rejected (
+        id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- newest: highest
+        at               DOUBLE PRECISION NOT NULL,
+        http_status      INTEGER NOT NULL,
+        code             TEXT    NOT NULL,
+        field            TEXT,
+        message          TEXT    NOT NULL,
+        server_event_id  TEXT,
+        token            TEXT,
+        referee_identity TEXT,
+        peer             TEXT,
+        body             BYTEA                 -- the first 512 bytes the client sent
+    );
+    CREATE INDEX rejected_at ON rejected (at);
+    CREATE TABLE ledger (
+        event_id         BIGINT PRIMARY KEY,   -- the id the event had in the outbox
+        server_id        TEXT    NOT NULL,
+        token            TEXT    NOT NULL,
+        event            TEXT    NOT NULL,
+        server_event_id  TEXT    NOT NULL,
+        referee_identity TEXT,
+        test             BOOLEAN NOT NULL,
+        outcome          TEXT,
+        referral_id      TEXT,
+        state            TEXT,
+        attempts         INTEGER NOT NULL,
+        created_at       DOUBLE PRECISION NOT NULL,
+        finished_at      DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX ledger_token ON ledger (token, server_id);
+    CREATE INDEX ledger_referee ON ledger (referee_identity) WHERE referee_identity IS NOT NULL;
+    CREATE INDEX ledger_finished ON ledger (finished_at);
+    CREATE TABLE alert_state (
+        key        TEXT PRIMARY KEY,  -- condition and subject, e.g. paused:srv-1
+        since      DOUBLE PRECISION NOT NULL,
+        last_sent  DOUBLE PRECISION NOT NULL,
+        summary    TEXT NOT NULL
+    );
+    CREATE TABLE alert_marks (
+        name   TEXT PRIMARY KEY,      -- e.g. the last dead event already alerted on
+        value  DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 

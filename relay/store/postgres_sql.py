@@ -10,15 +10,28 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 
 from relay.events import Event
-from relay.store.contract import Added, Attempt, EventRecord, FleetState, Outcome, Retried
+from relay.store.contract import (
+    WAITING_FOR_REGISTERED,
+    Added,
+    Attempt,
+    EventRecord,
+    FleetState,
+    Outcome,
+    Retried,
+    claim_rule,
+)
 
 # Columns of an event as the API and CLI show it, then the claim's fencing token.
 EVENT_COLUMNS = (
     "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
     "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
-    "state, finished_at, replayed_at, body, lease"
+    "state, finished_at, replayed_at, body, referee_identity, lease"
 )
 
+LEDGER_COLUMNS = (
+    "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
+    "referral_id, state, attempts, created_at, finished_at"
+)
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -41,8 +54,9 @@ async def insert(db: Db, events: Sequence[Event], now: float) -> list[Added]:
     for ev in events:
         new_id = await db.fetchval(
             "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
-            " body, fingerprint, created_at, next_attempt_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT DO NOTHING RETURNING id",
+            " body, fingerprint, created_at, next_attempt_at, referee_identity)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)"
+            " ON CONFLICT DO NOTHING RETURNING id",
             ev.server_id,
             ev.token,
             ev.event,
@@ -52,6 +66,7 @@ async def insert(db: Db, events: Sequence[Event], now: float) -> list[Added]:
             ev.body,
             ev.fingerprint,
             now,
+            ev.referee_identity if ev.event == "registered" else None,
         )
         if new_id is not None:
             results.append(Added(id=new_id, status="pending", created=True, conflict=False))
@@ -83,12 +98,13 @@ _REQUEUE_EXPIRED = (
 # of a lower rank for its (server, token), whoever holds that one: the ordering rule's blocker.
 CANDIDATES = (
     "WITH e AS MATERIALIZED (SELECT d.* FROM unnest($1::text[]) AS s(server_id),"
-    "  LATERAL (SELECT id, token, server_id, rank, test, next_attempt_at,"
+    "  LATERAL (SELECT id, token, server_id, rank, test, next_attempt_at, outcome,"
     "  COALESCE(replayed_at, created_at) AS age_from FROM events"
     "  WHERE status = 'pending' AND server_id = s.server_id AND next_attempt_at <= $2"
     "  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS d"
     "  ORDER BY d.next_attempt_at LIMIT $3)"
-    " SELECT e.id, e.age_from, b.id, b.status, b.outcome, b.next_attempt_at FROM e"
+    " SELECT e.id, e.age_from, e.outcome, b.id AS blocker, b.status AS blocker_status,"
+    " b.outcome AS blocker_outcome, b.next_attempt_at AS blocker_due FROM e"
     " LEFT JOIN LATERAL (SELECT p.id, p.status, p.outcome, p.next_attempt_at FROM events p"
     "   WHERE p.token = e.token AND p.server_id = e.server_id AND p.status != 'delivered'"
     "   AND p.rank < e.rank AND NOT p.test AND NOT e.test"
@@ -107,32 +123,19 @@ async def claim(
     max_age_s: float,
     owner: str,
 ) -> list[EventRecord]:
-    """The SQLite claim's rules (expiry, order, dead predecessors) over SKIP LOCKED rows."""
+    """The claim rules (``claim_rule``: expiry, order, dead predecessors) over SKIP LOCKED
+    rows."""
     await db.execute(_REQUEUE_EXPIRED, now)
     ready: list[int] = []
-    for event_id, age_from, blocker, blocker_status, why, blocker_due in await db.fetch(
-        CANDIDATES, servers, now, limit
-    ):
-        if age_from + max_age_s <= now:
-            error = f"not delivered within max_age_s={max_age_s:g} of ingest"
-            await finish_row(
-                db, event_id, Outcome(status="dead", outcome="expired", error=error), now
-            )
-        elif blocker is None:
-            ready.append(event_id)
-        elif blocker_status == "dead":
-            error = (
-                f"held back: event {blocker} for this token is dead ({why}); this one "
-                "was not sent, to keep the order. Replay both once the cause is fixed."
-            )
-            outcome = Outcome(status="dead", outcome="predecessor_dead", error=error)
-            await finish_row(db, event_id, outcome, now)
+    for candidate in await db.fetch(CANDIDATES, servers, now, limit):
+        verdict = claim_rule(candidate, now, max_age_s)
+        if verdict is None:
+            ready.append(candidate["id"])
+        elif isinstance(verdict, Outcome):
+            await finish_row(db, candidate["id"], verdict, now)
         else:
-            # At least a second later, so a due but unclaimed predecessor is no busy loop.
             await db.execute(
-                "UPDATE events SET next_attempt_at = $1 WHERE id = $2",
-                max(blocker_due, now + 1.0),
-                event_id,
+                "UPDATE events SET next_attempt_at = $1 WHERE id = $2", verdict, candidate["id"]
             )
     if not ready:
         return []
@@ -177,6 +180,16 @@ async def finish(db: Db, rec: EventRecord, outcome: Outcome, attempt: Attempt) -
             rec.server_id,
             rec.id,
         )
+    if outcome.status in ("delivered", "dead") and rec.event == "registered" and not rec.test:
+        # The events that overtook this registered may go now (or die with it).
+        await db.execute(
+            "UPDATE events SET next_attempt_at = $1 WHERE token = $2 AND server_id = $3"
+            " AND status || '' = 'pending' AND outcome = $4",
+            time.time(),
+            rec.token,
+            rec.server_id,
+            WAITING_FOR_REGISTERED,
+        )
     return True
 
 
@@ -191,8 +204,17 @@ async def release(db: Db, held: list[tuple[int, int]], now: float) -> None:
     )
 
 
-async def prune(db: Db, before: float) -> tuple[int, int]:
-    """Delete delivered events finished and attempt rows started before ``before``."""
+async def prune(db: Db, before: float, ledger_before: float) -> tuple[int, int]:
+    """Delete delivered events finished and attempt rows started before ``before``, each
+    event leaving its ledger entry; drop ledger entries finished before ``ledger_before``."""
+    await db.execute(
+        f"INSERT INTO ledger ({LEDGER_COLUMNS})"
+        " SELECT id, server_id, token, event, server_event_id, referee_identity, test, outcome,"
+        " referral_id, state, attempts, created_at, finished_at FROM events"
+        " WHERE finished_at < $1 AND status = 'delivered' ON CONFLICT (event_id) DO NOTHING",
+        before,
+    )
+    await db.execute("DELETE FROM ledger WHERE finished_at < $1", ledger_before)
     events = await db.execute(
         "DELETE FROM events WHERE finished_at < $1 AND status = 'delivered'", before
     )

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +24,34 @@ import structlog
 
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.fileguard import identities, vanished
+from relay.reserve import DiskReserve
 from relay.store.contract import (
+    DELIVERED_OUTCOMES,
     STATUSES,
+    WAITING_FOR_REGISTERED,
     Added,
     Attempt,
     EventFilter,
     EventRecord,
     FleetState,
+    Health,
+    HourCounts,
+    LogPage,
     Outcome,
     Retried,
+    claim_rule,
 )
+from relay.store.sqlite_records import SqliteRecords, prune_ledger, to_ledger
 from relay.store.sqlite_schema import migrate
 from relay.store.sqlite_writer import Writer
 
 log = structlog.get_logger("relay.outbox")
 
-# Columns of an event as the API and CLI show it (the body is decoded separately).
-_EVENT_COLUMNS = (
-    "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
-    "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
-    "state, finished_at, replayed_at, body"
-)
 _DISK_CHECK_EVERY_S = 1.0
+# Columns of an event as the API and CLI show it: the record's fields, by name (a lease is
+# PostgreSQL's: one process holds a SQLite file).
+_EVENT_COLUMNS = ", ".join(f.name for f in fields(EventRecord) if f.name != "lease")
 
 
 class SqliteOutbox:
@@ -58,6 +65,8 @@ class SqliteOutbox:
         lock_fd: int,
         *,
         min_free_bytes: int,
+        max_outbox_bytes: int = 0,
+        reserve: DiskReserve,
     ) -> None:
         self.path = path
         self.writer = writer
@@ -65,72 +74,91 @@ class SqliteOutbox:
         self._reader = reader
         self._lock_fd = lock_fd
         self._min_free_bytes = min_free_bytes
+        self._max_outbox_bytes = max_outbox_bytes  # 0: unlimited
+        self.records = SqliteRecords(self._write, self._read)
         self._disk_checked_at = 0.0
-        self._disk_ok = True
-        self.closing = False
+        self._size_ok = True
+        self._free_bytes = 0
+        self._disk_lock = asyncio.Lock()  # one check at a time; the others read its result
+        self.reserve = reserve
+        self._identities = identities(lock_fd, path)
+        self._file_checked_at = 0.0
+        # Why the file this relay writes is no longer the one at its path; None while it is.
+        self.lost: str | None = None
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: Path, *, min_free_bytes: int = 0) -> SqliteOutbox:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        min_free_bytes: int = 0,
+        lock_timeout_s: float = 5.0,
+        reserve_bytes: int = 8 * 1024 * 1024,
+        max_outbox_bytes: int = 0,
+    ) -> SqliteOutbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock(path)
+        except OSError as exc:
+            raise _unopenable(path, exc) from exc
         try:
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+            await asyncio.to_thread(reserve.ensure)
             reader = await _connect(path)
             try:
                 await migrate(reader)
-                writer = await Writer.open(functools.partial(_connect_writer, path))
+                writer = await Writer.open(
+                    functools.partial(_connect_writer, path, lock_timeout_s),
+                    on_full=reserve.release,
+                )
             except BaseException:
                 await reader.close()
                 raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             os.close(lock_fd)
-            raise OutboxError(
-                f"cannot open the outbox {path}: {exc}; check the path and its permissions."
-            ) from exc
+            raise _unopenable(path, exc) from exc
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, writer, reader, lock_fd, min_free_bytes=min_free_bytes)
-
-    async def close(self) -> None:
-        """Finish queued writes, then close both connections and release the file."""
-        self.closing = True
-        await self.writer.close()
-        await self._reader.close()
-        os.close(self._lock_fd)
+        return cls(
+            path,
+            writer,
+            reader,
+            lock_fd,
+            min_free_bytes=min_free_bytes,
+            max_outbox_bytes=max_outbox_bytes,
+            reserve=reserve,
+        )
 
     @property
     def location(self) -> str:
         return str(self.path)
 
-    async def check_writable(self) -> None:
-        """Commit an empty write transaction; raises ``OutboxError`` if that fails."""
-        await self._write(_touch)
-
-    async def disk_free_bytes(self) -> int | None:
-        return (await asyncio.to_thread(shutil.disk_usage, self.path.parent)).free
+    async def close(self) -> None:
+        """Finish queued writes, then close both connections and release the file."""
+        await self.writer.close()
+        await self._reader.close()
+        os.close(self._lock_fd)
 
     # -- writes ----------------------------------------------------------------------------
 
     async def add(self, events: Sequence[Event], now: float) -> list[Added]:
         """Store events durably in one transaction; an existing key is reported, not stored."""
-        if self.closing:
-            raise OutboxUnavailable(
-                "the relay is shutting down; send again in a few seconds "
-                "(another instance may be starting)."
-            )
         await self._check_disk()
+        await self._check_file()
 
         def insert(db: sqlite3.Connection) -> list[Added]:
             results = []
             for ev in events:
                 rows = db.execute(
                     "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
-                    " body, fingerprint, created_at, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                    " body, fingerprint, created_at, next_attempt_at, referee_identity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING RETURNING id",
                     (
                         ev.server_id,
                         ev.token,
@@ -142,6 +170,7 @@ class SqliteOutbox:
                         ev.fingerprint,
                         now,
                         now,
+                        ev.referee_identity if ev.event == "registered" else None,
                     ),
                 ).fetchall()
                 if rows:
@@ -194,7 +223,7 @@ class SqliteOutbox:
             return []
         # One index range per server: a paused server's backlog is never walked.
         due = " UNION ALL ".join(
-            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at,"
+            "SELECT * FROM (SELECT id, token, server_id, rank, test, next_attempt_at, outcome,"
             " COALESCE(replayed_at, created_at) AS age_from"
             " FROM events WHERE status = 'pending' AND server_id = ? AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?)"
@@ -204,8 +233,11 @@ class SqliteOutbox:
 
         def claim(db: sqlite3.Connection) -> list[EventRecord]:
             _requeue(db, now, expired_only=True)
+            # Each due event with the predecessor that decides its fate, if it has one:
+            # the same server and token, a lower rank, not delivered; a dead one first.
             candidates = db.execute(
-                "SELECT e.id, e.age_from, b.id, b.status, b.outcome, b.next_attempt_at"
+                "SELECT e.id, e.age_from, e.outcome, b.id AS blocker, b.status AS blocker_status,"
+                " b.outcome AS blocker_outcome, b.next_attempt_at AS blocker_due"
                 f" FROM ({due}) AS e"
                 " LEFT JOIN events AS b ON b.id = ("
                 "   SELECT p.id FROM events AS p WHERE p.token = e.token"
@@ -216,26 +248,16 @@ class SqliteOutbox:
                 (*params, limit),
             ).fetchall()
             ready: list[int] = []
-            for event_id, age_from, blocker, blocker_status, why, blocker_due in candidates:
-                if age_from + max_age_s <= now:
-                    error = f"not delivered within max_age_s={max_age_s:g} of ingest"
-                    outcome = Outcome(status="dead", outcome="expired", error=error)
-                    _finish_row(db, event_id, outcome, now)
-                elif blocker is None:
-                    ready.append(event_id)
-                elif blocker_status == "dead":
-                    error = (
-                        f"held back: event {blocker} for this token is dead ({why}); this one "
-                        "was not sent, to keep the order. Replay both once the cause is fixed."
-                    )
-                    outcome = Outcome(status="dead", outcome="predecessor_dead", error=error)
-                    _finish_row(db, event_id, outcome, now)
+            for candidate in candidates:
+                verdict = claim_rule(candidate, now, max_age_s)
+                if verdict is None:
+                    ready.append(candidate["id"])
+                elif isinstance(verdict, Outcome):
+                    _finish_row(db, candidate["id"], verdict, now)
                 else:
-                    # At least a second later: a predecessor that is due but was not claimed
-                    # this round must not turn the dispatcher into a busy loop.
                     db.execute(
                         "UPDATE events SET next_attempt_at = ? WHERE id = ?",
-                        (max(blocker_due, now + 1.0), event_id),
+                        (verdict, candidate["id"]),
                     )
             if not ready:
                 return []
@@ -275,6 +297,17 @@ class SqliteOutbox:
                     " AND +status = 'pending' AND attempts = 0 AND id != ?",
                     (time.time(), record.token, record.server_id, record.id),
                 )
+            if (
+                outcome.status in ("delivered", "dead")
+                and record.event == "registered"
+                and not record.test
+            ):
+                # The events that overtook this registered may go now (or die with it).
+                db.execute(
+                    "UPDATE events SET next_attempt_at = ? WHERE token = ? AND server_id = ?"
+                    " AND +status = 'pending' AND outcome = ?",
+                    (time.time(), record.token, record.server_id, WAITING_FOR_REGISTERED),
+                )
 
         await self._write(finish)
         if outcome.status in ("delivered", "dead"):
@@ -295,10 +328,15 @@ class SqliteOutbox:
 
         await self._write(release)
 
-    async def prune(self, before: float) -> tuple[int, int]:
-        """Delete delivered events finished and attempt rows started before ``before``."""
+    async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
+        """Delete delivered events finished and attempt rows started before ``before``.
+
+        Each pruned event leaves its compact ledger entry, kept until ``ledger_before``.
+        """
 
         def prune(db: sqlite3.Connection) -> tuple[int, int]:
+            to_ledger(db, before)
+            prune_ledger(db, ledger_before)
             events = db.execute(
                 "DELETE FROM events WHERE finished_at < ? AND +status = 'delivered'", (before,)
             )
@@ -419,7 +457,7 @@ class SqliteOutbox:
             " WHERE event_id = ? ORDER BY id DESC LIMIT ?",
             (event_id, limit),
         )
-        return [Attempt(*r) for r in rows]
+        return [Attempt(**{name: r[name] for name in r.keys()}) for r in rows]  # noqa: SIM118
 
     async def next_due(self, servers: Sequence[str]) -> float | None:
         """When the earliest pending event of these servers falls due; None if none is."""
@@ -434,6 +472,15 @@ class SqliteOutbox:
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
+    async def registered_delivered_at(self, server_id: str, token: str) -> float | None:
+        """When the attempt that delivered this token's registered started; None if none did."""
+        rows = await self._read(
+            "SELECT MIN(finished_at) FROM events WHERE token = ? AND server_id = ?"
+            " AND event = 'registered' AND test = 0 AND +status = 'delivered'",
+            (token, server_id),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
     async def oldest_pending_created(self) -> float | None:
         """When the oldest undelivered event was ingested (ids grow with ingest time)."""
         rows = await self._read(
@@ -442,6 +489,146 @@ class SqliteOutbox:
             (),
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- console reads ---------------------------------------------------------------------
+    # Bounded by id ranges, since ids grow with ingest time: each page of the web console
+    # costs about the same with ten events or a million.
+
+    async def first_ids_at(self, times: Sequence[float]) -> list[int]:
+        """For each time, the lowest id such that every event from it on came at or after.
+
+        A binary search over the rowid in one recursive query, all times at once: about
+        twenty index look-ups per time, where filtering on ``created_at`` (which has no
+        index) would read every row.
+        """
+        if not times:
+            return []
+        seeds = ", ".join(
+            "(?, ?, (SELECT MIN(id) FROM events), (SELECT MAX(id) + 1 FROM events))" for _ in times
+        )
+        rows = await self._read(
+            # At each step: the first event at or after the middle id came before ``at``,
+            # so the answer lies above it; or it did not, so the answer is at most the middle.
+            "WITH RECURSIVE s(k, at, lo, hi) AS ("
+            f" VALUES {seeds}"
+            " UNION ALL SELECT k, at,"
+            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
+            "   ORDER BY id LIMIT 1) >= at, 1) THEN lo ELSE (SELECT id FROM events"
+            "   WHERE id >= (lo + hi) / 2 ORDER BY id LIMIT 1) + 1 END,"
+            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
+            "   ORDER BY id LIMIT 1) >= at, 1) THEN (lo + hi) / 2 ELSE hi END"
+            " FROM s WHERE lo < hi)"
+            " SELECT k, lo FROM s WHERE lo >= hi OR lo IS NULL ORDER BY k",
+            [value for k, at in enumerate(times) for value in (k, at)],
+        )
+        return [1 if lo is None else int(lo) for _, lo in rows]
+
+    async def hourly(self, since: float, hours: int) -> list[HourCounts]:
+        """Events ingested and attempts delivered or failed, per hour from ``since``.
+
+        Ingested is a difference of ids, so events pruned since still count for their hour.
+        """
+        edges = await self.first_ids_at([since + 3600 * h for h in range(hours + 1)])
+        rows = await self._read(
+            "SELECT CAST((started_at - ?) / 3600 AS INTEGER) AS hour,"
+            f" SUM(outcome IN ({', '.join('?' * len(DELIVERED_OUTCOMES))})), COUNT(*)"
+            " FROM attempts WHERE started_at >= ? GROUP BY hour",
+            (since, *DELIVERED_OUTCOMES, since),
+        )
+        attempts = {int(hour): (int(ok), int(total)) for hour, ok, total in rows}
+        out = []
+        for hour in range(hours):
+            ok, total = attempts.get(hour, (0, 0))
+            ingested = edges[hour + 1] - edges[hour]
+            out.append(HourCounts(since + 3600 * hour, ingested, ok, total - ok))
+        return out
+
+    async def log_page(
+        self,
+        where: EventFilter,
+        *,
+        older_than: int | None,
+        scan: int,
+        limit: int,
+        body_contains: bytes | None = None,
+    ) -> LogPage:
+        """Up to ``limit`` events matching ``where`` among the ``scan`` ids below ``older_than``.
+
+        The filters apply to that id window only (the unary ``+`` keeps SQLite walking the
+        rowid instead of sorting a whole status), so a rare filter over a million events
+        answers "none in this window, look older" at once instead of reading every row.
+        """
+        if older_than is None:
+            rows = await self._read("SELECT MAX(id) FROM events", ())
+            older_than = int(rows[0][0] or 0) + 1
+        # Rows above after_id only: the live log asks for the few newest.
+        floor = max(0, older_than - scan, (where.after_id or 0) + 1)
+        clauses: list[str] = ["id < ?", "id >= ?"]
+        params: list[Any] = [older_than, floor]
+        sql, values = where.where()
+        for clause in sql.split(" AND ")[1:]:
+            column, _, rest = clause.partition(" ")
+            # "+column = ?" keeps SQLite off that column's index; other conditions stay as is.
+            plain = rest == "= ?" and column.isidentifier() and column != "id"
+            clauses.append("+" + clause if plain else clause)
+        params.extend(values)
+        if body_contains is not None:
+            clauses.append("instr(body, ?) > 0")
+            params.append(body_contains)
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+            " ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        records = tuple(EventRecord.from_row(r) for r in rows)
+        if len(records) == limit:
+            return LogPage(records, records[-1].id, floor)
+        return LogPage(records, floor if floor > 1 else None, floor)
+
+    async def search(self, text: str, limit: int) -> list[EventRecord]:
+        """Events whose token or ``server_event_id`` is ``text``, newest first (both indexed)."""
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE token = ? OR server_event_id = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (text, text, limit),
+        )
+        return [EventRecord.from_row(r) for r in rows]
+
+    async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
+        """Like ``counts_by_server``, but each count stops at ``cap + 1`` (read: more than
+        ``cap``), so the cost is bounded at any backlog: ``cap`` index steps at most per
+        (server, status), and the servers found by seeking the status index, not scanning.
+        """
+        rows = await self._read(
+            "WITH RECURSIVE st(status) AS (VALUES "
+            + ", ".join(f"('{status}')" for status in STATUSES)
+            + "), s(status, server_id) AS ("
+            " SELECT status, (SELECT MIN(server_id) FROM events WHERE status = st.status) FROM st"
+            " UNION ALL SELECT status, (SELECT MIN(server_id) FROM events"
+            "  WHERE status = s.status AND server_id > s.server_id)"
+            " FROM s WHERE server_id IS NOT NULL)"
+            " SELECT server_id, status, (SELECT COUNT(*) FROM (SELECT 1 FROM events AS e"
+            "  WHERE e.status = s.status AND e.server_id = s.server_id LIMIT ?))"
+            " FROM s WHERE server_id IS NOT NULL",
+            (cap + 1,),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for server_id, status, count in rows:
+            out.setdefault(server_id, dict.fromkeys(STATUSES, 0))[status] = int(count)
+        return out
+
+    async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
+        """When each server's oldest undelivered event was ingested; servers with none left out."""
+        out: dict[str, float] = {}
+        for server_id in servers:
+            rows = await self._read(
+                "SELECT created_at FROM events WHERE +status IN ('pending', 'in_flight')"
+                " AND +server_id = ? ORDER BY id LIMIT 1",
+                (server_id,),
+            )
+            if rows:
+                out[server_id] = float(rows[0][0])
+        return out
 
     async def share(self, mine: FleetState, now: float) -> FleetState:
         """One relay per file: there is nobody to share with."""
@@ -458,13 +645,91 @@ class SqliteOutbox:
                 "file and its disk are healthy."
             ) from exc
 
+    async def health(self) -> Health:
+        """Whether events can be stored now: the write lock is free, the disk has room (its
+        reserve kept) and the outbox is under its cap."""
+        problems: list[str] = []
+        try:
+            await self._write(_nothing)
+        except OutboxError as exc:
+            problems.append(f"outbox not writable: {exc}")
+        free = await asyncio.to_thread(self.reserve.refresh)
+        if free < self._min_free_bytes:
+            problems.append(
+                f"disk nearly full: {free} bytes free, {self._min_free_bytes} needed for ingest"
+            )
+        cap = self._max_outbox_bytes
+        if cap and self.size_bytes() >= cap:
+            problems.append(f"outbox full: {self.size_bytes()} bytes, max_outbox_bytes is {cap}")
+        if self.reserve.full:
+            problems.append("disk full: the reserve is released; ingest and new deliveries wait")
+        return Health(tuple(problems), free)
+
+    async def check_file(self) -> str | None:
+        """Whether the outbox was deleted or replaced under the relay: why, or None.
+
+        Once lost it stays lost: the relay's descriptors still reach the old, unlinked file,
+        so nothing stored from then on would survive a restart.
+        """
+        self._file_checked_at = time.monotonic()
+        if self.lost is None:
+            problem = await asyncio.to_thread(vanished, self._lock_fd, self._identities)
+            if problem is not None:
+                self.lost = problem
+                log.critical(
+                    "outbox.file_lost",
+                    path=str(self.path),
+                    problem=problem,
+                    action="ingest refused; restart the relay, and restore the outbox from a "
+                    "backup if you have one: undelivered events in it are gone",
+                )
+        return self.lost
+
+    async def _check_file(self) -> None:
+        if time.monotonic() - self._file_checked_at >= _DISK_CHECK_EVERY_S:
+            await self.check_file()
+        if self.lost is not None:
+            raise OutboxUnavailable(
+                f"the outbox file is gone ({self.lost}): events stored now would be lost at "
+                "the next restart, so none are taken; the operator must restart the relay. "
+                "Retry later.",
+                retry_after_s=30,
+            )
+
+    async def disk_free_bytes(self) -> int | None:
+        return (await asyncio.to_thread(shutil.disk_usage, self.path.parent)).free
+
+    async def can_deliver(self) -> bool:
+        """Whether an attempt started now could record its outcome: not while the disk is
+        full, when the reserve is kept for the attempts already in flight."""
+        await self._refresh_disk()
+        return not self.reserve.full
+
+    async def _refresh_disk(self) -> None:
+        async with self._disk_lock:
+            if time.monotonic() - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
+                self._free_bytes = await asyncio.to_thread(self.reserve.refresh)
+                self._size_ok = (
+                    not self._max_outbox_bytes or self.size_bytes() < self._max_outbox_bytes
+                )
+                self._disk_checked_at = time.monotonic()
+
     async def _check_disk(self) -> None:
-        now = time.monotonic()
-        if now - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
-            self._disk_checked_at = now
-            usage = await asyncio.to_thread(shutil.disk_usage, self.path.parent)
-            self._disk_ok = usage.free >= self._min_free_bytes
-        if not self._disk_ok:
+        await self._refresh_disk()
+        if self.reserve.full:
+            raise OutboxUnavailable(
+                "the disk holding the outbox is full; the event was not stored, and the relay "
+                "keeps its reserve for recording deliveries until space is freed. Retry later.",
+                retry_after_s=30,
+            )
+        if not self._size_ok:
+            raise OutboxUnavailable(
+                f"the outbox has reached max_outbox_bytes ({self._max_outbox_bytes} bytes); "
+                "the relay takes no new events until deliveries or a purge shrink it. Retry "
+                "later.",
+                retry_after_s=30,
+            )
+        if self._free_bytes < self._min_free_bytes:
             raise OutboxUnavailable(
                 f"the disk holding the outbox has less than {self._min_free_bytes} bytes free; "
                 "the relay takes no new events until space is freed. Retry later.",
@@ -472,7 +737,7 @@ class SqliteOutbox:
             )
 
 
-def _touch(db: sqlite3.Connection) -> None:
+def _nothing(db: sqlite3.Connection) -> None:
     """A write transaction with nothing in it: proves the write lock can be taken."""
 
 
@@ -545,16 +810,22 @@ _PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 5000")
 
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = sqlite3.Row  # columns are read by name, wherever they sit in a SELECT
     for pragma in _PRAGMAS:
         await db.execute(f"PRAGMA {pragma}")
     return db
 
 
-def _connect_writer(path: Path) -> sqlite3.Connection:
-    """The writer's connection, made and used on the writer's thread only."""
+def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
+    """The writer's connection, made and used on the writer's thread only.
+
+    Every write queues behind the one before, so the writer's wait for a foreign lock is
+    what bounds an ingest's wait: ``lock_timeout_s`` replaces SQLite's 5 s here.
+    """
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
     try:
-        for pragma in _PRAGMAS:
+        for pragma in (*_PRAGMAS, f"busy_timeout = {round(lock_timeout_s * 1000)}"):
             db.execute(f"PRAGMA {pragma}")
     except BaseException:
         db.close()
@@ -562,15 +833,30 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _unopenable(path: Path, exc: sqlite3.Error | OSError) -> OutboxError:
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return OutboxError(
+        f"cannot open the outbox {path}: {cause}; point MMOLOVE_RELAY_DB (or [outbox] path) "
+        "at a file in a writable directory the relay's user owns."
+    )
+
+
 def _lock(path: Path) -> int:
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    """Create the file (0600) and lock the file itself, so no second relay can open it.
+
+    Keyed by the file, not its name: a second relay reaching it through a symlink or a
+    hard link would otherwise start, and its start-up recovery would turn the first one's
+    in-flight events back to pending, to be sent twice. flock is separate from SQLite's
+    POSIX locks; the descriptor stays open until both connections are closed, because
+    closing any descriptor of the file drops the process's POSIX locks on it.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
         raise OutboxError(
-            f"another relay is already using the outbox {path}; stop it or point "
-            "MMOLOVE_RELAY_DB at another file."
+            f"another relay is already using the outbox {path} (the same file, maybe through "
+            "a symlink or a hard link); stop it or point MMOLOVE_RELAY_DB at another file."
         ) from exc
     return fd

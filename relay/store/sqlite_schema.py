@@ -57,6 +57,62 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ADD COLUMN replayed_at REAL;
     """,
+    # 3: migration 1 was edited after it shipped (claims walk one server's due range), so
+    # outboxes created before that edit still have the old events_due index.
+    """
+    DROP INDEX IF EXISTS events_due;
+    CREATE INDEX events_due ON events (status, server_id, next_attempt_at);
+    """,
+    # 4: operator visibility. The player anchor on events; rejected inputs (bounded by
+    # count); a compact ledger of delivered events that outlives their bodies; and the
+    # alert state machine, so a restart is not a new incident.
+    """
+    ALTER TABLE events ADD COLUMN referee_identity TEXT;
+    UPDATE events SET referee_identity = json_extract(CAST(body AS TEXT), '$.referee_identity')
+        WHERE event = 'registered';
+    CREATE INDEX events_referee ON events (referee_identity) WHERE referee_identity IS NOT NULL;
+    CREATE TABLE rejected (
+        id               INTEGER PRIMARY KEY,  -- grows with time: newest first is id order
+        at               REAL    NOT NULL,
+        http_status      INTEGER NOT NULL,
+        code             TEXT    NOT NULL,
+        field            TEXT,
+        message          TEXT    NOT NULL,
+        server_event_id  TEXT,
+        token            TEXT,
+        referee_identity TEXT,
+        peer             TEXT,
+        body             BLOB                  -- the first 512 bytes the client sent
+    );
+    CREATE TABLE ledger (
+        event_id         INTEGER PRIMARY KEY,  -- the id the event had in the outbox
+        server_id        TEXT    NOT NULL,
+        token            TEXT    NOT NULL,
+        event            TEXT    NOT NULL,
+        server_event_id  TEXT    NOT NULL,
+        referee_identity TEXT,
+        test             INTEGER NOT NULL,
+        outcome          TEXT,
+        referral_id      TEXT,
+        state            TEXT,
+        attempts         INTEGER NOT NULL,
+        created_at       REAL    NOT NULL,
+        finished_at      REAL    NOT NULL
+    );
+    CREATE INDEX ledger_token ON ledger (token, server_id);
+    CREATE INDEX ledger_referee ON ledger (referee_identity) WHERE referee_identity IS NOT NULL;
+    CREATE INDEX ledger_finished ON ledger (finished_at);
+    CREATE TABLE alert_state (
+        key        TEXT PRIMARY KEY,  -- condition and subject, e.g. paused:srv-1
+        since      REAL NOT NULL,     -- when it started firing
+        last_sent  REAL NOT NULL,     -- the firing message or the last reminder
+        summary    TEXT NOT NULL      -- what the firing message said
+    );
+    CREATE TABLE alert_marks (
+        name   TEXT PRIMARY KEY,      -- e.g. the last dead event already alerted on
+        value  REAL NOT NULL
+    );
+    """,
 )
 
 

@@ -32,9 +32,15 @@ class Writer:
     ``db`` is used only on ``thread`` (one worker), which the writer owns and shuts down.
     """
 
-    def __init__(self, db: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        thread: ThreadPoolExecutor,
+        on_full: Job | None = None,
+    ) -> None:
         self.db = db
         self._thread = thread
+        self._on_full = on_full  # run on the writer's thread after a write met a full disk
         self.commits = 0  # transactions committed: with group commit, fewer than jobs
         self.jobs = 0
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
@@ -52,7 +58,9 @@ class Writer:
         return await future
 
     @classmethod
-    async def open(cls, connect: Callable[[], sqlite3.Connection]) -> Writer:
+    async def open(
+        cls, connect: Callable[[], sqlite3.Connection], *, on_full: Job | None = None
+    ) -> Writer:
         """Make the connection on the writer's own thread with ``connect``."""
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         try:
@@ -60,7 +68,7 @@ class Writer:
         except BaseException:
             thread.shutdown(wait=False)
             raise
-        return cls(db, thread)
+        return cls(db, thread, on_full)
 
     async def close(self) -> None:
         """Commit what is queued, stop, and close the connection."""
@@ -91,6 +99,13 @@ class Writer:
             )
         except sqlite3.Error as exc:
             log.error("outbox.write_failed", error=str(exc), writes=len(group))
+            if self._on_full is not None and "full" in str(exc):
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._on_full, self.db
+                    )
+                except Exception:  # the writer must outlive a failed rescue
+                    log.exception("outbox.disk_full_handler_failed")
             _fail(group, _unavailable(exc))
             return
         except Exception as exc:  # a bug in a job: fail its callers, keep the writer alive

@@ -55,7 +55,8 @@ def rss_mib(pid: int) -> float:
 async def test_soak_under_a_flapping_upstream_loses_nothing_and_memory_stays_flat(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """Steady ingest for SOAK_S while MMOLove flaps: 0 lost, 0 doubled, RSS bounded."""
+    """Steady ingest for SOAK_S while MMOLove flaps: 0 lost, 0 duplicate sends (every fault
+    strikes before MMOLove applies the event), RSS bounded."""
     config = tuning(extra="send_timeout_s = 2.0\nbreaker_cooldown_s = 1.0\npause_probe_s = 5.0\n")
     relay = await spawn(relay_env(sandbox.url, tmp_path / "outbox.db"), config=config).ready()
     tally = Tally("soak: steady ingest, flapping upstream")

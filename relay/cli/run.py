@@ -1,8 +1,6 @@
-"""The ``mmolove-relay`` command: the daemon, the sandbox, the demo and the operator tools.
+"""The commands that run something: the daemon (``serve``), the sandbox and the demo.
 
-The only module that reads ``os.environ``, installs signal handlers and configures logging.
-Exit codes: 0 done, 1 the relay or MMOLove refused, 2 usage, 3 configuration or start-up
-failure, 4 the relay is unreachable or unavailable (try again later).
+The only module that installs signal handlers and configures logging.
 """
 
 from __future__ import annotations
@@ -14,161 +12,50 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 import uvloop
 
-from relay import __version__, logs, ops
+from relay import logs
+from relay.cli.client import EXIT_OK, EXIT_REFUSED, Environ, http_json
 from relay.config import (
     Listen,
     Secret,
     ServerConfig,
     Settings,
     load_settings,
-    masked_url,
+    mask_url,
     parse_listen,
 )
 from relay.daemon import RunningRelay, run
-from relay.errors import ConfigError, OutboxError
+from relay.errors import ConfigError
 from relay.notify import Notifier
-from relay.ops import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, http_json
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 from relay.store.copy import copy_outbox
 
 log = structlog.get_logger("relay.cli")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return EXIT_USAGE
-    try:
-        code: int = args.handler(args)
-    except ops.CommandFailed as exc:
-        print(f"mmolove-relay: {exc}", file=sys.stderr)
-        return exc.code
-    except ConfigError as exc:
-        print(f"mmolove-relay: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OutboxError as exc:
-        print(f"mmolove-relay: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmolove-relay",
-        description="A local, durable, signing relay for MMOLove referral events.",
-        epilog="Exit codes: 0 ok, 1 refused, 2 usage, 3 configuration/start-up, 4 unavailable.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="TOML config file (default: $MMOLOVE_RELAY_CONFIG; environment variables override it)",
-    )
-    sub = parser.add_subparsers(metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the relay daemon")
-    serve.set_defaults(handler=_serve)
-
-    sandbox = sub.add_parser(
-        "sandbox",
-        help="run a local MMOLove stand-in that verifies "
-        "signatures, idempotency and the state machine",
-    )
-    sandbox.add_argument(
-        "--listen", default="127.0.0.1:8788", help="host:port (default %(default)s)"
-    )
-    sandbox.add_argument(
-        "--server",
-        action="append",
-        metavar="ID=SECRET",
-        default=[],
-        help=f"a server and its secret (default {DEMO_SERVER_ID}=<demo secret>)",
-    )
-    sandbox.add_argument("--latency-ms", type=float, default=0.0)
-    sandbox.add_argument(
-        "--error-rate", type=float, default=0.0, help="fraction of requests answered --error-status"
-    )
-    sandbox.add_argument("--error-status", type=int, default=500)
-    sandbox.add_argument("--clock-offset-s", type=float, default=0.0)
-    sandbox.set_defaults(handler=_sandbox)
-
-    demo = sub.add_parser(
-        "demo",
-        help="start a sandbox and a relay, send a registered, a "
-        "qualified and a test event, and show them land",
-    )
-    demo.add_argument("--timeout-s", type=float, default=20.0)
-    demo.set_defaults(handler=_demo)
-
-    move = sub.add_parser(
-        "migrate-outbox",
-        help="copy a SQLite outbox (every event, its state and delivery log) into PostgreSQL; "
-        "stop the relay first, and run again safely if interrupted",
-    )
-    move.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
-    move.add_argument(
-        "--from", dest="source", type=Path, help="the SQLite file (default: the configured outbox)"
-    )
-    move.set_defaults(handler=_migrate_outbox)
-
-    ops.add_commands(sub, os.environ)
-    return parser
-
-
-def _migrate_outbox(args: argparse.Namespace) -> int:
-    settings = load_settings(os.environ, args.config, require_servers=False)
-    if not args.to.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"--to {masked_url(args.to)!r} is not a postgresql:// URL.")
-    source = args.source or settings.db_path
-    password = settings.db_password.reveal() if settings.db_password else None
-    done = asyncio.run(
-        copy_outbox(source, args.to, where=masked_url(args.to), password=password, progress=print)
-    )
-    print(
-        f"copied {done.copied} events and {done.attempts} attempts from {source} to "
-        f"{masked_url(args.to)}; {done.already_there} were there already. Point "
-        "MMOLOVE_RELAY_DB at the URL and start the relays."
-    )
-    return EXIT_OK
-
-
 # -- serve ---------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    settings = load_settings(os.environ, args.config)
+def serve(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config)
     logs.configure(settings.log_format)
     _redact(settings)
-    try:
-        # uvloop: its transports cost less per request than asyncio's, which ingest feels.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve_until_signalled(settings, args.config))
-    except OSError as exc:
-        print(
-            f"mmolove-relay: cannot listen on {settings.listen}: {exc.strerror}; pick another "
-            "address with MMOLOVE_RELAY_LISTEN.",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+    # uvloop: its transports cost less per request than asyncio's, which ingest feels.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_until_signalled(settings, args.config, environ))
     return EXIT_OK
 
 
-async def _serve_until_signalled(settings: Settings, config: Path | None) -> None:
+async def _serve_until_signalled(settings: Settings, config: Path | None, environ: Environ) -> None:
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     handles: list[RunningRelay] = []
-    systemd = Notifier.from_environ(os.environ, pid=os.getpid())
+    systemd = Notifier.from_environ(environ, pid=os.getpid())
 
     def stop(name: str) -> None:
         if shutdown.is_set():
@@ -179,7 +66,7 @@ async def _serve_until_signalled(settings: Settings, config: Path | None) -> Non
 
     def reload() -> None:
         try:
-            settings = load_settings(os.environ, config)
+            settings = load_settings(environ, config)
         except ConfigError as exc:
             log.error("relay.reload_failed", error=str(exc))
             return
@@ -207,12 +94,33 @@ def _redact(settings: Settings) -> None:
     logs.redact(s.secret.reveal() for s in settings.servers)
     if settings.ingest_token is not None:
         logs.redact([settings.ingest_token.reveal()])
+    # An alert URL holds its target's token.
+    logs.redact(a.url.reveal() for a in settings.alerts)
+    logs.redact(a.secret.reveal() for a in settings.alerts if a.secret is not None)
+
+
+def migrate_outbox(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config, require_servers=False)
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--to {mask_url(args.to)!r} is not a postgresql:// URL.")
+    source = args.source or settings.db_path
+    password = settings.db_password.reveal() if settings.db_password else None
+    done = asyncio.run(
+        copy_outbox(source, args.to, where=mask_url(args.to), password=password, progress=print)
+    )
+    print(
+        f"copied {done.copied} events, {done.attempts} attempts and {done.records} ledger "
+        f"entries and rejected inputs from {source} to "
+        f"{mask_url(args.to)}; {done.already_there} were there already. Point "
+        "MMOLOVE_RELAY_DB at the URL and start the relays."
+    )
+    return EXIT_OK
 
 
 # -- sandbox -------------------------------------------------------------------------------
 
 
-def _sandbox(args: argparse.Namespace) -> int:
+def sandbox(args: argparse.Namespace, environ: Environ) -> int:
     servers = dict(_server_arg(text) for text in args.server) or {DEMO_SERVER_ID: DEMO_SECRET}
     listen = _listen_arg(args.listen)
     faults = Faults(
@@ -266,7 +174,7 @@ def _listen_arg(text: str) -> Listen:
 # -- demo ----------------------------------------------------------------------------------
 
 
-def _demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace, environ: Environ) -> int:
     logs.configure("console", level="warning")
     return asyncio.run(_run_demo(args.timeout_s))
 
@@ -358,7 +266,3 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
                 )
         await asyncio.sleep(0.05)
     return not pending and len(ids) == len(events) and all(i is not None for i in ids)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

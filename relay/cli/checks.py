@@ -1,0 +1,199 @@
+"""The commands that need only the configuration: ``check-config``, ``sign``, ``test``
+(a signed test event straight to MMOLove, proving the secret, header and clock) and
+``alert-test`` (a test message to every alert target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from relay.alerts.targets import send_test
+from relay.cli.client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandFailed, Environ
+from relay.cli.tables import print_json
+from relay.config import ServerConfig, Settings, describe, load_settings, mask_url, sources
+from relay.errors import DeliveryError, SenderPaused
+from relay.events import validate
+from relay.sender import Sender
+from relay.signing import HEADER, signature_header
+
+
+def example() -> str:
+    """The example configuration shipped with the package: every key, with its default."""
+    return resources.files("relay").joinpath("relay.example.toml").read_text(encoding="utf-8")
+
+
+def check_config(args: argparse.Namespace, environ: Environ) -> int:
+    if args.example:
+        print(example(), end="")
+        return EXIT_OK
+    settings = load_settings(environ, args.config)
+    described = describe(settings)
+    source = sources(environ, args.config)
+    if args.json:
+        print_json({**described, "sources": source})
+        return EXIT_OK
+    print("the configuration is valid; in force (environment over file over defaults):")
+    for name, value in described.items():
+        if name == "servers":
+            for server in value:
+                kid = f", kid {server['kid']}" if server["kid"] else ""
+                path = f" ({server['secret_file']})" if server["secret_file"] else ""
+                print(
+                    f"  server {server['id']}: secret *** from {server['secret_from']}{path}{kid}"
+                )
+        else:
+            print(f"  {name} = {value}   [{source[name]}]")
+    if not settings.listen.is_loopback:
+        print("ingest is not on loopback: clients must send the bearer token")
+    return EXIT_OK
+
+
+def sign(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config)
+    server = _server(settings, args.server_id)
+    body = sys.stdin.buffer.read()
+    t = args.ts if args.ts is not None else int(time.time())
+    header = signature_header(body, server.secret.reveal(), t, server.kid)
+    if args.json:
+        print_json({"header": HEADER, "value": header, "t": t, "body_bytes": len(body)})
+    else:
+        print(f"{HEADER}: {header}")
+    if body.endswith(b"\n"):
+        print(
+            "note: the body ends with a newline, and the signature covers it; send exactly "
+            "these bytes (echo -n, or printf) or sign what you send.",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def test(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config)
+    servers = [_server(settings, args.server_id)] if args.server_id else settings.servers
+    results = asyncio.run(_test_servers(settings, [s.server_id for s in servers]))
+    if args.json:
+        print_json({"endpoint": mask_url(settings.endpoint), "servers": results})
+    else:
+        for r in results:
+            print(f"server {r['server_id']} -> {mask_url(settings.endpoint)}: {r['message']}")
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_REFUSED
+
+
+async def _test_servers(settings: Settings, server_ids: Sequence[str]) -> list[dict[str, Any]]:
+    sender = Sender(
+        settings.endpoint,
+        concurrency=1,
+        connect_timeout_s=settings.connect_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
+        ca_file=settings.ca_file,
+    )
+    results = []
+    try:
+        for server in (_server(settings, server_id) for server_id in server_ids):
+            now = time.time()
+            event = validate(
+                {
+                    "event": "registered",
+                    "token": "relay-test",
+                    "referee_identity": "relay-test",
+                    "server_event_id": f"relay-test-{int(now)}",
+                    "server_id": server.server_id,
+                    "test": True,
+                },
+                server_ids=[server.server_id],
+                allow_extra_fields=False,
+                now=now,
+            )
+            header = signature_header(event.body, server.secret.reveal(), int(now), server.kid)
+            try:
+                delivered = await sender.deliver(event.body, header)
+            except SenderPaused as exc:
+                skew = exc.clock_skew_s
+                results.append(_failed(server.server_id, exc, skew))
+            except DeliveryError as exc:
+                results.append(_failed(server.server_id, exc, None))
+            else:
+                skew = delivered.clock_skew_s
+                message = (
+                    f"{delivered.http_status} {delivered.response.strip()}: MMOLove verified "
+                    "the signature; the secret, header format and clock are right"
+                )
+                if delivered.outcome != "test":
+                    message = f"{delivered.http_status} but not a test answer: {delivered.response}"
+                results.append(
+                    _test_result(
+                        server.server_id,
+                        delivered.outcome == "test",
+                        message,
+                        http_status=delivered.http_status,
+                        reason=None,
+                        skew=skew,
+                    )
+                )
+    finally:
+        await sender.close()
+    return results
+
+
+def _test_result(
+    server_id: str,
+    ok: bool,
+    message: str,
+    *,
+    http_status: int | None,
+    reason: str | None,
+    skew: float | None,
+) -> dict[str, Any]:
+    if skew is not None:
+        message += f" (MMOLove's clock is {skew:+.1f} s from ours)"
+    return {
+        "server_id": server_id,
+        "ok": ok,
+        "http_status": http_status,
+        "reason": reason,
+        "clock_skew_s": skew,
+        "message": message,
+    }
+
+
+def _failed(server_id: str, error: DeliveryError, skew: float | None) -> dict[str, Any]:
+    return _test_result(
+        server_id, False, str(error), http_status=error.http_status, reason=error.reason, skew=skew
+    )
+
+
+def _server(settings: Settings, server_id: str | None) -> ServerConfig:
+    if server_id is None:
+        if len(settings.servers) > 1:
+            names = ", ".join(s.server_id for s in settings.servers)
+            raise CommandFailed(
+                EXIT_USAGE, f"several servers are configured ({names}); pick one with --server-id."
+            )
+        return settings.servers[0]
+    for server in settings.servers:
+        if server.server_id == server_id:
+            return server
+    raise CommandFailed(EXIT_USAGE, f"no server {server_id!r} in the configuration.")
+
+
+def alert_test(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config, require_servers=False)
+    if not settings.alerts:
+        print(
+            "no alert target is configured; add [[alerts]] to the config file or set "
+            "MMOLOVE_RELAY_ALERT_URL (and MMOLOVE_RELAY_ALERT_KIND)."
+        )
+        return EXIT_REFUSED
+    results = asyncio.run(send_test(settings.alerts))
+    if args.json:
+        print_json({"targets": [r.as_json() for r in results]})
+    else:
+        for r in results:
+            print(f"{r.target}: {'ok' if r.ok else 'FAILED'}: {r.detail}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_REFUSED

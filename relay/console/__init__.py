@@ -1,0 +1,116 @@
+"""The web console under ``/ui/``: the delivery log, dead letters and settings in a browser.
+
+Server-rendered HTML (Jinja2, autoescaped), one stylesheet and one small script, all shipped
+in this package; it reads the same store and delivery snapshot as the admin API.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from pathlib import Path
+
+import jinja2
+from aiohttp import web
+
+from relay.api import OUTBOX
+from relay.console import security, state, views
+from relay.console.jobs import JOBS, RetryJobs
+
+_HERE = Path(__file__).parent
+
+
+def add_console(app: web.Application) -> None:
+    """Mount the console on the daemon's app, under ``/ui/``."""
+    console = web.Application(middlewares=[security.guard, views.missing])
+    console[views.TEMPLATES] = _templates()
+    console[security.CSRF_SECRET] = security.new_secret()
+    console[JOBS] = RetryJobs(app[OUTBOX])
+    console.on_response_prepare.append(security.add_headers)
+    console.on_cleanup.append(_close_jobs)
+    r = console.router
+    r.add_get("/", views.overview)
+    r.add_get("/events", views.events)
+    r.add_get("/events.json", views.events_json)
+    r.add_get(r"/events/{id:\d{1,18}}", views.event)
+    r.add_get(r"/events/{id:\d{1,18}}.json", views.event_json)
+    r.add_post(r"/events/{id:\d{1,18}}/retry", views.retry_event)
+    r.add_get("/dead", views.dead)
+    r.add_post("/dead/retry", views.retry_reason)
+    r.add_get("/dead/progress.json", views.dead_progress)
+    r.add_get("/config", views.config)
+    r.add_get("/login", login_form)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_static("/static", _HERE / "static")
+    app.add_subapp(security.PREFIX, console)
+
+
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_HERE / "templates"),
+        autoescape=True,  # every value is HTML-escaped unless a template says otherwise
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = lambda t: (
+        "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+    )
+    env.filters["age"] = _age
+    env.filters["count"] = state.count
+    return env
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+async def _close_jobs(app: web.Application) -> None:
+    await app[JOBS].close()
+
+
+async def login_form(request: web.Request) -> web.Response:
+    return views.render(request, "login.html", error=None)
+
+
+async def login(request: web.Request) -> web.Response:
+    """Trade the ingest token for a session cookie the page's scripts cannot read."""
+    form = await request.post()
+    sent = form.get("token")
+    token = state.settings(request).ingest_token
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return views.render(
+            request, "login.html", status=403, error="log in from the console's own page."
+        )
+    if (
+        token is None
+        or not isinstance(sent, str)
+        or not hmac.compare_digest(sent.encode(), token.reveal().encode())
+    ):
+        error = (
+            "that token is wrong; use the relay's MMOLOVE_RELAY_INGEST_TOKEN."
+            if token is not None
+            else "this relay has no ingest token, so the console is open only on its own "
+            "machine; use ssh -L 8787:127.0.0.1:8787 host."
+        )
+        return views.render(request, "login.html", status=401, error=error)
+    response = web.HTTPSeeOther(f"{security.PREFIX}/")
+    response.set_cookie(
+        security.COOKIE,
+        security.session_value(token.reveal()),
+        path=security.PREFIX,
+        httponly=True,
+        samesite="Strict",
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    response = web.HTTPSeeOther(f"{security.PREFIX}/login")
+    response.del_cookie(security.COOKIE, path=security.PREFIX)
+    raise response

@@ -1,0 +1,89 @@
+"""Attacks on the outbox file of a running relay: deleted under it, or opened by a second
+relay through another name. Real ``serve`` subprocesses, the sandbox as MMOLove.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from relay.sandbox import RunningSandbox
+from tests.harness import (
+    EXIT_CONFIG,
+    Spawn,
+    eventually,
+    get_json,
+    ingest,
+    post,
+    registered,
+    relay_env,
+    tuning,
+    wait_delivered,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_deleted_outbox_fails_readiness_and_refuses_ingest_with_503(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """outbox.db, -wal and -shm removed under a running relay: within seconds, and with no
+    probe asking, it logs a critical line; then ingest answers 503 with Retry-After (not a
+    202 that a restart would lose), /readyz 503, and status and metrics show it."""
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    await wait_delivered(http, relay.url, [await ingest(http, relay.url, registered("before"))])
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{db}{suffix}")
+
+    lost = await relay.wait_log("outbox.file_lost", timeout_s=10)
+    assert lost["level"] == "critical"
+    assert str(db) in lost["problem"]
+    status, answer, headers = await post(http, relay.url, registered("after"))
+    assert status == 503, answer
+    assert answer["error"]["code"] == "unavailable"
+    assert "outbox file is gone" in answer["error"]["message"]
+    assert int(headers["Retry-After"]) > 0
+    async with http.get(f"{relay.url}/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 503
+    assert any("outbox file lost" in p for p in ready["problems"]), ready
+    assert (await get_json(http, f"{relay.url}/v1/status"))["outbox_lost"]
+    async with http.get(f"{relay.url}/metrics") as resp:
+        assert "mmolove_relay_outbox_file_lost 1.0" in await resp.text()
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+async def test_a_second_relay_through_another_name_for_the_file_exits_3(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path, link: str
+) -> None:
+    """The lock is the file's, not its name's: a second relay reaching the same outbox
+    through a symlink or a hard link is refused before its start-up recovery can requeue
+    the first one's in-flight events; the first keeps serving."""
+    db = tmp_path / "outbox.db"
+    first = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    other = tmp_path / "elsewhere" / "outbox.db"
+    other.parent.mkdir()
+    if link == "symlink":
+        other.symlink_to(db)
+    else:
+        os.link(db, other)
+
+    second = spawn(relay_env(sandbox.url, other), config=tuning())
+    assert await second.exited() == EXIT_CONFIG
+    lines = [line for line in second.stderr if line.strip()]
+    assert len(lines) == 1, lines
+    assert "another relay is already using the outbox" in lines[0]
+    assert "hard link" in lines[0]
+
+    event_id = await ingest(http, first.url, registered("still-served"))
+    await wait_delivered(http, first.url, [event_id])
+
+    async def first_still_ready() -> bool:
+        async with http.get(f"{first.url}/readyz") as resp:
+            return resp.status == 200
+
+    await eventually(first_still_ready, timeout_s=5, what="the first relay to stay ready")
