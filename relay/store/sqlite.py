@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.fileguard import identities, vanished
 from relay.reserve import DiskReserve
+from relay.store import sqlite_console as console
 from relay.store.contract import (
-    DELIVERED_OUTCOMES,
     STATUSES,
     WAITING_FOR_REGISTERED,
     Added,
@@ -43,15 +42,12 @@ from relay.store.contract import (
     claim_rule,
 )
 from relay.store.sqlite_records import SqliteRecords, prune_ledger, to_ledger
-from relay.store.sqlite_schema import migrate
+from relay.store.sqlite_schema import EVENT_COLUMNS, migrate
 from relay.store.sqlite_writer import Writer
 
 log = structlog.get_logger("relay.outbox")
 
 _DISK_CHECK_EVERY_S = 1.0
-# Columns of an event as the API and CLI show it: the record's fields, by name (a lease is
-# PostgreSQL's: one process holds a SQLite file).
-_EVENT_COLUMNS = ", ".join(f.name for f in fields(EventRecord) if f.name != "lease")
 
 
 class SqliteOutbox:
@@ -264,7 +260,7 @@ class SqliteOutbox:
             rows = db.execute(
                 "UPDATE events SET status = 'in_flight', attempts = attempts + 1,"
                 f" next_attempt_at = ? WHERE id IN ({', '.join('?' * len(ready))})"
-                f" RETURNING {_EVENT_COLUMNS}",
+                f" RETURNING {EVENT_COLUMNS}",
                 (now + lease_s, *ready),
             ).fetchall()
             return sorted((EventRecord.from_row(r) for r in rows), key=lambda r: ready.index(r.id))
@@ -406,7 +402,7 @@ class SqliteOutbox:
         """Events matching ``where``, newest first."""
         sql, params = where.where()
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY id DESC LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
         return [EventRecord.from_row(r) for r in rows]
@@ -447,7 +443,7 @@ class SqliteOutbox:
         return total
 
     async def get(self, event_id: int) -> EventRecord | None:
-        rows = await self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
+        rows = await self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
         return EventRecord.from_row(rows[0]) if rows else None
 
     async def attempts(self, event_id: int, limit: int = 50) -> list[Attempt]:
@@ -490,58 +486,13 @@ class SqliteOutbox:
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    # -- console reads ---------------------------------------------------------------------
-    # Bounded by id ranges, since ids grow with ingest time: each page of the web console
-    # costs about the same with ten events or a million.
+    # -- the console's reads (relay/store/sqlite_console.py) --------------------------------
 
     async def first_ids_at(self, times: Sequence[float]) -> list[int]:
-        """For each time, the lowest id such that every event from it on came at or after.
-
-        A binary search over the rowid in one recursive query, all times at once: about
-        twenty index look-ups per time, where filtering on ``created_at`` (which has no
-        index) would read every row.
-        """
-        if not times:
-            return []
-        seeds = ", ".join(
-            "(?, ?, (SELECT MIN(id) FROM events), (SELECT MAX(id) + 1 FROM events))" for _ in times
-        )
-        rows = await self._read(
-            # At each step: the first event at or after the middle id came before ``at``,
-            # so the answer lies above it; or it did not, so the answer is at most the middle.
-            "WITH RECURSIVE s(k, at, lo, hi) AS ("
-            f" VALUES {seeds}"
-            " UNION ALL SELECT k, at,"
-            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
-            "   ORDER BY id LIMIT 1) >= at, 1) THEN lo ELSE (SELECT id FROM events"
-            "   WHERE id >= (lo + hi) / 2 ORDER BY id LIMIT 1) + 1 END,"
-            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
-            "   ORDER BY id LIMIT 1) >= at, 1) THEN (lo + hi) / 2 ELSE hi END"
-            " FROM s WHERE lo < hi)"
-            " SELECT k, lo FROM s WHERE lo >= hi OR lo IS NULL ORDER BY k",
-            [value for k, at in enumerate(times) for value in (k, at)],
-        )
-        return [1 if lo is None else int(lo) for _, lo in rows]
+        return await console.first_ids_at(self._read, times)
 
     async def hourly(self, since: float, hours: int) -> list[HourCounts]:
-        """Events ingested and attempts delivered or failed, per hour from ``since``.
-
-        Ingested is a difference of ids, so events pruned since still count for their hour.
-        """
-        edges = await self.first_ids_at([since + 3600 * h for h in range(hours + 1)])
-        rows = await self._read(
-            "SELECT CAST((started_at - ?) / 3600 AS INTEGER) AS hour,"
-            f" SUM(outcome IN ({', '.join('?' * len(DELIVERED_OUTCOMES))})), COUNT(*)"
-            " FROM attempts WHERE started_at >= ? GROUP BY hour",
-            (since, *DELIVERED_OUTCOMES, since),
-        )
-        attempts = {int(hour): (int(ok), int(total)) for hour, ok, total in rows}
-        out = []
-        for hour in range(hours):
-            ok, total = attempts.get(hour, (0, 0))
-            ingested = edges[hour + 1] - edges[hour]
-            out.append(HourCounts(since + 3600 * hour, ingested, ok, total - ok))
-        return out
+        return await console.hourly(self._read, since, hours)
 
     async def log_page(
         self,
@@ -552,83 +503,23 @@ class SqliteOutbox:
         limit: int,
         body_contains: bytes | None = None,
     ) -> LogPage:
-        """Up to ``limit`` events matching ``where`` among the ``scan`` ids below ``older_than``.
-
-        The filters apply to that id window only (the unary ``+`` keeps SQLite walking the
-        rowid instead of sorting a whole status), so a rare filter over a million events
-        answers "none in this window, look older" at once instead of reading every row.
-        """
-        if older_than is None:
-            rows = await self._read("SELECT MAX(id) FROM events", ())
-            older_than = int(rows[0][0] or 0) + 1
-        # Rows above after_id only: the live log asks for the few newest.
-        floor = max(0, older_than - scan, (where.after_id or 0) + 1)
-        clauses: list[str] = ["id < ?", "id >= ?"]
-        params: list[Any] = [older_than, floor]
-        sql, values = where.where()
-        for clause in sql.split(" AND ")[1:]:
-            column, _, rest = clause.partition(" ")
-            # "+column = ?" keeps SQLite off that column's index; other conditions stay as is.
-            plain = rest == "= ?" and column.isidentifier() and column != "id"
-            clauses.append("+" + clause if plain else clause)
-        params.extend(values)
-        if body_contains is not None:
-            clauses.append("instr(body, ?) > 0")
-            params.append(body_contains)
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
-            " ORDER BY id DESC LIMIT ?",
-            (*params, limit),
+        return await console.log_page(
+            self._read,
+            where,
+            older_than=older_than,
+            scan=scan,
+            limit=limit,
+            body_contains=body_contains,
         )
-        records = tuple(EventRecord.from_row(r) for r in rows)
-        if len(records) == limit:
-            return LogPage(records, records[-1].id, floor)
-        return LogPage(records, floor if floor > 1 else None, floor)
 
     async def search(self, text: str, limit: int) -> list[EventRecord]:
-        """Events whose token or ``server_event_id`` is ``text``, newest first (both indexed)."""
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE token = ? OR server_event_id = ?"
-            " ORDER BY id DESC LIMIT ?",
-            (text, text, limit),
-        )
-        return [EventRecord.from_row(r) for r in rows]
+        return await console.search(self._read, text, limit)
 
     async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
-        """Like ``counts_by_server``, but each count stops at ``cap + 1`` (read: more than
-        ``cap``), so the cost is bounded at any backlog: ``cap`` index steps at most per
-        (server, status), and the servers found by seeking the status index, not scanning.
-        """
-        rows = await self._read(
-            "WITH RECURSIVE st(status) AS (VALUES "
-            + ", ".join(f"('{status}')" for status in STATUSES)
-            + "), s(status, server_id) AS ("
-            " SELECT status, (SELECT MIN(server_id) FROM events WHERE status = st.status) FROM st"
-            " UNION ALL SELECT status, (SELECT MIN(server_id) FROM events"
-            "  WHERE status = s.status AND server_id > s.server_id)"
-            " FROM s WHERE server_id IS NOT NULL)"
-            " SELECT server_id, status, (SELECT COUNT(*) FROM (SELECT 1 FROM events AS e"
-            "  WHERE e.status = s.status AND e.server_id = s.server_id LIMIT ?))"
-            " FROM s WHERE server_id IS NOT NULL",
-            (cap + 1,),
-        )
-        out: dict[str, dict[str, int]] = {}
-        for server_id, status, count in rows:
-            out.setdefault(server_id, dict.fromkeys(STATUSES, 0))[status] = int(count)
-        return out
+        return await console.counts_up_to(self._read, cap)
 
     async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
-        """When each server's oldest undelivered event was ingested; servers with none left out."""
-        out: dict[str, float] = {}
-        for server_id in servers:
-            rows = await self._read(
-                "SELECT created_at FROM events WHERE +status IN ('pending', 'in_flight')"
-                " AND +server_id = ? ORDER BY id LIMIT 1",
-                (server_id,),
-            )
-            if rows:
-                out[server_id] = float(rows[0][0])
-        return out
+        return await console.oldest_pending_by_server(self._read, servers)
 
     async def share(self, mine: FleetState, now: float) -> FleetState:
         """One relay per file: there is nobody to share with."""
