@@ -21,7 +21,7 @@ import uvloop
 from aiohttp import web
 
 from relay.events import Event, validate
-from relay.schema import MIGRATIONS
+from relay.store.sqlite_schema import MIGRATIONS
 
 SERVER_ID = "srv-demo"
 _INSERT = (

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from relay.schema import MIGRATIONS
+from relay.store.sqlite_schema import MIGRATIONS
 
 _FILL = """
 WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)

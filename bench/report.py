@@ -112,6 +112,16 @@ def table(results: dict[str, Any]) -> str:
     )
     b = results["backlog"]
     lines.append(f"| drain with {b['events']:,} pending | {b['drain_rate_per_s']:,.0f} | | |")
+    pg = results["fleet_postgresql"]
+    for n in (1, 3):
+        i, d = pg[f"ingest_{n}"], pg[f"delivery_{n}"]
+        lines.append(
+            f"| PostgreSQL, {n} relay(s): ingest | {i['rate_per_s']:,.0f} | {i['p50_ms']:.2f} | "
+            f"{i['p99_ms']:.2f} |"
+        )
+        lines.append(
+            f"| PostgreSQL, {n} relay(s): delivery, latency 0 ms | {d['rate_per_s']:,.0f} | | |"
+        )
     lines += ["", "| target | measured | goal | met |", "|---|---:|---:|:-:|"]
     for t in targets(results):
         verdict = t.as_json()

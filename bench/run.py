@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import procs, report, scenarios
+from bench import fleet, procs, report, scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,6 +71,7 @@ def run(plan: scenarios.Plan, workdir: Path, *, smoke: bool) -> dict[str, Any]:
         ("delivery_50ms", lambda: scenarios.delivery(plan, workdir, 50.0)),
         ("end_to_end", lambda: scenarios.end_to_end(plan, workdir)),
         ("backlog", lambda: scenarios.backlog(plan, workdir)),
+        ("fleet_postgresql", lambda: fleet.fleet(plan, workdir)),
     )
     for name, step in steps:
         t0 = time.monotonic()

@@ -20,8 +20,8 @@ from relay.alerts.targets import TARGETS
 from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
-from relay.outbox import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 from relay.state import HELD, PAUSED, ServerSnapshot
+from relay.store.contract import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -79,7 +79,7 @@ async def status(request: web.Request) -> web.Response:
         "waiting_for_registered": await outbox.count(
             EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
         ),
-        "outbox": {"path": str(outbox.path), "bytes": summary["outbox_bytes"]},
+        "outbox": {"path": outbox.location, "bytes": summary["outbox_bytes"]},
         "rejected": await visibility.rejected_summary(outbox, now),
         "alerts": _alerts(request),
     }

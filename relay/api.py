@@ -19,10 +19,10 @@ from relay import openapi
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
-from relay.outbox import Added, Outbox
 from relay.rejected import BATCH_REJECTS, RAW_BODY
 from relay.rejected import middleware as _rejections
 from relay.state import DeliverySnapshot, Live
+from relay.store.contract import Added, Outbox
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -79,6 +79,11 @@ class Breaker:
             self._probing = False
             log.warning("breaker.opened", failures=self._failures, reopen_in_s=round(hold_s, 1))
 
+    def hold_open(self, until: float) -> None:
+        """Another replica of the fleet opened the circuit: stay open (no probe) until then."""
+        if self.open_until is None or self.open_until < until:
+            self.open_until = until
+
     def release_probe(self) -> None:
         """A probe ended without an answer about MMOLove's health (e.g. shutdown)."""
         self._probing = False

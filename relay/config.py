@@ -159,6 +159,8 @@ class Settings:
     endpoint: str = DEFAULT_ENDPOINT
     listen: Listen = field(default_factory=Listen)
     db_path: Path = Path("mmolove-relay.db")
+    db_url: str | None = None  # postgresql://…: a fleet's shared outbox (db_path is unused)
+    db_password: Secret | None = None
     ingest_token: Secret | None = None
     log_format: str | None = None  # "json", "console", or None: decided by the terminal
     ca_file: Path | None = None
@@ -276,7 +278,7 @@ _SECTION_KEYS = {
     },
     "ingest": {"listen", "token", "token_file", *_TUNABLES["ingest"]},
     "delivery": set(_TUNABLES["delivery"]),
-    "outbox": {"path", *_TUNABLES["outbox"]},
+    "outbox": {"path", "url", "password_file", *_TUNABLES["outbox"]},
     "servers": {"id", "secret", "secret_file", "kid"},
     "alerting": set(_TUNABLES["alerting"]),
     "alerts": {"kind", "url", "url_file", "secret", "secret_file", "name"},
@@ -342,10 +344,7 @@ def load_settings(
         listen=listen,
         ingest_token=token,
         log_format=log_format,
-        # Absolute, so logs and check-config say where the outbox is, wherever it started.
-        db_path=Path(
-            environ.get("MMOLOVE_RELAY_DB") or outbox.get("path") or _default_db(environ)
-        ).absolute(),
+        **_database(environ, outbox, notes),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
         servers=_servers(environ, doc.get("servers", []), require=require_servers, notes=notes),
         alerts=_alerts(environ, doc.get("alerts", []), notes=notes),
@@ -405,9 +404,11 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "***"  # unparseable: it may hold anything
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+    # A libpq URL may carry its password as a query parameter as well.
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 def reread_secret(server: ServerConfig) -> ServerConfig:
@@ -445,6 +446,8 @@ def describe(settings: Settings) -> dict[str, Any]:
             ]
         elif isinstance(value, Secret):
             value = "***"
+        elif f.name == "db_url" and value:
+            value = mask_url(value)
         elif isinstance(value, Path | Listen):
             value = str(value)
         out[f.name] = value
@@ -515,6 +518,26 @@ def _check_endpoint(url: str) -> str:
             f"MMOLOVE_ENDPOINT {mask_url(url)!r} is not an http(s) URL; e.g. {DEFAULT_ENDPOINT}."
         )
     return url
+
+
+def _database(
+    environ: Mapping[str, str], outbox: dict[str, Any], notes: list[ConfigNote]
+) -> dict[str, Any]:
+    """Where the outbox lives: a SQLite file (a path), or PostgreSQL (a postgresql:// URL)."""
+    where = environ.get("MMOLOVE_RELAY_DB") or outbox.get("url") or outbox.get("path")
+    password_file = environ.get("MMOLOVE_RELAY_DB_PASSWORD_FILE") or outbox.get("password_file")
+    password = _secret_from(None, password_file, what="outbox database password", notes=notes)
+    if where and str(where).startswith(("postgresql://", "postgres://")):
+        return {"db_url": str(where), "db_password": password}
+    if where and "://" in str(where):
+        raise ConfigError(
+            f"MMOLOVE_RELAY_DB {mask_url(str(where))!r} is neither a file path nor a "
+            "postgresql:// URL; use a path for SQLite or postgresql://user@host/db."
+        )
+    # The password stays: migrate-outbox reads a SQLite file and writes to a database.
+    # Absolute, so logs and check-config say where the outbox is, wherever it started.
+    path = Path(where) if where else _default_db(environ)
+    return {"db_path": path.absolute(), "db_password": password}
 
 
 def _default_db(environ: Mapping[str, str]) -> Path:

@@ -24,11 +24,13 @@ from relay.config import Settings, describe, host_port, mask_url
 from relay.console import add_console
 from relay.dispatcher import Dispatcher
 from relay.errors import ConfigError
+from relay.fleet import FleetSync
 from relay.metrics import Metrics
-from relay.outbox import Outbox
 from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
 from relay.state import Live
+from relay.store.backends import open_outbox
+from relay.store.contract import Outbox
 
 log = structlog.get_logger("relay.daemon")
 HOUSEKEEPING_EVERY_S = 60.0
@@ -96,13 +98,7 @@ async def run(
     fd_limit = guard.raise_fd_limit()
     max_connections = guard.connection_cap(settings, fd_limit.soft)
     async with AsyncExitStack() as stack:
-        outbox = await Outbox.open(
-            settings.db_path,
-            min_free_bytes=settings.min_free_bytes,
-            max_outbox_bytes=settings.max_outbox_bytes,
-            lock_timeout_s=settings.lock_timeout_s,
-            reserve_bytes=settings.reserve_bytes,
-        )
+        outbox = await open_outbox(settings)
         stack.push_async_callback(outbox.close)
         requeued = await outbox.requeue_in_flight(time.time())
         if requeued:
@@ -131,6 +127,8 @@ async def run(
                 shutdown.set()
 
         dispatch_task.add_done_callback(dispatcher_done)
+        fleet = asyncio.create_task(FleetSync(outbox, dispatcher).run(), name="fleet-sync")
+        stack.push_async_callback(_cancel, fleet)
         chores = asyncio.create_task(_housekeeping(outbox, settings), name="housekeeping")
         stack.push_async_callback(_cancel, chores)
         watch = asyncio.create_task(_watch_file(outbox), name="outbox-watch")
@@ -198,7 +196,7 @@ async def run(
             "relay.ready",
             version=__version__,
             listen=url,
-            outbox=str(settings.db_path),
+            outbox=outbox.location,
             endpoint=mask_url(settings.endpoint),
             servers=[s.server_id for s in settings.servers],
             startup_ms=round((time.monotonic() - started) * 1000, 1),

@@ -25,10 +25,10 @@ from relay.errors import (
     SenderPaused,
 )
 from relay.metrics import Metrics
-from relay.outbox import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
 from relay.state import CIRCUIT_OPEN, DELIVERING, PAUSED, DeliverySnapshot, Live, ServerSnapshot
+from relay.store.contract import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
 
 log = structlog.get_logger("relay.dispatcher")
 
@@ -108,6 +108,13 @@ class Dispatcher:
             state.config = config
             if state.paused_reason:
                 state.probe_at = 0.0
+        self._wake.set()
+
+    def share_rate(self, replicas: int) -> None:
+        """Take this replica's share of ``max_send_rate_per_s``; the fleet's total stays it."""
+        self._pacer.rate_per_s = self._settings.max_send_rate_per_s / max(1, replicas)
+
+    def wake(self) -> None:
         self._wake.set()
 
     def snapshot(self) -> DeliverySnapshot:

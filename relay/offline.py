@@ -11,15 +11,12 @@ command's duration, so a reply reads the same whether it came from the daemon or
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
-import aiosqlite
 from aiohttp import web
 
 from relay import admin, visibility
@@ -27,53 +24,8 @@ from relay.api import make_app
 from relay.config import Settings
 from relay.errors import OutboxError
 from relay.metrics import Metrics
-from relay.outbox import Outbox
-from relay.records import Records
-from relay.schema import MIGRATIONS
 from relay.state import STOPPED, DeliverySnapshot, Live, ServerSnapshot
-
-
-class ReadOnlyOutbox(Outbox):
-    """An ``Outbox`` on a read-only connection; any write fails with a clear error."""
-
-    def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
-        self.path = path
-        self._reader = reader
-        self._write = _refuse
-        self.lost: str | None = None  # this reader does not watch the file
-        self.new_events = asyncio.Event()
-        self.records = Records(_refuse, self._read)
-
-    @classmethod
-    async def open_file(cls, path: Path, *, immutable: bool) -> ReadOnlyOutbox:
-        """Open ``path`` (absolute, existing) read-only; ``immutable`` when no WAL is beside it."""
-        uri = f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
-        try:
-            reader = await aiosqlite.connect(uri, uri=True)
-            reader.row_factory = sqlite3.Row  # the outbox reads its columns by name
-            try:
-                await reader.execute("PRAGMA query_only = 1")
-                rows = list(await reader.execute_fetchall("PRAGMA user_version"))
-                version = int(rows[0][0]) if rows else 0
-                if version != len(MIGRATIONS):
-                    raise OutboxError(
-                        f"the outbox {path} has schema version {version} and this relay reads "
-                        f"version {len(MIGRATIONS)}; a read-only reader cannot migrate it. "
-                        "Start this relay's daemon once (it migrates), or read the file with "
-                        "the relay version that wrote it."
-                    )
-            except BaseException:
-                await reader.close()
-                raise
-        except sqlite3.Error as exc:
-            raise OutboxError(
-                f"cannot read the outbox {path} ({exc}); check the path and that you may "
-                "read it (run as the relay's user, e.g. sudo -u mmolove-relay)."
-            ) from exc
-        return cls(path, reader)
-
-    async def close(self) -> None:
-        await self._reader.close()
+from relay.store.sqlite_readonly import ReadOnlyOutbox
 
 
 def stopped(server_ids: Iterable[str]) -> DeliverySnapshot:
@@ -85,13 +37,6 @@ def stopped(server_ids: Iterable[str]) -> DeliverySnapshot:
         in_flight=0,
         draining=False,
         servers=tuple(ServerSnapshot(sid, STOPPED, reason) for sid in server_ids),
-    )
-
-
-async def _refuse(job: Any) -> Any:
-    raise OutboxError(
-        "the outbox was opened read-only (the daemon is not running); start "
-        "`mmolove-relay serve` to change it."
     )
 
 

@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from relay.outbox import WAITING_FOR_REGISTERED, EventFilter, EventRecord, Outbox
-from relay.records import LedgerEntry, RejectedFilter, Rejection
 from relay.state import DeliverySnapshot
+from relay.store.contract import WAITING_FOR_REGISTERED, EventFilter, EventRecord, Outbox
+from relay.store.contract_records import LedgerEntry, RejectedFilter, Rejection
 
 _MAX_EVENTS = 200  # one referral has a handful; this bounds a pathological token
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from relay.errors import OutboxError
 from relay.metrics import Metrics
-from relay.records import BODY_KEPT_BYTES, Records, Rejection
+from relay.store.contract_records import BODY_KEPT_BYTES, Records, Rejection
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

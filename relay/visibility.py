@@ -12,9 +12,9 @@ from aiohttp import web
 
 from relay.api import DELIVERY_STATE, OUTBOX
 from relay.errors import InvalidEvent
-from relay.outbox import Outbox
 from relay.player import story
-from relay.records import RejectedFilter
+from relay.store.contract import Outbox
+from relay.store.contract_records import RejectedFilter
 
 MAX_LIMIT = 1000
 

@@ -17,8 +17,8 @@ from relay.config import Listen, Secret, ServerConfig, Settings
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.support import SECRET, SERVER, Relay, StartRelay, running_relay
 
-# The subprocess harness: the `spawn` and `http` fixtures.
-pytest_plugins = ("tests.harness",)
+# The subprocess harness (`spawn`, `http`) and a real PostgreSQL (`pg_server`, `pg_url`).
+pytest_plugins = ("tests.harness", "tests.postgres")
 
 
 @pytest.fixture

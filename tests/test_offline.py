@@ -15,7 +15,7 @@ import aiohttp
 
 from relay.config import Settings
 from relay.sandbox import RunningSandbox
-from relay.schema import MIGRATIONS
+from relay.store.sqlite_schema import MIGRATIONS
 from tests.harness import Spawn, ingest, relay_env, tuning, wait_delivered
 from tests.support import SECRET, SERVER, StartRelay, cli, qualified, registered, running_relay
 

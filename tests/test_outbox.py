@@ -1,12 +1,15 @@
-"""The outbox on real SQLite files: durability settings, group commit, claims that keep
-per-referral order, crash recovery, pruning and schema versions."""
+"""The outbox contract on both backends (a real SQLite file, a real PostgreSQL database):
+claims that keep per-referral order, leases, duplicates, retries, pruning and schema
+versions; then what only SQLite has (file modes, group commit, the file lock)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -14,8 +17,19 @@ import pytest
 
 from relay.errors import OutboxError
 from relay.events import Event, validate
-from relay.outbox import Attempt, EventFilter, EventRecord, Outbox, Outcome, Retried
-from relay.schema import MIGRATIONS
+from relay.store.contract import (
+    WAITING_FOR_REGISTERED,
+    Attempt,
+    EventFilter,
+    EventRecord,
+    Outbox,
+    Outcome,
+    Retried,
+)
+from relay.store.contract_records import AlertState, RejectedFilter, Rejection
+from relay.store.postgres import PostgresOutbox
+from relay.store.sqlite import SqliteOutbox
+from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, qualified, registered
 
 NOW = 1_800_000_000.0
@@ -25,9 +39,28 @@ def event(body: dict[str, object]) -> Event:
     return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
 
 
+Opener = Callable[[], Awaitable[Outbox]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the same outbox each time it is called: the contract suite runs on both backends."""
+    if request.param == "sqlite":
+        return functools.partial(SqliteOutbox.open, tmp_path / "outbox.db")
+    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
+    return functools.partial(PostgresOutbox.open, url, where=url, password=password)
+
+
 @pytest.fixture
-async def outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
-    box = await Outbox.open(tmp_path / "outbox.db")
+async def outbox(open_outbox: Opener):  # type: ignore[no-untyped-def]
+    box = await open_outbox()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
+async def sqlite_outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
+    box = await SqliteOutbox.open(tmp_path / "outbox.db")
     yield box
     await box.close()
 
@@ -37,7 +70,8 @@ async def claim(box: Outbox, now: float = NOW, limit: int = 10) -> list[int]:
     return [r.id for r in records]
 
 
-async def test_file_is_private_and_durable_settings_hold(outbox: Outbox) -> None:
+async def test_file_is_private_and_durable_settings_hold(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
     for suffix in ("", "-wal", "-shm"):
         mode = stat.S_IMODE(outbox.path.with_name(outbox.path.name + suffix).stat().st_mode)
@@ -47,11 +81,11 @@ async def test_file_is_private_and_durable_settings_hold(outbox: Outbox) -> None
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
-async def test_acknowledged_events_survive_reopen(tmp_path: Path) -> None:
-    box = await Outbox.open(tmp_path / "o.db")
+async def test_acknowledged_events_survive_reopen(open_outbox: Opener) -> None:
+    box = await open_outbox()
     [added] = await box.add([event(registered("t", "p"))], NOW)
     await box.close()
-    box = await Outbox.open(tmp_path / "o.db")
+    box = await open_outbox()
     try:
         record = await box.get(added.id)
         assert record is not None
@@ -60,9 +94,10 @@ async def test_acknowledged_events_survive_reopen(tmp_path: Path) -> None:
         await box.close()
 
 
-async def test_second_relay_on_the_same_file_is_refused(outbox: Outbox) -> None:
+async def test_second_relay_on_the_same_file_is_refused(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     with pytest.raises(OutboxError, match="another relay is already using"):
-        await Outbox.open(outbox.path)
+        await SqliteOutbox.open(outbox.path)
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -70,10 +105,11 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(OutboxError, match="newer than this relay knows"):
-        await Outbox.open(path)
+        await SqliteOutbox.open(path)
 
 
-async def test_concurrent_adds_share_transactions(outbox: Outbox) -> None:
+async def test_concurrent_adds_share_transactions(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     """Group commit: 200 concurrent single-event adds take far fewer than 200 commits."""
     before = outbox.writer.commits
     results = await asyncio.gather(
@@ -114,7 +150,8 @@ async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
     assert await claim(outbox, now=time.time()) == [qual]
 
 
-async def test_requeue_in_flight_after_a_crash(outbox: Outbox) -> None:
+async def test_requeue_in_flight_after_a_crash(sqlite_outbox: SqliteOutbox) -> None:
+    outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
     [event_id] = await claim(outbox)
     assert await outbox.requeue_in_flight(NOW + 1) == 1
@@ -154,6 +191,7 @@ async def test_test_events_and_same_rank_events_do_not_block(outbox: Outbox) -> 
 
 async def test_prune_removes_old_delivered_and_keeps_dead(outbox: Outbox) -> None:
     added = await outbox.add([event(registered("t", "p")), event(registered("u", "q"))], NOW)
+    await claim(outbox)  # an outcome is written under the lease of a claim
     for a, status in zip(added, ("delivered", "dead"), strict=True):
         record = await outbox.get(a.id)
         assert record is not None
@@ -259,7 +297,7 @@ async def test_select_filters_newest_first(outbox: Outbox) -> None:
 async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
     """SQLite VM steps (in hundreds) for one claim, its finish and next_due, with ``backlog``
     other events pending: a count of work done, not a time, so it does not depend on load."""
-    box = await Outbox.open(tmp_path / f"backlog-{backlog}.db")
+    box = await SqliteOutbox.open(tmp_path / f"backlog-{backlog}.db")
     try:
         pair = [event(registered("t", "p")), event(qualified("t", "p"))]
         await box.add(pair, NOW - 10)
@@ -297,7 +335,7 @@ async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> N
 
 async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Path) -> None:
     """/readyz's check is the outbox's own: a full disk it finds stops the next add at once."""
-    box = await Outbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
+    box = await SqliteOutbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
     try:
         box._disk_checked_at = time.monotonic() + 3600  # ingest's own check would not run yet
         health = await box.health()
@@ -309,13 +347,119 @@ async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Pa
         await box.close()
 
 
-async def test_records_are_decoded_by_column_name_not_position(outbox: Outbox) -> None:
+async def test_records_are_decoded_by_column_name_not_position(
+    sqlite_outbox: SqliteOutbox,
+) -> None:
     """A SELECT listing the columns in another order yields the same record."""
+    outbox = sqlite_outbox
     [added] = await outbox.add([event(registered("t", "p"))], NOW)
     stored = await outbox.get(added.id)
     assert stored is not None
-    names = [f.name for f in fields(EventRecord)]
+    names = [f.name for f in fields(EventRecord) if f.name != "lease"]
     with sqlite3.connect(outbox.path) as db:
         db.row_factory = sqlite3.Row
         row = db.execute(f"SELECT {', '.join(reversed(names))} FROM events").fetchone()
     assert EventRecord.from_row(row) == stored
+
+
+# -- integrated promises, on both backends ------------------------------------------------
+
+
+async def test_a_waiting_event_is_woken_by_its_registered_or_orphaned_at_max_age(
+    outbox: Outbox,
+) -> None:
+    """WAITING_FOR_REGISTERED: a qualified MMOLove refused before its registered waits, is
+    due at once when the registered is delivered, and dies as orphaned if none comes."""
+    qual, lone = await outbox.add([event(qualified("t", "p")), event(qualified("u", "q"))], NOW)
+    waiting = Outcome(status="pending", outcome=WAITING_FOR_REGISTERED, next_attempt_at=NOW + 3000)
+    for record in await outbox.claim(NOW, 10, servers=[SERVER], lease_s=30, max_age_s=3600):
+        await outbox.finish(record, waiting, Attempt(record.id, NOW, 1.0, 422, "illegal", None))
+    [reg] = await outbox.add([event(registered("t", "p"))], NOW + 1)
+    [record] = await outbox.claim(NOW + 1, 10, servers=[SERVER], lease_s=30, max_age_s=3600)
+    assert record.id == reg.id
+    assert await outbox.registered_delivered_at(SERVER, "t") is None
+    attempt = Attempt(reg.id, NOW + 1, 1.0, 200, "accepted", None)
+    await outbox.finish(record, Outcome(status="delivered", outcome="accepted"), attempt)
+    assert await outbox.registered_delivered_at(SERVER, "t") == NOW + 1
+    assert await outbox.registered_delivered_at(SERVER, "u") is None
+    # t's qualified is due now that its registered is delivered; u's still waits.
+    assert await claim(outbox, now=NOW + 2) == [qual.id]
+    still = await outbox.get(lone.id)
+    assert still is not None
+    assert (still.status, still.next_attempt_at) == ("pending", NOW + 3000)
+    assert await claim(outbox, now=NOW + 3600) == []  # u's qualified: past max_age_s
+    orphan = await outbox.get(lone.id)
+    assert orphan is not None
+    assert (orphan.status, orphan.outcome) == ("dead", "orphaned")
+    assert "orphaned" in [d.outcome for d in await outbox.records.dead_since(0)]
+
+
+async def test_player_lookup_and_the_ledger_outlive_pruning(outbox: Outbox) -> None:
+    """The registered names the player; the referral's events are found by it, and once
+    pruned, the ledger still tells by token and by player."""
+    reg, qual, _ = await outbox.add(
+        [event(registered("t", "alice")), event(qualified("t", "alice")), event(registered("u"))],
+        NOW,
+    )
+    stored = await outbox.get(reg.id)
+    assert stored is not None
+    assert stored.referee_identity == "alice"
+    found = await outbox.select(EventFilter(player="alice"))
+    assert [r.id for r in found] == [qual.id, reg.id]
+    assert await outbox.count(EventFilter(player="nobody")) == 0
+    for record in await outbox.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600):
+        attempt = Attempt(record.id, NOW, 1.0, 200, "accepted", None)
+        await outbox.finish(record, Outcome(status="delivered", outcome="accepted"), attempt)
+    assert await outbox.prune(NOW + 1, ledger_before=NOW - 1) == (1, 1)
+    assert await outbox.get(reg.id) is None
+    [entry] = await outbox.records.ledger(referee_identity="alice")
+    assert (entry.event_id, entry.token, entry.outcome, entry.test) == (
+        reg.id,
+        "t",
+        "accepted",
+        False,
+    )
+    assert await outbox.records.ledger(token="t") == [entry]
+    await outbox.prune(NOW + 1, ledger_before=NOW + 1)  # the ledger's own retention
+    assert await outbox.records.ledger(token="t") == []
+
+
+async def test_rejections_are_kept_newest_first_and_bounded(outbox: Outbox) -> None:
+    def rejected(n: int, token: str | None) -> Rejection:
+        return Rejection(
+            NOW + n, 422, "invalid_event", f"bad {n}", "ts", None, token, None, None, b"x" * 600
+        )
+
+    assert await outbox.records.add_rejections([rejected(n, "t") for n in range(3)], keep=10)
+    assert await outbox.records.add_rejections([rejected(3, "u"), rejected(4, None)], keep=4)
+    kept = await outbox.records.rejections(RejectedFilter())
+    assert [r.message for r in kept] == ["bad 4", "bad 3", "bad 2", "bad 1"]
+    assert all(len(r.body) == 512 and r.id > 0 for r in kept)
+    only_t = await outbox.records.rejections(RejectedFilter(token="t", since=NOW + 2))
+    assert [r.message for r in only_t] == ["bad 2"]
+    assert await outbox.records.count_rejections(NOW + 3) == 2
+
+
+async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> None:
+    box = await open_outbox()
+    try:
+        await box.records.save_alert(AlertState("paused:srv", NOW, NOW, "paused"))
+        await box.records.save_alert(AlertState("paused:srv", NOW, NOW + 60, "paused again"))
+        await box.records.save_alert(AlertState("disk", NOW, NOW, "full"))
+        await box.records.clear_alert("disk")
+        await box.records.set_mark("dead", 7.0)
+        await box.records.set_mark("dead", 9.0)
+    finally:
+        await box.close()
+    box = await open_outbox()
+    try:
+        assert await box.records.alert_states() == {
+            "paused:srv": AlertState("paused:srv", NOW, NOW + 60, "paused again")
+        }
+        assert await box.records.mark("dead") == 9.0
+        assert await box.records.mark("never") is None
+        assert (await box.health()).problems == ()
+        assert await box.check_file() is None
+        assert await box.can_deliver()
+    finally:
+        await box.close()

@@ -1,16 +1,22 @@
-"""The outbox's reads for the web console, on real SQLite files: time to id, hourly counts,
-the id-window log page, capped counts and search."""
+"""The outbox's reads for the web console, on both backends (a real SQLite file, a real
+PostgreSQL): time to id, hourly counts, the id-window log page, capped counts and search."""
 
 from __future__ import annotations
 
+import functools
+import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from relay.events import Event, validate
-from relay.outbox import Attempt, EventFilter, Outbox, Outcome
+from relay.store.contract import Attempt, EventFilter, Outbox, Outcome
+from relay.store.postgres import PostgresOutbox
+from relay.store.sqlite import SqliteOutbox
 from tests.support import SERVER, qualified, registered
 
 NOW = 1_800_000_000.0
@@ -20,11 +26,50 @@ def event(body: dict[str, object]) -> Event:
     return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
 
 
+# Runs SQL (``?`` placeholders) straight on the outbox's database; returns the rows.
+Raw = Callable[..., Awaitable[list[Any]]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[Callable[[], Awaitable[Outbox]], Raw]:
+    """How to open the outbox, and to reach its database directly, on either backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "outbox.db"
+
+        async def raw_sqlite(query: str, *params: Any) -> list[Any]:
+            with sqlite3.connect(path) as db:
+                return db.execute(query, params).fetchall()
+
+        return functools.partial(SqliteOutbox.open, path), raw_sqlite
+    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
+
+    async def raw_pg(query: str, *params: Any) -> list[Any]:
+        numbers = iter(range(1, query.count("?") + 1))
+        db = await asyncpg.connect(url, password=password)
+        try:
+            return list(
+                await db.fetch(re.sub(r"\?", lambda _: f"${next(numbers)}", query), *params)
+            )
+        finally:
+            await db.close()
+
+    return functools.partial(PostgresOutbox.open, url, where=url, password=password), raw_pg
+
+
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    box = await Outbox.open(tmp_path / "outbox.db")
-    yield box
+async def backend(
+    opener: tuple[Callable[[], Awaitable[Outbox]], Raw],
+) -> AsyncIterator[tuple[Outbox, Raw]]:
+    box = await opener[0]()
+    yield box, opener[1]
     await box.close()
+
+
+@pytest.fixture
+def outbox(backend: tuple[Outbox, Raw]) -> Outbox:
+    return backend[0]
 
 
 async def fill(box: Outbox, count: int, every_s: float) -> list[int]:
@@ -35,19 +80,19 @@ async def fill(box: Outbox, count: int, every_s: float) -> list[int]:
     return ids
 
 
-async def test_first_ids_at_matches_a_full_scan_with_gaps_and_edges(outbox: Outbox) -> None:
+async def test_first_ids_at_matches_a_full_scan_with_gaps_and_edges(
+    backend: tuple[Outbox, Raw],
+) -> None:
+    outbox, raw = backend
     assert await outbox.first_ids_at([NOW]) == [1]  # empty: everything starts at 1
     await fill(outbox, 60, every_s=10)
-    with sqlite3.connect(outbox.path) as db:  # pruned rows leave gaps in the ids
-        db.execute("DELETE FROM events WHERE id BETWEEN 20 AND 35 OR id IN (1, 2, 60)")
+    # Pruned rows leave gaps in the ids.
+    await raw("DELETE FROM events WHERE id BETWEEN 20 AND 35 OR id IN (1, 2, 60)")
     times = [NOW - 5 + 2.5 * k for k in range(260)]
-    with sqlite3.connect(outbox.path) as db:
-        expected = [
-            db.execute(
-                "SELECT COALESCE(MAX(id), 0) + 1 FROM events WHERE created_at < ?", (t,)
-            ).fetchone()[0]
-            for t in times
-        ]
+    expected = [
+        (await raw("SELECT COALESCE(MAX(id), 0) + 1 FROM events WHERE created_at < ?", t))[0][0]
+        for t in times
+    ]
     got = await outbox.first_ids_at(times)
     # Below the lowest surviving id the search stops at that id; every id from the answer
     # on came at or after the time, and the one before it (if any) came before.
@@ -102,9 +147,24 @@ async def test_log_page_looks_through_a_bounded_window_and_pages_older(outbox: O
     newer = await outbox.log_page(EventFilter(after_id=49), older_than=None, scan=1000, limit=50)
     assert [r.id for r in newer.records] == [51, 50]
 
+    # The body search (instr on SQLite, position on PostgreSQL), with an equality filter.
+    found = await outbox.log_page(
+        EventFilter(event="registered"),
+        older_than=None,
+        scan=1000,
+        limit=50,
+        body_contains=b'"q7"',
+    )
+    assert [r.token for r in found.records] == ["late7"]
+    by_player = await outbox.log_page(
+        EventFilter(player="p0"), older_than=None, scan=1000, limit=50
+    )
+    assert [r.id for r in by_player.records] == [old.id, 1]  # the referral of player p0
+
 
 async def test_counts_up_to_stop_past_the_cap(outbox: Outbox) -> None:
     await fill(outbox, 7, every_s=1)
+    assert await outbox.oldest_pending_by_server([SERVER, "other"]) == {SERVER: NOW}
     assert await outbox.counts_up_to(100) == await outbox.counts_by_server()
     assert (await outbox.counts_up_to(3))[SERVER] == {
         "pending": 4,  # read: more than 3

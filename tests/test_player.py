@@ -12,10 +12,10 @@ from typing import Any
 
 from relay.config import Secret, ServerConfig
 from relay.offline import stopped
-from relay.outbox import Outbox
 from relay.player import story as player_story
 from relay.sandbox import RunningSandbox
-from relay.schema import MIGRATIONS
+from relay.store.sqlite import SqliteOutbox
+from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, Relay, StartRelay, cli, qualified, registered
 
 
@@ -195,7 +195,7 @@ async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Pat
     )
     db.close()
 
-    box = await Outbox.open(path)
+    box = await SqliteOutbox.open(path)
     try:
         told = await player_story(box, stopped(()), "v2-player")
     finally:

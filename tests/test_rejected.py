@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.events import validate
-from relay.records import Rejection
+from relay.store.contract_records import Rejection
 from tests.support import SERVER, Relay, StartRelay, cli, registered
 
 

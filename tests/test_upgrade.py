@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from relay.sandbox import RunningSandbox
-from relay.schema import MIGRATIONS
+from relay.store.sqlite_schema import MIGRATIONS
 from tests.harness import (
     EXIT_CONFIG,
     Spawn,

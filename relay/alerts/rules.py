@@ -9,7 +9,6 @@ conditions are kept in the outbox, so a restart mid-incident is not a new incide
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -21,9 +20,9 @@ from aiohttp import web
 from relay.alerts.targets import Message
 from relay.config import Settings
 from relay.errors import OutboxError
-from relay.outbox import Outbox
-from relay.records import AlertState
 from relay.state import DeliverySnapshot, Live
+from relay.store.contract import Outbox
+from relay.store.contract_records import AlertState
 
 log = structlog.get_logger("relay.alerts")
 
@@ -147,16 +146,17 @@ class Rules:
                 f"mmolove-relay rejected --since {int(window)}s",
             )
         )
-        free = (await asyncio.to_thread(shutil.disk_usage, outbox.path.parent)).free
-        found.append(
-            Observation(
-                "disk",
-                free < 2 * s.min_free_bytes,
-                f"the disk holding the outbox has {free} bytes free; below {s.min_free_bytes} "
-                "ingest answers 503",
-                "df -h; mmolove-relay purge --delivered --older-than 1d",
+        free = await outbox.disk_free_bytes()
+        if free is not None:  # None on PostgreSQL: the database server minds its own disk
+            found.append(
+                Observation(
+                    "disk",
+                    free < 2 * s.min_free_bytes,
+                    f"the disk holding the outbox has {free} bytes free; below "
+                    f"{s.min_free_bytes} ingest answers 503",
+                    "df -h; mmolove-relay purge --delivered --older-than 1d",
+                )
             )
-        )
         if s.max_outbox_bytes:
             size = outbox.size_bytes()
             found.append(

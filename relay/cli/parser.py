@@ -146,6 +146,18 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     demo.add_argument("--timeout-s", type=float, default=20.0)
 
+    move = command(
+        "migrate-outbox",
+        "copy a SQLite outbox (every event, its state and delivery log, the ledger and the "
+        "rejected inputs) into PostgreSQL; stop the relay first, and run again safely if "
+        "interrupted",
+        run.migrate_outbox,
+    )
+    move.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
+    move.add_argument(
+        "--from", dest="source", type=Path, help="the SQLite file (default: the configured outbox)"
+    )
+
 
 def _reader_commands(command: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     status = command("status", "what is pending, dead and paused, per server", commands.status)

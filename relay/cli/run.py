@@ -20,11 +20,20 @@ import uvloop
 
 from relay import logs
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, Environ, http_json
-from relay.config import Listen, Secret, ServerConfig, Settings, load_settings, parse_listen
+from relay.config import (
+    Listen,
+    Secret,
+    ServerConfig,
+    Settings,
+    load_settings,
+    mask_url,
+    parse_listen,
+)
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError
 from relay.notify import Notifier
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
+from relay.store.copy import copy_outbox
 
 log = structlog.get_logger("relay.cli")
 
@@ -88,6 +97,24 @@ def _redact(settings: Settings) -> None:
     # An alert URL holds its target's token.
     logs.redact(a.url.reveal() for a in settings.alerts)
     logs.redact(a.secret.reveal() for a in settings.alerts if a.secret is not None)
+
+
+def migrate_outbox(args: argparse.Namespace, environ: Environ) -> int:
+    settings = load_settings(environ, args.config, require_servers=False)
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"--to {mask_url(args.to)!r} is not a postgresql:// URL.")
+    source = args.source or settings.db_path
+    password = settings.db_password.reveal() if settings.db_password else None
+    done = asyncio.run(
+        copy_outbox(source, args.to, where=mask_url(args.to), password=password, progress=print)
+    )
+    print(
+        f"copied {done.copied} events, {done.attempts} attempts and {done.records} ledger "
+        f"entries and rejected inputs from {source} to "
+        f"{mask_url(args.to)}; {done.already_there} were there already. Point "
+        "MMOLOVE_RELAY_DB at the URL and start the relays."
+    )
+    return EXIT_OK
 
 
 # -- sandbox -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from relay.errors import OutboxError
-from relay.outbox import EventFilter, Outbox
+from relay.store.contract import EventFilter, Outbox
 
 log = structlog.get_logger("relay.console")
 CHUNK = 500  # events per transaction: ingest and delivery commit between chunks

@@ -15,9 +15,9 @@ from aiohttp import web
 from relay.alerts.rules import RULES
 from relay.api import DELIVERY_STATE, INGEST, OUTBOX
 from relay.config import Settings
-from relay.outbox import STATUSES
-from relay.records import AlertState
 from relay.state import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
+from relay.store.contract import STATUSES
+from relay.store.contract_records import AlertState
 
 # Counts stop here (shown as "100,000+"): exact counts of a million-event backlog take a
 # scan that would blow the page's time budget; `mmolove-relay status` gives them exactly.

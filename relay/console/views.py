@@ -17,8 +17,8 @@ from relay.api import OUTBOX
 from relay.config import describe
 from relay.console import chart, security, state
 from relay.console.jobs import JOBS
-from relay.outbox import STATUSES, EventFilter, EventRecord
 from relay.player import waits_for
+from relay.store.contract import STATUSES, EventFilter, EventRecord
 
 TEMPLATES = web.AppKey("console_templates", Environment)
 PAGE = 50  # rows per page of the delivery log

@@ -11,8 +11,8 @@ from relay.api import OUTBOX
 from relay.console import state
 from relay.console.views import ID, PAGE, render, utc_time, with_query
 from relay.player import story
-from relay.records import RejectedFilter
 from relay.rejected import CODES
+from relay.store.contract_records import RejectedFilter
 
 
 async def rejected(request: web.Request) -> web.Response:

@@ -1,97 +1,25 @@
-"""The outbox's operator records and their SQL: rejected inputs, the ledger, alert state.
+"""The SQLite records: rejected inputs, the ledger and alert state, in the outbox file.
 
-Beside ``relay.outbox`` (which owns events and attempts) and sharing its writer and reader;
-what crosses in and out is a frozen dataclass, the contract another backend implements.
+Beside ``sqlite`` (which owns events and attempts) and sharing its writer and reader.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
+
+from relay.store.contract_records import (
+    BODY_KEPT_BYTES,
+    AlertState,
+    DeadCount,
+    LedgerEntry,
+    RejectedFilter,
+    Rejection,
+)
 
 Write = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
 Read = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
-BODY_KEPT_BYTES = 512
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """One input ingest refused with a 4xx; ``id`` is 0 until it is stored."""
-
-    at: float
-    http_status: int
-    code: str
-    message: str
-    field: str | None
-    server_event_id: str | None
-    token: str | None
-    referee_identity: str | None
-    peer: str | None
-    body: bytes  # the first BODY_KEPT_BYTES of what the client sent
-    id: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["body"] = self.body.decode("utf-8", "replace")
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedFilter:
-    """Which rejected inputs to list; None matches everything."""
-
-    since: float | None = None
-    code: str | None = None
-    token: str | None = None
-    referee_identity: str | None = None
-    before_id: int | None = None  # the page's cursor: only rows older than this id
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """The compact record of a delivered event, kept after its body and attempts are pruned."""
-
-    event_id: int
-    server_id: str
-    token: str
-    event: str
-    server_event_id: str
-    referee_identity: str | None
-    test: bool
-    outcome: str | None
-    referral_id: str | None
-    state: str | None
-    attempts: int
-    created_at: float
-    finished_at: float
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> LedgerEntry:
-        values = list(row)
-        values[6] = bool(values[6])
-        return cls(*values)
-
-
-@dataclass(frozen=True, slots=True)
-class AlertState:
-    """A condition that is firing: since when, when it was last told, and what was said."""
-
-    key: str
-    since: float
-    last_sent: float
-    summary: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeadCount:
-    """Events that died for one reason, and when the latest of them did."""
-
-    outcome: str
-    count: int
-    latest: float
-
 
 _REJECTED_COLUMNS = (
     "at, http_status, code, message, field, server_event_id, token, referee_identity, peer, "
@@ -103,7 +31,7 @@ _LEDGER_COLUMNS = (
 )
 
 
-class Records:
+class SqliteRecords:
     """Typed access to the records tables through the outbox's writer and reader."""
 
     def __init__(self, write: Write, read: Read) -> None:

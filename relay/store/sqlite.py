@@ -11,10 +11,10 @@ import contextlib
 import fcntl
 import functools
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,189 +24,33 @@ import structlog
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.fileguard import identities, vanished
-from relay.records import Records, prune_ledger, to_ledger
 from relay.reserve import DiskReserve
-from relay.schema import migrate
-from relay.writer import Writer
+from relay.store import sqlite_console as console
+from relay.store.contract import (
+    STATUSES,
+    WAITING_FOR_REGISTERED,
+    Added,
+    Attempt,
+    EventFilter,
+    EventRecord,
+    FleetState,
+    Health,
+    HourCounts,
+    LogPage,
+    Outcome,
+    Retried,
+    claim_rule,
+)
+from relay.store.sqlite_records import SqliteRecords, prune_ledger, to_ledger
+from relay.store.sqlite_schema import EVENT_COLUMNS, migrate
+from relay.store.sqlite_writer import Writer
 
 log = structlog.get_logger("relay.outbox")
 
 _DISK_CHECK_EVERY_S = 1.0
-STATUSES = ("pending", "in_flight", "delivered", "dead")
-# A qualified or reversed that MMOLove refused as illegal before any registered for its
-# token was delivered: pending until one is, dead as "orphaned" at max_age_s.
-WAITING_FOR_REGISTERED = "waiting_for_registered"
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One outbox row as operators and the dispatcher see it."""
-
-    id: int
-    server_id: str
-    token: str
-    event: str
-    server_event_id: str
-    test: bool
-    status: str
-    outcome: str | None
-    attempts: int
-    created_at: float
-    next_attempt_at: float
-    last_error: str | None
-    last_http_status: int | None
-    response: str | None
-    referral_id: str | None
-    state: str | None
-    finished_at: float | None
-    replayed_at: float | None  # the last operator retry of this event, if any
-    body: bytes
-    referee_identity: str | None = None  # on registered events: the player
-
-    @property
-    def age_from(self) -> float:
-        """Where ``max_age_s`` counts from: ingest, or the last operator retry."""
-        return self.replayed_at or self.created_at
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> EventRecord:
-        """The record from a row selecting ``_EVENT_COLUMNS``, read by column name."""
-        values = {name: row[name] for name in row.keys()}  # noqa: SIM118 - a Row, not a dict
-        return cls(**values | {"test": bool(values["test"])})
-
-    def as_json(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "body"}
-        if self.status in ("delivered", "dead"):
-            out["next_attempt_at"] = None
-        out["body"] = self.body.decode("utf-8")
-        return out
-
-
-# Columns of an event as the API and CLI show it: the record's fields, by name.
-_EVENT_COLUMNS = ", ".join(f.name for f in fields(EventRecord))
-
-
-@dataclass(frozen=True, slots=True)
-class Added:
-    """What became of one event handed to ``Outbox.add``."""
-
-    id: int
-    status: str
-    created: bool  # False: the key was already there
-    conflict: bool  # the existing row's client payload differs
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One row of the delivery log."""
-
-    event_id: int
-    started_at: float
-    duration_ms: float
-    http_status: int | None
-    outcome: str
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt decided for its event; written by ``Outbox.finish``."""
-
-    status: str  # pending (retry), delivered or dead
-    outcome: str | None = None
-    next_attempt_at: float = 0.0
-    error: str | None = None
-    http_status: int | None = None
-    response: str | None = None
-    referral_id: str | None = None
-    state: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events an operator means; every field left None matches everything."""
-
-    status: str | None = None
-    event: str | None = None
-    token: str | None = None
-    server_id: str | None = None
-    server_event_id: str | None = None
-    outcome: str | None = None  # for dead events: why they died
-    player: str | None = None  # every event of the referral whose registered names this player
-    since: float | None = None  # ingested at or after
-    finished_before: float | None = None
-    after_id: int | None = None  # for walking a large set in chunks
-
-    # The fields matched by equality; the rest are numbers compared as ``where`` says.
-    TEXT = ("status", "event", "token", "server_id", "server_event_id", "outcome", "player")
-    NUMBER = ("since", "finished_before", "after_id")
-
-    def where(self) -> tuple[str, list[Any]]:
-        """The SQL condition and its parameters."""
-        clauses, params = ["1"], []
-        for column in self.TEXT:
-            value = getattr(self, column)
-            if value is not None and column == "player":
-                clauses.append(
-                    "(token, server_id) IN (SELECT token, server_id FROM events"
-                    " WHERE referee_identity = ?)"
-                )
-                params.append(value)
-            elif value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        for column, op, value in (
-            ("created_at", ">=", self.since),
-            ("finished_at", "<", self.finished_before),
-            ("id", ">", self.after_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(value)
-        return " AND ".join(clauses), params
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What ``/readyz`` needs of the outbox: what stops ingest now, and the disk's free bytes."""
-
-    problems: tuple[str, ...]
-    free_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class Retried:
-    """What an operator's retry did to one event."""
-
-    id: int
-    result: str  # requeued, due_now, not_found, delivered, in_flight
-    followers: tuple[int, ...] = ()
-
-
-# Outcomes of an attempt MMOLove took; any other outcome is a failed attempt.
-DELIVERED_OUTCOMES = ("accepted", "duplicate", "ignored", "test")
-
-
-@dataclass(frozen=True, slots=True)
-class HourCounts:
-    """One hour of the console's chart."""
-
-    start: float
-    ingested: int
-    delivered: int  # attempts MMOLove took
-    failed: int  # attempts that did not deliver (retried or dead-lettered)
-
-
-@dataclass(frozen=True, slots=True)
-class LogPage:
-    """A page of the delivery log, newest first, and where the next (older) page starts."""
-
-    records: tuple[EventRecord, ...]
-    older_than: int | None  # the cursor of the next page; None: nothing older
-    scanned_from: int  # the lowest id this page looked at
-
-
-class Outbox:
+class SqliteOutbox:
     """The outbox file: one writer connection behind a group-commit queue, one reader."""
 
     def __init__(
@@ -227,7 +71,7 @@ class Outbox:
         self._lock_fd = lock_fd
         self._min_free_bytes = min_free_bytes
         self._max_outbox_bytes = max_outbox_bytes  # 0: unlimited
-        self.records = Records(self._write, self._read)
+        self.records = SqliteRecords(self._write, self._read)
         self._disk_checked_at = 0.0
         self._size_ok = True
         self._free_bytes = 0
@@ -249,7 +93,7 @@ class Outbox:
         lock_timeout_s: float = 5.0,
         reserve_bytes: int = 8 * 1024 * 1024,
         max_outbox_bytes: int = 0,
-    ) -> Outbox:
+    ) -> SqliteOutbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +129,10 @@ class Outbox:
             max_outbox_bytes=max_outbox_bytes,
             reserve=reserve,
         )
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections and release the file."""
@@ -397,7 +245,7 @@ class Outbox:
             ).fetchall()
             ready: list[int] = []
             for candidate in candidates:
-                verdict = _claim_rule(candidate, now, max_age_s)
+                verdict = claim_rule(candidate, now, max_age_s)
                 if verdict is None:
                     ready.append(candidate["id"])
                 elif isinstance(verdict, Outcome):
@@ -412,7 +260,7 @@ class Outbox:
             rows = db.execute(
                 "UPDATE events SET status = 'in_flight', attempts = attempts + 1,"
                 f" next_attempt_at = ? WHERE id IN ({', '.join('?' * len(ready))})"
-                f" RETURNING {_EVENT_COLUMNS}",
+                f" RETURNING {EVENT_COLUMNS}",
                 (now + lease_s, *ready),
             ).fetchall()
             return sorted((EventRecord.from_row(r) for r in rows), key=lambda r: ready.index(r.id))
@@ -554,7 +402,7 @@ class Outbox:
         """Events matching ``where``, newest first."""
         sql, params = where.where()
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY id DESC LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {sql} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
         return [EventRecord.from_row(r) for r in rows]
@@ -595,7 +443,7 @@ class Outbox:
         return total
 
     async def get(self, event_id: int) -> EventRecord | None:
-        rows = await self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
+        rows = await self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
         return EventRecord.from_row(rows[0]) if rows else None
 
     async def attempts(self, event_id: int, limit: int = 50) -> list[Attempt]:
@@ -638,58 +486,13 @@ class Outbox:
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    # -- console reads ---------------------------------------------------------------------
-    # Bounded by id ranges, since ids grow with ingest time: each page of the web console
-    # costs about the same with ten events or a million.
+    # -- the console's reads (relay/store/sqlite_console.py) --------------------------------
 
     async def first_ids_at(self, times: Sequence[float]) -> list[int]:
-        """For each time, the lowest id such that every event from it on came at or after.
-
-        A binary search over the rowid in one recursive query, all times at once: about
-        twenty index look-ups per time, where filtering on ``created_at`` (which has no
-        index) would read every row.
-        """
-        if not times:
-            return []
-        seeds = ", ".join(
-            "(?, ?, (SELECT MIN(id) FROM events), (SELECT MAX(id) + 1 FROM events))" for _ in times
-        )
-        rows = await self._read(
-            # At each step: the first event at or after the middle id came before ``at``,
-            # so the answer lies above it; or it did not, so the answer is at most the middle.
-            "WITH RECURSIVE s(k, at, lo, hi) AS ("
-            f" VALUES {seeds}"
-            " UNION ALL SELECT k, at,"
-            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
-            "   ORDER BY id LIMIT 1) >= at, 1) THEN lo ELSE (SELECT id FROM events"
-            "   WHERE id >= (lo + hi) / 2 ORDER BY id LIMIT 1) + 1 END,"
-            "  CASE WHEN COALESCE((SELECT created_at FROM events WHERE id >= (lo + hi) / 2"
-            "   ORDER BY id LIMIT 1) >= at, 1) THEN (lo + hi) / 2 ELSE hi END"
-            " FROM s WHERE lo < hi)"
-            " SELECT k, lo FROM s WHERE lo >= hi OR lo IS NULL ORDER BY k",
-            [value for k, at in enumerate(times) for value in (k, at)],
-        )
-        return [1 if lo is None else int(lo) for _, lo in rows]
+        return await console.first_ids_at(self._read, times)
 
     async def hourly(self, since: float, hours: int) -> list[HourCounts]:
-        """Events ingested and attempts delivered or failed, per hour from ``since``.
-
-        Ingested is a difference of ids, so events pruned since still count for their hour.
-        """
-        edges = await self.first_ids_at([since + 3600 * h for h in range(hours + 1)])
-        rows = await self._read(
-            "SELECT CAST((started_at - ?) / 3600 AS INTEGER) AS hour,"
-            f" SUM(outcome IN ({', '.join('?' * len(DELIVERED_OUTCOMES))})), COUNT(*)"
-            " FROM attempts WHERE started_at >= ? GROUP BY hour",
-            (since, *DELIVERED_OUTCOMES, since),
-        )
-        attempts = {int(hour): (int(ok), int(total)) for hour, ok, total in rows}
-        out = []
-        for hour in range(hours):
-            ok, total = attempts.get(hour, (0, 0))
-            ingested = edges[hour + 1] - edges[hour]
-            out.append(HourCounts(since + 3600 * hour, ingested, ok, total - ok))
-        return out
+        return await console.hourly(self._read, since, hours)
 
     async def log_page(
         self,
@@ -699,80 +502,26 @@ class Outbox:
         scan: int,
         limit: int,
     ) -> LogPage:
-        """Up to ``limit`` events matching ``where`` among the ``scan`` ids below ``older_than``.
-
-        The filters apply to that id window only (the unary ``+`` keeps SQLite walking the
-        rowid instead of sorting a whole status), so a rare filter over a million events
-        answers "none in this window, look older" at once instead of reading every row.
-        """
-        if older_than is None:
-            rows = await self._read("SELECT MAX(id) FROM events", ())
-            older_than = int(rows[0][0] or 0) + 1
-        # Rows above after_id only: the live log asks for the few newest.
-        floor = max(0, older_than - scan, (where.after_id or 0) + 1)
-        clauses: list[str] = ["id < ?", "id >= ?"]
-        params: list[Any] = [older_than, floor]
-        sql, values = where.where()
-        for clause in sql.split(" AND ")[1:]:
-            column, _, rest = clause.partition(" ")
-            # "+column = ?" keeps SQLite off that column's index; other conditions stay as is.
-            plain = rest == "= ?" and column.isidentifier() and column != "id"
-            clauses.append("+" + clause if plain else clause)
-        params.extend(values)
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
-            " ORDER BY id DESC LIMIT ?",
-            (*params, limit),
+        return await console.log_page(
+            self._read,
+            where,
+            older_than=older_than,
+            scan=scan,
+            limit=limit,
         )
-        records = tuple(EventRecord.from_row(r) for r in rows)
-        if len(records) == limit:
-            return LogPage(records, records[-1].id, floor)
-        return LogPage(records, floor if floor > 1 else None, floor)
 
     async def search(self, text: str, limit: int) -> list[EventRecord]:
-        """Events whose token or ``server_event_id`` is ``text``, newest first (both indexed)."""
-        rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE token = ? OR server_event_id = ?"
-            " ORDER BY id DESC LIMIT ?",
-            (text, text, limit),
-        )
-        return [EventRecord.from_row(r) for r in rows]
+        return await console.search(self._read, text, limit)
 
     async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
-        """Like ``counts_by_server``, but each count stops at ``cap + 1`` (read: more than
-        ``cap``), so the cost is bounded at any backlog: ``cap`` index steps at most per
-        (server, status), and the servers found by seeking the status index, not scanning.
-        """
-        rows = await self._read(
-            "WITH RECURSIVE st(status) AS (VALUES "
-            + ", ".join(f"('{status}')" for status in STATUSES)
-            + "), s(status, server_id) AS ("
-            " SELECT status, (SELECT MIN(server_id) FROM events WHERE status = st.status) FROM st"
-            " UNION ALL SELECT status, (SELECT MIN(server_id) FROM events"
-            "  WHERE status = s.status AND server_id > s.server_id)"
-            " FROM s WHERE server_id IS NOT NULL)"
-            " SELECT server_id, status, (SELECT COUNT(*) FROM (SELECT 1 FROM events AS e"
-            "  WHERE e.status = s.status AND e.server_id = s.server_id LIMIT ?))"
-            " FROM s WHERE server_id IS NOT NULL",
-            (cap + 1,),
-        )
-        out: dict[str, dict[str, int]] = {}
-        for server_id, status, count in rows:
-            out.setdefault(server_id, dict.fromkeys(STATUSES, 0))[status] = int(count)
-        return out
+        return await console.counts_up_to(self._read, cap)
 
     async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
-        """When each server's oldest undelivered event was ingested; servers with none left out."""
-        out: dict[str, float] = {}
-        for server_id in servers:
-            rows = await self._read(
-                "SELECT created_at FROM events WHERE +status IN ('pending', 'in_flight')"
-                " AND +server_id = ? ORDER BY id LIMIT 1",
-                (server_id,),
-            )
-            if rows:
-                out[server_id] = float(rows[0][0])
-        return out
+        return await console.oldest_pending_by_server(self._read, servers)
+
+    async def share(self, mine: FleetState, now: float) -> FleetState:
+        """One relay per file: there is nobody to share with."""
+        return FleetState()
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -836,6 +585,9 @@ class Outbox:
                 retry_after_s=30,
             )
 
+    async def disk_free_bytes(self) -> int | None:
+        return (await asyncio.to_thread(shutil.disk_usage, self.path.parent)).free
+
     async def can_deliver(self) -> bool:
         """Whether an attempt started now could record its outcome: not while the disk is
         full, when the reserve is kept for the attempts already in flight."""
@@ -872,35 +624,6 @@ class Outbox:
                 "the relay takes no new events until space is freed. Retry later.",
                 retry_after_s=30,
             )
-
-
-def _claim_rule(candidate: sqlite3.Row, now: float, max_age_s: float) -> Outcome | float | None:
-    """What claiming does with one due event; the first rule that applies decides.
-
-    1. Older than ``max_age_s`` (from ingest, or its last replay): dead, ``expired``, or
-       ``orphaned`` if it was waiting for a registered that never came.
-    2. No undelivered predecessor for its referral: claimed, sent now (None).
-    3. Its predecessor is dead: dead too, ``predecessor_dead``, naming it, so the order
-       MMOLove sees is never broken; an operator replays both.
-    4. Its predecessor is still to be sent: deferred until that one is due (the time
-       returned), and at least a second, so an unclaimed predecessor cannot spin the loop.
-    """
-    if candidate["age_from"] + max_age_s <= now:
-        error = f"not delivered within max_age_s={max_age_s:g} of ingest"
-        if candidate["outcome"] == WAITING_FOR_REGISTERED:
-            error += "; no registered for its token was delivered in that time"
-            return Outcome(status="dead", outcome="orphaned", error=error)
-        return Outcome(status="dead", outcome="expired", error=error)
-    if candidate["blocker"] is None:
-        return None
-    if candidate["blocker_status"] == "dead":
-        error = (
-            f"held back: event {candidate['blocker']} for this token is dead "
-            f"({candidate['blocker_outcome']}); this one was not sent, to keep the order. "
-            "Replay both once the cause is fixed."
-        )
-        return Outcome(status="dead", outcome="predecessor_dead", error=error)
-    return float(max(candidate["blocker_due"], now + 1.0))
 
 
 def _nothing(db: sqlite3.Connection) -> None:

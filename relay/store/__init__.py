@@ -1,0 +1,1 @@
+"""The outbox: one contract (``contract``), two backends (``sqlite``, ``postgres``)."""

@@ -1,0 +1,24 @@
+"""Which outbox the daemon opens: a SQLite file, or a PostgreSQL database a fleet shares."""
+
+from __future__ import annotations
+
+from relay.config import Settings, mask_url
+from relay.store.contract import Outbox
+from relay.store.postgres import PostgresOutbox
+from relay.store.sqlite import SqliteOutbox
+
+
+async def open_outbox(settings: Settings) -> Outbox:
+    """Open (creating and migrating) the outbox the settings name."""
+    if settings.db_url is None:
+        return await SqliteOutbox.open(
+            settings.db_path,
+            min_free_bytes=settings.min_free_bytes,
+            max_outbox_bytes=settings.max_outbox_bytes,
+            lock_timeout_s=settings.lock_timeout_s,
+            reserve_bytes=settings.reserve_bytes,
+        )
+    password = settings.db_password.reveal() if settings.db_password else None
+    return await PostgresOutbox.open(
+        settings.db_url, where=mask_url(settings.db_url), password=password
+    )

@@ -1,0 +1,125 @@
+"""The records contract: rejected inputs, the ledger and alert state, beside the events.
+
+Each backend keeps them in its own database (``sqlite_records``, ``postgres_records``);
+callers reach them as ``outbox.records`` and see only these dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+BODY_KEPT_BYTES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One input ingest refused with a 4xx; ``id`` is 0 until it is stored."""
+
+    at: float
+    http_status: int
+    code: str
+    message: str
+    field: str | None
+    server_event_id: str | None
+    token: str | None
+    referee_identity: str | None
+    peer: str | None
+    body: bytes  # the first BODY_KEPT_BYTES of what the client sent
+    id: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["body"] = self.body.decode("utf-8", "replace")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedFilter:
+    """Which rejected inputs to list; None matches everything."""
+
+    since: float | None = None
+    code: str | None = None
+    token: str | None = None
+    referee_identity: str | None = None
+    before_id: int | None = None  # the page's cursor: only rows older than this id
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """The compact record of a delivered event, kept after its body and attempts are pruned."""
+
+    event_id: int
+    server_id: str
+    token: str
+    event: str
+    server_event_id: str
+    referee_identity: str | None
+    test: bool
+    outcome: str | None
+    referral_id: str | None
+    state: str | None
+    attempts: int
+    created_at: float
+    finished_at: float
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> LedgerEntry:
+        values = list(row)
+        values[6] = bool(values[6])  # an integer on SQLite
+        return cls(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """A condition that is firing: since when, when it was last told, and what was said."""
+
+    key: str
+    since: float
+    last_sent: float
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadCount:
+    """Events that died for one reason, and when the latest of them did."""
+
+    outcome: str
+    count: int
+    latest: float
+
+
+class Records(Protocol):
+    """Typed access to the records tables of one outbox."""
+
+    async def add_rejections(self, rows: Sequence[Rejection], *, keep: int) -> bool:
+        """Store rejections and drop all but the newest ``keep``; False if they did not store
+        (only the record is lost, never an event)."""
+
+    async def rejections(self, where: RejectedFilter, limit: int = 50) -> list[Rejection]:
+        """Rejected inputs matching ``where``, newest first."""
+
+    async def count_rejections(self, since: float) -> int: ...
+
+    async def rejections_per_hour(self, since: float, hours: int) -> list[int]:
+        """Rejected inputs in each of ``hours`` hours from ``since``, for the console's chart."""
+
+    async def ledger(
+        self, *, token: str | None = None, referee_identity: str | None = None
+    ) -> list[LedgerEntry]:
+        """Ledger entries of a token, or of the ``registered`` naming a player; oldest first."""
+
+    async def dead_since(self, finished_after: float) -> list[DeadCount]:
+        """Events that died after a time, counted by why."""
+
+    async def alert_states(self) -> dict[str, AlertState]: ...
+
+    async def save_alert(self, state: AlertState) -> None: ...
+
+    async def clear_alert(self, key: str) -> None: ...
+
+    async def mark(self, name: str) -> float | None:
+        """A value the alert rules keep across restarts (e.g. the last dead id told)."""
+
+    async def set_mark(self, name: str, value: float) -> None: ...
