@@ -11,6 +11,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 BODY_KEPT_BYTES = 512
+# The column order both backends read the records tables in (the dataclasses' field order).
+REJECTED_COLUMNS = (
+    "at, http_status, code, message, field, server_event_id, token, referee_identity, peer, "
+    "body, id"
+)
+LEDGER_COLUMNS = (
+    "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
+    "referral_id, state, attempts, created_at, finished_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,20 @@ class RejectedFilter:
     token: str | None = None
     referee_identity: str | None = None
     before_id: int | None = None  # the page's cursor: only rows older than this id
+
+    def conditions(self) -> list[tuple[str, str, Any]]:
+        """(column, operator, value) for each criterion set; each backend adds placeholders."""
+        return [
+            (column, op, value)
+            for column, op, value in (
+                ("at", ">=", self.since),
+                ("code", "=", self.code),
+                ("token", "=", self.token),
+                ("referee_identity", "=", self.referee_identity),
+                ("id", "<", self.before_id),
+            )
+            if value is not None
+        ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 
 from relay.errors import OutboxError
+from relay.store.contract_records import LEDGER_COLUMNS
 from relay.store.postgres import PostgresOutbox
-from relay.store.postgres_sql import LEDGER_COLUMNS
 from relay.store.sqlite import _lock
 
 CHUNK = 1000

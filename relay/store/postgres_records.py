@@ -12,21 +12,18 @@ from typing import Any
 from relay.errors import OutboxError
 from relay.store.contract_records import (
     BODY_KEPT_BYTES,
+    LEDGER_COLUMNS,
+    REJECTED_COLUMNS,
     AlertState,
     DeadCount,
     LedgerEntry,
     RejectedFilter,
     Rejection,
 )
-from relay.store.postgres_sql import LEDGER_COLUMNS, Db
+from relay.store.postgres_sql import Db
 
 Tx = Callable[[Callable[[Db], Awaitable[Any]]], Awaitable[Any]]
 Read = Callable[..., Awaitable[list[Any]]]
-
-_REJECTED_COLUMNS = (
-    "at, http_status, code, message, field, server_event_id, token, referee_identity, peer, "
-    "body, id"
-)
 
 
 class PostgresRecords:
@@ -75,19 +72,13 @@ class PostgresRecords:
 
     async def rejections(self, where: RejectedFilter, limit: int = 50) -> list[Rejection]:
         """Rejected inputs matching ``where``, newest first."""
-        clauses, params = ["TRUE"], []
-        for column, op, value in (
-            ("at", ">=", where.since),
-            ("code", "=", where.code),
-            ("token", "=", where.token),
-            ("referee_identity", "=", where.referee_identity),
-            ("id", "<", where.before_id),
-        ):
-            if value is not None:
-                params.append(value)
-                clauses.append(f"{column} {op} ${len(params)}")
+        conditions = where.conditions()
+        clauses = ["TRUE"] + [
+            f"{column} {op} ${n}" for n, (column, op, _) in enumerate(conditions, start=1)
+        ]
+        params = [value for _, _, value in conditions]
         rows = await self._read(
-            f"SELECT {_REJECTED_COLUMNS} FROM rejected WHERE {' AND '.join(clauses)}"
+            f"SELECT {REJECTED_COLUMNS} FROM rejected WHERE {' AND '.join(clauses)}"
             f" ORDER BY id DESC LIMIT ${len(params) + 1}",
             *params,
             limit,

@@ -20,17 +20,13 @@ from relay.store.contract import (
     Retried,
     claim_rule,
 )
+from relay.store.contract_records import LEDGER_COLUMNS
 
 # Columns of an event as the API and CLI show it, then the claim's fencing token.
 EVENT_COLUMNS = (
     "id, server_id, token, event, server_event_id, test, status, outcome, attempts, "
     "created_at, next_attempt_at, last_error, last_http_status, response, referral_id, "
     "state, finished_at, replayed_at, body, referee_identity, lease"
-)
-
-LEDGER_COLUMNS = (
-    "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
-    "referral_id, state, attempts, created_at, finished_at"
 )
 
 if TYPE_CHECKING:

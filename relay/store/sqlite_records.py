@@ -11,6 +11,8 @@ from typing import Any
 
 from relay.store.contract_records import (
     BODY_KEPT_BYTES,
+    LEDGER_COLUMNS,
+    REJECTED_COLUMNS,
     AlertState,
     DeadCount,
     LedgerEntry,
@@ -20,15 +22,6 @@ from relay.store.contract_records import (
 
 Write = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
 Read = Callable[[str, Sequence[Any]], Awaitable[list[Any]]]
-
-_REJECTED_COLUMNS = (
-    "at, http_status, code, message, field, server_event_id, token, referee_identity, peer, "
-    "body, id"
-)
-_LEDGER_COLUMNS = (
-    "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
-    "referral_id, state, attempts, created_at, finished_at"
-)
 
 
 class SqliteRecords:
@@ -63,19 +56,11 @@ class SqliteRecords:
 
     async def rejections(self, where: RejectedFilter, limit: int = 50) -> list[Rejection]:
         """Rejected inputs matching ``where``, newest first."""
-        clauses, params = ["1"], []
-        for column, op, value in (
-            ("at", ">=", where.since),
-            ("code", "=", where.code),
-            ("token", "=", where.token),
-            ("referee_identity", "=", where.referee_identity),
-            ("id", "<", where.before_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(value)
+        conditions = where.conditions()
+        clauses = ["1", *(f"{column} {op} ?" for column, op, _ in conditions)]
+        params = [value for _, _, value in conditions]
         rows = await self._read(
-            f"SELECT {_REJECTED_COLUMNS} FROM rejected WHERE {' AND '.join(clauses)}"
+            f"SELECT {REJECTED_COLUMNS} FROM rejected WHERE {' AND '.join(clauses)}"
             " ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
@@ -106,7 +91,7 @@ class SqliteRecords:
             ("token", token) if token is not None else ("referee_identity", referee_identity)
         )
         rows = await self._read(
-            f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE {column} = ? ORDER BY event_id", (value,)
+            f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE {column} = ? ORDER BY event_id", (value,)
         )
         return [LedgerEntry.from_row(row) for row in rows]
 
@@ -158,7 +143,7 @@ class SqliteRecords:
 def to_ledger(db: sqlite3.Connection, finished_before: float) -> None:
     """Copy delivered events about to be pruned into the ledger (same transaction as prune)."""
     db.execute(
-        f"INSERT OR REPLACE INTO ledger ({_LEDGER_COLUMNS})"
+        f"INSERT OR REPLACE INTO ledger ({LEDGER_COLUMNS})"
         " SELECT id, server_id, token, event, server_event_id, referee_identity, test, outcome,"
         " referral_id, state, attempts, created_at, finished_at FROM events"
         " WHERE finished_at < ? AND +status = 'delivered'",
