@@ -23,6 +23,11 @@ from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID
 
 BENCH_DIR = Path(__file__).resolve().parent
 PYTHON = sys.executable
+# Set by ``python -m bench --relay-src DIR``: the relay under test runs from that source tree
+# (another checkout), everything else from this one. Interleaved runs of two trees are how a
+# change is measured against its parent.
+relay_src: Path | None = None
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -43,6 +48,12 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, every thread) the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+        return (int(fields[11]) + int(fields[12])) * _TICK_S
 
     def rss_mb(self) -> tuple[float, float]:
         """Resident memory now and its peak so far, in MB (from /proc)."""
@@ -66,12 +77,13 @@ def spawn(
     ready_path: str = "/healthz",
     log: Path | None = None,
     timeout_s: float = 30.0,
+    cwd: Path | None = None,
 ) -> Iterator[Proc]:
     """Start ``argv``, wait until ``url + ready_path`` answers, and stop it on exit."""
     out = log.open("ab") if log else subprocess.DEVNULL
     started = time.monotonic()
     popen = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
-        argv, env={**os.environ, **(env or {})}, stdout=out, stderr=out
+        argv, env={**os.environ, **(env or {})}, stdout=out, stderr=out, cwd=cwd
     )
     try:
         _wait_ready(popen, url + ready_path, timeout_s)
@@ -188,10 +200,16 @@ def relay(
         "MMOLOVE_RELAY_CONFIG": str(config),
         "MMOLOVE_RELAY_LOG_FORMAT": "json",
         **(env or {}),
+        **relay_src_env(),
     }
     argv = [PYTHON, "-m", "relay.cli", "serve"]
-    with spawn(argv, f"http://127.0.0.1:{port}", env=relay_env, log=log) as p:
+    with spawn(argv, f"http://127.0.0.1:{port}", env=relay_env, log=log, cwd=relay_src) as p:
         yield p
+
+
+def relay_src_env() -> dict[str, str]:
+    """Environment that makes ``python -m relay...`` import the tree under test."""
+    return {"PYTHONPATH": str(relay_src)} if relay_src else {}
 
 
 def _pythonpath() -> str:

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="scratch directory for outboxes and logs (default: temporary)"
     )
+    parser.add_argument(
+        "--only",
+        help="comma-separated steps to run (default: all): " + ", ".join(STEPS),
+    )
+    parser.add_argument(
+        "--relay-src",
+        type=Path,
+        help="run the relay under test from this source tree (another checkout, e.g. the "
+        "parent commit), to compare a change by interleaved runs",
+    )
     args = parser.parse_args(argv)
+    only = args.only.split(",") if args.only else list(STEPS)
+    unknown = sorted(set(only) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown step(s) {', '.join(unknown)}: choose from {', '.join(STEPS)}")
+    if args.relay_src:
+        procs.relay_src = args.relay_src.resolve()
     plan = scenarios.SMOKE if args.smoke else scenarios.FULL
     for tool in ("wrk", "gcc"):
         if shutil.which(tool) is None:
@@ -47,36 +64,42 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         out = args.out or (Path(tmp) / "results" if args.smoke else RESULTS)
-        results = run(plan, workdir, smoke=args.smoke)
-        json_path, png_path = report.write(results, out)
+        results = run(plan, workdir, smoke=args.smoke, only=only)
+        written = report.write(results, out)
         print()
         print(report.table(results))
-        print(f"\nwrote {json_path} and {png_path}")
+        print(f"\nwrote {' and '.join(map(str, written))}")
     return 0
 
 
-def run(plan: scenarios.Plan, workdir: Path, *, smoke: bool) -> dict[str, Any]:
+STEPS: dict[str, Callable[[scenarios.Plan, Path, Path], Any]] = {
+    "ingest_fast": lambda plan, workdir, shim: scenarios.ingest(plan, workdir, None),
+    "ingest_slow": lambda plan, workdir, shim: scenarios.ingest(plan, workdir, shim),
+    "delivery_0ms": lambda plan, workdir, shim: scenarios.delivery(plan, workdir, 0.0),
+    "delivery_50ms": lambda plan, workdir, shim: scenarios.delivery(plan, workdir, 50.0),
+    "end_to_end": lambda plan, workdir, shim: scenarios.end_to_end(plan, workdir),
+    "cli": lambda plan, workdir, shim: scenarios.cli(plan, workdir),
+    "backlog": lambda plan, workdir, shim: scenarios.backlog(plan, workdir),
+    "fleet_postgresql": lambda plan, workdir, shim: fleet.fleet(plan, workdir),
+}
+
+
+def run(plan: scenarios.Plan, workdir: Path, *, smoke: bool, only: list[str]) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {
         "smoke": smoke,
         "connections": scenarios.CONNECTIONS,
         "machine": machine(),
+        "relay_src": str(procs.relay_src) if procs.relay_src else None,
         "load_before": os.getloadavg(),
     }
     shim = procs.build_shim(workdir)
-    steps = (
-        ("ingest_fast", lambda: scenarios.ingest(plan, workdir, None)),
-        ("ingest_slow", lambda: scenarios.ingest(plan, workdir, shim)),
-        ("delivery_0ms", lambda: scenarios.delivery(plan, workdir, 0.0)),
-        ("delivery_50ms", lambda: scenarios.delivery(plan, workdir, 50.0)),
-        ("end_to_end", lambda: scenarios.end_to_end(plan, workdir)),
-        ("backlog", lambda: scenarios.backlog(plan, workdir)),
-        ("fleet_postgresql", lambda: fleet.fleet(plan, workdir)),
-    )
-    for name, step in steps:
+    for name, step in STEPS.items():
+        if name not in only:
+            continue
         t0 = time.monotonic()
         print(f"{name} ...", end="", flush=True, file=sys.stderr)
-        results[name] = step()
+        results[name] = step(plan, workdir, shim)
         print(f" {time.monotonic() - t0:.1f} s", file=sys.stderr)
     results["load_after"] = os.getloadavg()
     results["took_s"] = round(time.monotonic() - started, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -40,6 +41,7 @@ class Plan:
     e2e_events: int
     e2e_rate_per_s: float
     backlog_events: int
+    cli_runs: int
     fsync_ms: float = 5.0
 
 
@@ -50,6 +52,7 @@ FULL = Plan(
     e2e_events=300,
     e2e_rate_per_s=20,
     backlog_events=1_000_000,
+    cli_runs=9,
 )
 SMOKE = Plan(
     ingest_s=1,
@@ -59,6 +62,7 @@ SMOKE = Plan(
     e2e_events=10,
     e2e_rate_per_s=20,
     backlog_events=20_000,
+    cli_runs=2,
 )
 
 
@@ -78,14 +82,7 @@ def ingest(plan: Plan, workdir: Path, shim: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {"fsync_ms": plan.fsync_ms if shim else None}
     for mode in ("bare", "naive"):
         with procs.baseline(mode, workdir, env) as proc:
-            result = load.wrk(
-                proc.url,
-                workdir=workdir,
-                prefix=f"{mode}-{tag}",
-                connections=CONNECTIONS,
-                seconds=plan.ingest_s,
-            )
-        out[mode] = result.as_json()
+            out[mode] = _wrk_with_cpu(proc, plan, workdir, f"{mode}-{tag}")
     if shim is None:
         # The loop the relay runs on, for reference: the target compares with plain aiohttp.
         with procs.baseline("bare", workdir, env, uvloop=True) as proc:
@@ -98,17 +95,29 @@ def ingest(plan: Plan, workdir: Path, shim: Path | None) -> dict[str, Any]:
             )
         out["bare_uvloop"] = result.as_json()
     with _relay_with_sandbox(workdir, f"ingest-{tag}", env=env) as relay:
-        result = load.wrk(
-            relay.url,
-            workdir=workdir,
-            prefix=f"relay-{tag}",
-            connections=CONNECTIONS,
-            seconds=plan.ingest_s,
-        )
-        out["relay"] = result.as_json()
+        out["relay"] = _wrk_with_cpu(relay, plan, workdir, f"relay-{tag}")
         if shim is None:
-            out["relay_half_rate"] = _half_rate(plan, workdir, relay.url, result.rate_per_s)
+            out["relay_half_rate"] = _half_rate(
+                plan, workdir, relay.url, out["relay"]["rate_per_s"]
+            )
     return out
+
+
+def _wrk_with_cpu(proc: procs.Proc, plan: Plan, workdir: Path, prefix: str) -> dict[str, Any]:
+    """One wrk run against ``proc``, with the server's CPU per acknowledged event.
+
+    CPU is read from /proc around the run: far steadier than a rate on a shared machine. The
+    relay's figure includes the delivery it does meanwhile (default pacing, 100/s at most).
+    """
+    cpu_before = proc.cpu_s()
+    result = load.wrk(
+        proc.url, workdir=workdir, prefix=prefix, connections=CONNECTIONS, seconds=plan.ingest_s
+    )
+    acked = max(1, result.requests - result.non_2xx)
+    return {
+        **result.as_json(),
+        "cpu_us_per_event": round((proc.cpu_s() - cpu_before) / acked * 1e6),
+    }
 
 
 def _half_rate(plan: Plan, workdir: Path, url: str, max_rate: float) -> dict[str, Any]:
@@ -152,7 +161,7 @@ def delivery(plan: Plan, workdir: Path, latency_ms: float) -> dict[str, Any]:
         concurrency=DELIVERY_CONCURRENCY,
         rate_per_s=DELIVERY_RATE_PER_S,
     ) as relay:
-        rate = _drain_rate(db, plan.delivery_window_s)
+        rate, cpu_us = _drain_rate(db, plan.delivery_window_s, relay)
         rss_mb, peak_mb = relay.rss_mb()
     ideal = DELIVERY_CONCURRENCY / (latency_ms / 1000) if latency_ms else None
     return {
@@ -160,6 +169,7 @@ def delivery(plan: Plan, workdir: Path, latency_ms: float) -> dict[str, Any]:
         "concurrency": DELIVERY_CONCURRENCY,
         "max_send_rate_per_s": DELIVERY_RATE_PER_S,
         "rate_per_s": round(rate, 1),
+        "cpu_us_per_event": round(cpu_us),
         "ideal_per_s": ideal,
         "ratio_to_ideal": round(rate / ideal, 3) if ideal else None,
         "rss_mb": round(rss_mb, 1),
@@ -167,18 +177,19 @@ def delivery(plan: Plan, workdir: Path, latency_ms: float) -> dict[str, Any]:
     }
 
 
-def _drain_rate(db: Path, window_s: float) -> float:
-    """Delivered per second over ``window_s``, after a short warm-up."""
+def _drain_rate(db: Path, window_s: float, relay: procs.Proc) -> tuple[float, float]:
+    """Delivered per second over ``window_s`` after a short warm-up, and the relay's CPU
+    microseconds per delivered event in that window."""
     time.sleep(min(1.0, window_s))
-    first, t0 = fill.delivered(db), time.monotonic()
+    first, t0, cpu0 = fill.delivered(db), time.monotonic(), relay.cpu_s()
     time.sleep(window_s)
-    last, t1 = fill.delivered(db), time.monotonic()
+    last, t1, cpu1 = fill.delivered(db), time.monotonic(), relay.cpu_s()
     if last == first:
         raise RuntimeError(
             f"nothing was delivered from {db} in {window_s} s ({first} were during the "
             "warm-up): fill more events, or see the relay's log beside it"
         )
-    return (last - first) / (t1 - t0)
+    return (last - first) / (t1 - t0), (cpu1 - cpu0) / (last - first) * 1e6
 
 
 # -- 3. end to end -------------------------------------------------------------------------
@@ -260,7 +271,7 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
         rate_per_s=DELIVERY_RATE_PER_S,
     ) as relay:
         started_s = relay.started_s
-        rate = _drain_rate(db, plan.delivery_window_s)
+        rate, _ = _drain_rate(db, plan.delivery_window_s, relay)
         t0 = time.monotonic()
         with urllib.request.urlopen(relay.url + "/v1/status", timeout=30) as resp:  # noqa: S310
             json.load(resp)
@@ -272,13 +283,7 @@ def backlog(plan: Plan, workdir: Path) -> dict[str, Any]:
             told = json.load(resp)
         player_api_s = time.monotonic() - t0
         assert told["token"] == f"mmref-b-{plan.backlog_events // 2}", told
-        t0 = time.monotonic()
-        subprocess.run(  # noqa: S603
-            [procs.PYTHON, "-m", "relay.cli", "status", "--url", relay.url],
-            check=True,
-            capture_output=True,
-        )
-        status_cli_s = time.monotonic() - t0
+        status_cli_s = _cli_s(["status", "--url", relay.url])
         console_ms = console.page_times_ms(relay.url, prefix="b-", count=plan.backlog_events)
         rss_mb, peak_mb = relay.rss_mb()
     return {
@@ -310,6 +315,35 @@ def _startup_ms(log: Path) -> float | None:
             value = json.loads(line).get("startup_ms")
             return float(value) if value is not None else None
     return None
+
+
+# -- 5. the operator's CLI -----------------------------------------------------------------
+
+
+def cli(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Whole-process wall time of ``--help`` and of ``status`` against a running relay.
+
+    Each is run ``plan.cli_runs`` times; the median is the figure, the slowest is shown too.
+    """
+    with _relay_with_sandbox(workdir, "cli") as relay:
+        out = {}
+        for name, argv in (("help", ["--help"]), ("status", ["status", "--url", relay.url])):
+            times = sorted(_cli_s(argv) for _ in range(plan.cli_runs))
+            out[name] = {"median_s": round(statistics.median(times), 3), "max_s": times[-1]}
+    return out
+
+
+def _cli_s(argv: list[str]) -> float:
+    """Seconds one ``mmolove-relay ARGV`` process takes, from spawn to exit."""
+    t0 = time.monotonic()
+    subprocess.run(  # noqa: S603 (our own interpreter and module)
+        [procs.PYTHON, "-m", "relay.cli", *argv],
+        check=True,
+        capture_output=True,
+        cwd=procs.relay_src,
+        env={**os.environ, **procs.relay_src_env()},
+    )
+    return round(time.monotonic() - t0, 3)
 
 
 # -- plumbing ------------------------------------------------------------------------------
