@@ -113,8 +113,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[INGEST].settings.ingest_token
+    if token is None:
+        return await handler(request)
     own_auth = request.path == _OWN_AUTH_PREFIX or request.path.startswith(_OWN_AUTH_PREFIX + "/")
-    if token is not None and request.path not in _PUBLIC_PATHS and not own_auth:
+    if request.path not in _PUBLIC_PATHS and not own_auth:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         # surrogateescape: header bytes that are not UTF-8 must compare unequal, not crash.
         if not hmac.compare_digest(

@@ -54,8 +54,12 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidEvent(
             400, "invalid_json", f"the body is not UTF-8 ({exc.reason}); send UTF-8 encoded JSON."
         ) from exc
+    if text.startswith("\ufeff"):
+        raise InvalidEvent(
+            400, "invalid_json", "the body starts with a byte order mark; send JSON without it."
+        )
     try:
-        return json.loads(text, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidEvent(
             400,
@@ -151,10 +155,7 @@ def validate(
 
 
 def _dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
-    # Compact separators and raw UTF-8: the exact byte form MMOLove's examples sign.
-    text = json.dumps(
-        obj, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys, allow_nan=False
-    )
+    text = (_SORTED if sort_keys else _COMPACT).encode(obj)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -251,3 +252,12 @@ def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise InvalidEvent(400, "invalid_json", f"{name} is not valid JSON; send a finite number.")
+
+
+# Built once: json.loads and json.dumps with options build a new decoder or encoder per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant)
+# Compact separators and raw UTF-8: the exact byte form MMOLove's examples sign.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_SORTED = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
+)

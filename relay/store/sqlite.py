@@ -595,6 +595,8 @@ class SqliteOutbox:
         return not self.reserve.full
 
     async def _refresh_disk(self) -> None:
+        if time.monotonic() - self._disk_checked_at < _DISK_CHECK_EVERY_S:
+            return  # checked within the second: the common case costs no lock
         async with self._disk_lock:
             if time.monotonic() - self._disk_checked_at >= _DISK_CHECK_EVERY_S:
                 self._free_bytes = await asyncio.to_thread(self.reserve.refresh)
@@ -706,7 +708,8 @@ async def _connect(path: Path) -> aiosqlite.Connection:
 
 
 def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
-    """The writer's connection, made and used on the writer's thread only.
+    """The writer's connection, made off the event loop and then used on the writer's thread
+    only.
 
     Every write queues behind the one before, so the writer's wait for a foreign lock is
     what bounds an ingest's wait: ``lock_timeout_s`` replaces SQLite's 5 s here.

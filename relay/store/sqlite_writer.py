@@ -3,18 +3,23 @@
 Whatever is queued when the writer comes round is run in one transaction and committed
 once, so a burst of concurrent ingests costs one fsync; each caller is answered only after
 the commit that holds its write. SQLite serialises writers anyway, so one queue costs
-nothing and keeps every transaction whole. Jobs are plain functions of the connection: a
-whole group (BEGIN, every job, COMMIT) runs in one hop to the writer's thread, so the event
-loop pays one wake-up per transaction, not one per statement.
+nothing and keeps every transaction whole.
+
+The writer's thread takes jobs straight from a thread-safe queue: as soon as one commit is
+done it starts the next with whatever arrived meanwhile, without waiting for the event
+loop, and hands each group's results back in one loop callback. Jobs are plain functions of
+the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -23,122 +28,152 @@ from relay.errors import OutboxError, OutboxUnavailable
 
 log = structlog.get_logger("relay.outbox")
 Job = Callable[[sqlite3.Connection], Any]
+Queued = tuple[Job, asyncio.Future[Any]]
 GROUP_MAX = 512  # queued jobs folded into one transaction at most
+
+
+@dataclass
+class _Outcome:
+    """What one group's transaction came to, carried from the writer's thread to the loop."""
+
+    results: list[Any] | None = None
+    error: BaseException | None = None
+    full_handler_error: BaseException | None = None
 
 
 class Writer:
     """Runs write jobs on ``db`` in grouped transactions; ``run`` returns a job's result.
 
-    ``db`` is used only on ``thread`` (one worker), which the writer owns and shuts down.
+    ``db`` is used only on the writer's own thread, which ``close`` stops.
     """
 
-    def __init__(
-        self,
-        db: sqlite3.Connection,
-        thread: ThreadPoolExecutor,
-        on_full: Job | None = None,
-    ) -> None:
+    def __init__(self, db: sqlite3.Connection, on_full: Job | None = None) -> None:
         self.db = db
-        self._thread = thread
         self._on_full = on_full  # run on the writer's thread after a write met a full disk
         self.commits = 0  # transactions committed: with group commit, fewer than jobs
         self.jobs = 0
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
-        self._task = asyncio.create_task(self._loop(), name="outbox-writer")
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[Queued | None] = queue.SimpleQueue()  # None: stop
+        self._closing = False
+        self._stopped: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._work, name="outbox-writer", daemon=True)
+        self._thread.start()
 
     async def run(self, job: Job) -> Any:
         """Queue a job; return its result once its transaction is committed."""
-        if self._task.done():
+        if self._closing:
             raise OutboxUnavailable(
                 "the outbox is closed; the relay is stopping. Retry in a few seconds.",
                 retry_after_s=2,
             )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((job, future))
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((job, future))
         return await future
 
     @classmethod
     async def open(
         cls, connect: Callable[[], sqlite3.Connection], *, on_full: Job | None = None
     ) -> Writer:
-        """Make the connection on the writer's own thread with ``connect``."""
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
-        try:
-            db = await asyncio.get_running_loop().run_in_executor(thread, connect)
-        except BaseException:
-            thread.shutdown(wait=False)
-            raise
-        return cls(db, thread, on_full)
+        """Make the connection with ``connect``, off the event loop."""
+        # The connection moves to the writer's thread, which is the only one to use it.
+        db = await asyncio.to_thread(connect)
+        return cls(db, on_full)
 
     async def close(self) -> None:
         """Commit what is queued, stop, and close the connection."""
-        await self._queue.join()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.db.close)
-        self._thread.shutdown()
+        if not self._closing:
+            self._closing = True
+            self._queue.put(None)
+        await asyncio.shield(self._stopped)
 
-    async def _loop(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            while len(group) < GROUP_MAX and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            try:
-                await self._commit(group)
-            finally:
-                for _ in group:
-                    self._queue.task_done()
+    # -- on the writer's thread ------------------------------------------------------------
 
-    async def _commit(self, group: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        """One transaction for the group: all its jobs commit, or none and all hear why."""
-        jobs = [job for job, _ in group]
+    def _work(self) -> None:
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._transaction, jobs
-            )
+            while (group := self._next_group()) is not None:
+                outcome = self._transaction([job for job, _ in group])
+                self._loop.call_soon_threadsafe(self._settle, group, outcome)
+        finally:
+            self.db.close()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                self._loop.call_soon_threadsafe(_resolve, self._stopped, None)
+
+    def _next_group(self) -> list[Queued] | None:
+        """Wait for a job, then take whatever else is queued; None once told to stop."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        group = [first]
+        while len(group) < GROUP_MAX:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # stop after this group: put the signal back for the next turn
+                self._queue.put(None)
+                break
+            group.append(item)
+        return group
+
+    def _transaction(self, jobs: list[Job]) -> _Outcome:
+        """BEGIN, every job in order, COMMIT; ROLLBACK if any fails."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                results = [job(self.db) for job in jobs]
+                self.db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (disk full) may have ended the transaction already.
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
-            log.error("outbox.write_failed", error=str(exc), writes=len(group))
+            outcome = _Outcome(error=exc)
             if self._on_full is not None and "full" in str(exc):
                 try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._on_full, self.db
-                    )
-                except Exception:  # the writer must outlive a failed rescue
-                    log.exception("outbox.disk_full_handler_failed")
-            _fail(group, _unavailable(exc))
-            return
+                    self._on_full(self.db)
+                except Exception as rescue:  # the writer must outlive a failed rescue
+                    outcome.full_handler_error = rescue
+            return outcome
         except Exception as exc:  # a bug in a job: fail its callers, keep the writer alive
-            log.exception("outbox.write_crashed", writes=len(group))
-            _fail(
-                group,
-                OutboxError(
-                    f"the outbox write failed unexpectedly ({exc!r}) and was rolled back; this "
-                    "is a relay bug: report the log line."
-                ),
-            )
+            return _Outcome(error=exc)
+        return _Outcome(results=results)
+
+    # -- back on the event loop ------------------------------------------------------------
+
+    def _settle(self, group: list[Queued], outcome: _Outcome) -> None:
+        """Answer every caller of the group: its result, or why nothing was stored."""
+        if outcome.results is not None:
+            self.commits += 1
+            self.jobs += len(group)
+            for (_, future), result in zip(group, outcome.results, strict=True):
+                _resolve(future, result)
             return
-        self.commits += 1
-        self.jobs += len(group)
-        for (_, future), result in zip(group, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        error = outcome.error
+        if isinstance(error, sqlite3.Error):
+            log.error("outbox.write_failed", error=str(error), writes=len(group))
+            if outcome.full_handler_error is not None:
+                log.error(
+                    "outbox.disk_full_handler_failed", error=repr(outcome.full_handler_error)
+                )
+            _fail(group, _unavailable(error))
+            return
+        log.error("outbox.write_crashed", writes=len(group), error=repr(error))
+        _fail(
+            group,
+            OutboxError(
+                f"the outbox write failed unexpectedly ({error!r}) and was rolled back; this "
+                "is a relay bug: report the log line."
+            ),
+        )
 
-    def _transaction(self, jobs: list[Job]) -> list[Any]:
-        """On the writer's thread: BEGIN, every job in order, COMMIT; ROLLBACK if any fails."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            results = [job(self.db) for job in jobs]
-            self.db.execute("COMMIT")
-        except BaseException:
-            # A failed COMMIT (disk full) may have ended the transaction already.
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        return results
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # its caller may have given up (cancelled) meanwhile
+        future.set_result(result)
 
 
-def _fail(group: list[tuple[Job, asyncio.Future[Any]]], error: Exception) -> None:
+def _fail(group: list[Queued], error: Exception) -> None:
     for _, future in group:
         if not future.done():
             future.set_exception(error)
