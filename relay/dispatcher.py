@@ -179,7 +179,9 @@ class Dispatcher:
             task = asyncio.create_task(self._attempt(record), name=f"deliver-{record.id}")
             self._tasks[task] = record
             task.add_done_callback(self._task_done)
-        if claimed and len(self._tasks) < s.concurrency:
+        if len(self._tasks) >= s.concurrency:
+            return _IDLE_WAIT_S  # nothing can start before a task ends, and that wakes us
+        if claimed:
             return 0.0  # there may be more due right now
         return await self._time_to_next(now, active)
 
