@@ -1,6 +1,10 @@
 """The running relay's HTTP API as the operator commands call it, and the exit codes they end
 with: 0 done, 1 the relay or MMOLove refused, 2 usage, 3 configuration or start-up failure,
 4 the relay is unreachable or unavailable (try again later).
+
+Plain ``urllib``: a command is one process making a request or two, so it needs no event
+loop, and the outbox-file fallback (``relay.offline``, which builds the daemon's API) is
+imported only when that fallback is taken.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from typing import Any
 
 import tenacity
 
-from relay import offline
 from relay.config import Listen, base_url, load_settings
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
@@ -74,6 +77,8 @@ class Daemon:
         return _answer(status, answer)
 
     def _from_file(self, db: Path, path: str) -> Any:
+        from relay import offline  # the daemon's API on the file: aiohttp and the store
+
         print(
             f"(read from the outbox file {db}, read-only: the daemon is not answering, so "
             "pauses and the circuit are not known)",
