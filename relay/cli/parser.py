@@ -4,8 +4,8 @@ which runs one and turns its errors into a message and an exit code (``relay.cli
 The only place that reads ``os.environ``; the handlers are given it.
 
 Kept light: ``--help`` and the read commands import neither the daemon, the sandbox nor
-aiohttp. The commands of ``relay.cli.run`` and ``relay.cli.checks`` need those, so their
-modules are imported only when one of their commands runs (``_later``).
+aiohttp. The commands of ``relay.cli.run`` need those, so that module is imported only when
+one of its commands runs (``_later``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import commands
+from relay.cli import checks, commands
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -273,7 +273,7 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     test = command(
         "test",
         "send a signed test event straight to MMOLove: proves the secret, header and clock",
-        _later("checks", "test"),
+        checks.test,
     )
     test.add_argument("--server-id", help="which configured server (default: each)")
     test.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -281,7 +281,7 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     check = command(
         "check-config",
         "validate the configuration and print it, secrets masked, with where each value came from",
-        _later("checks", "check_config"),
+        checks.check_config,
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
     check.add_argument(
@@ -293,14 +293,14 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     sign = command(
         "sign",
         "print the signature header for the body on stdin (debug an integration)",
-        _later("checks", "sign"),
+        checks.sign,
     )
     sign.add_argument("--server-id", help="which configured server's secret")
     sign.add_argument("--ts", type=int, help="signing time t in Unix seconds (default now)")
     sign.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     alert_test = command(
-        "alert-test", "send a test message to every alert target", _later("checks", "alert_test")
+        "alert-test", "send a test message to every alert target", checks.alert_test
     )
     alert_test.add_argument("--json", action="store_true", help="print JSON for scripts")
 
