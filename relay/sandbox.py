@@ -23,11 +23,11 @@ from typing import Any, TypeGuard
 from aiohttp import hdrs, web
 
 from relay import config
+from relay.demo import DEMO_SECRET as DEMO_SECRET
+from relay.demo import DEMO_SERVER_ID as DEMO_SERVER_ID
+from relay.demo import EVENT_PATH as EVENT_PATH
 from relay.signing import HEADER, ParsedSignature, parse_header, verify
 
-DEMO_SERVER_ID = "srv-demo"
-DEMO_SECRET = "demo-secret-not-for-production"
-EVENT_PATH = "/api/referral/events"
 WINDOW_S = 300
 EVENTS = ("registered", "qualified", "reversed")
 

@@ -1,25 +1,25 @@
 """The commands that need only the configuration: ``check-config``, ``sign``, ``test``
 (a signed test event straight to MMOLove, proving the secret, header and clock) and
 ``alert-test`` (a test message to every alert target).
+
+The last two import the sender or the alert targets, and with them aiohttp, when they run:
+``check-config`` and ``sign`` stay as quick to start as the rest of the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from relay.alerts.targets import send_test
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandFailed, Environ
 from relay.cli.tables import print_json
 from relay.config import ServerConfig, Settings, describe, load_settings, mask_url, sources
 from relay.errors import DeliveryError, SenderPaused
 from relay.events import validate
-from relay.sender import Sender
 from relay.signing import HEADER, signature_header
 
 
@@ -74,6 +74,8 @@ def sign(args: argparse.Namespace, environ: Environ) -> int:
 
 
 def test(args: argparse.Namespace, environ: Environ) -> int:
+    import asyncio
+
     settings = load_settings(environ, args.config)
     servers = [_server(settings, args.server_id)] if args.server_id else settings.servers
     results = asyncio.run(_test_servers(settings, [s.server_id for s in servers]))
@@ -86,6 +88,8 @@ def test(args: argparse.Namespace, environ: Environ) -> int:
 
 
 async def _test_servers(settings: Settings, server_ids: Sequence[str]) -> list[dict[str, Any]]:
+    from relay.sender import Sender
+
     sender = Sender(
         settings.endpoint,
         concurrency=1,
@@ -183,6 +187,10 @@ def _server(settings: Settings, server_id: str | None) -> ServerConfig:
 
 
 def alert_test(args: argparse.Namespace, environ: Environ) -> int:
+    import asyncio
+
+    from relay.alerts.targets import send_test
+
     settings = load_settings(environ, args.config, require_servers=False)
     if not settings.alerts:
         print(

@@ -1,6 +1,10 @@
 """The running relay's HTTP API as the operator commands call it, and the exit codes they end
 with: 0 done, 1 the relay or MMOLove refused, 2 usage, 3 configuration or start-up failure,
 4 the relay is unreachable or unavailable (try again later).
+
+Plain ``urllib``: a command is one process making a request or two, so it needs no event
+loop, and the outbox-file fallback (``relay.offline``, which builds the daemon's API) is
+imported only when that fallback is taken.
 """
 
 from __future__ import annotations
@@ -15,9 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tenacity
-
-from relay import offline
 from relay.config import Listen, base_url, load_settings
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
@@ -50,17 +51,9 @@ class Daemon:
         """One request; a failure raises ``CommandFailed`` saying what to do."""
         if self._db is not None:
             return self._from_file(self._db, path)
-        # A relay that is restarting is unreachable or answers 503 for a moment: a script
-        # can ask to wait that out instead of failing at once.
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(wait_s),
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
-            retry=tenacity.retry_if_exception_type(OSError)
-            | tenacity.retry_if_result(lambda answer: answer[0] == 503),
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-        )
+        request = (method, self.base + path, body, self._token)
         try:
-            status, answer = retrying(http_json, method, self.base + path, body, self._token)
+            status, answer = _patiently(wait_s, *request) if wait_s else http_json(*request)
         except OSError as exc:
             if self._reads_file and method == "GET" and self._settings.db_path.is_file():
                 return self._from_file(self._settings.db_path, path)
@@ -74,12 +67,29 @@ class Daemon:
         return _answer(status, answer)
 
     def _from_file(self, db: Path, path: str) -> Any:
+        from relay import offline  # the daemon's API on the file: aiohttp and the store
+
         print(
             f"(read from the outbox file {db}, read-only: the daemon is not answering, so "
             "pauses and the circuit are not known)",
             file=sys.stderr,
         )
         return _answer(*offline.read(self._settings, db, path))
+
+
+def _patiently(wait_s: float, *request: Any) -> tuple[int, dict[str, Any]]:
+    """``http_json`` again for up to ``wait_s`` while the relay is unreachable or answers 503,
+    as it does for a moment while restarting; then its last answer or error."""
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(wait_s),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
+        retry=tenacity.retry_if_exception_type(OSError)
+        | tenacity.retry_if_result(lambda answer: answer[0] == 503),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    return retrying(http_json, *request)
 
 
 def _answer(status: int, answer: dict[str, Any]) -> Any:

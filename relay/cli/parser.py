@@ -2,11 +2,16 @@
 which runs one and turns its errors into a message and an exit code (``relay.cli.client``).
 
 The only place that reads ``os.environ``; the handlers are given it.
+
+Kept light: ``--help`` and the read commands import neither the daemon, the sandbox nor
+aiohttp. The commands of ``relay.cli.run`` need those, so that module is imported only when
+one of its commands runs (``_later``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import checks, commands, run
+from relay.cli import checks, commands
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -24,8 +29,8 @@ from relay.cli.client import (
     Environ,
 )
 from relay.config import ENVIRONMENT
+from relay.demo import DEMO_SECRET, DEMO_SERVER_ID, EVENT_PATH
 from relay.errors import ConfigError, OutboxError
-from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, EVENT_PATH
 
 Handler = Callable[[argparse.Namespace, Environ], int]
 EVENTS = ["registered", "qualified", "reversed"]
@@ -57,6 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _later(module: str, name: str) -> Handler:
+    """The handler ``relay.cli.<module>.<name>``, its module imported when the command runs."""
+
+    def handler(args: argparse.Namespace, environ: Environ) -> int:
+        run: Handler = getattr(importlib.import_module(f"relay.cli.{module}"), name)
+        return run(args, environ)
+
+    return handler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +119,7 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     command(
         "serve",
         "run the relay daemon",
-        run.serve,
+        _later("run", "serve"),
         description="Run the relay: take events on the ingest API, store them durably and "
         "deliver them to MMOLove, signed. SIGHUP reloads servers and secrets; SIGTERM drains.",
         epilog=f"environment (over the config file, over the defaults):\n{variables}",
@@ -114,7 +129,7 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     sandbox = command(
         "sandbox",
         "run a local MMOLove stand-in that verifies signatures, idempotency and the state machine",
-        run.sandbox,
+        _later("run", "sandbox"),
         epilog=f"With no --server it knows one server, {DEMO_SERVER_ID}, whose secret is the "
         f"public demo secret {DEMO_SECRET}. Point a relay at it with:\n"
         f"  MMOLOVE_ENDPOINT=http://127.0.0.1:8788{EVENT_PATH} "
@@ -142,7 +157,7 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "demo",
         "start a sandbox and a relay, send a registered, a qualified and a test event, "
         "and show them land",
-        run.demo,
+        _later("run", "demo"),
     )
     demo.add_argument("--timeout-s", type=float, default=20.0)
 
@@ -151,7 +166,7 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "copy a SQLite outbox (every event, its state and delivery log, the ledger and the "
         "rejected inputs) into PostgreSQL; stop the relay first, and run again safely if "
         "interrupted",
-        run.migrate_outbox,
+        _later("run", "migrate_outbox"),
     )
     move.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db")
     move.add_argument(

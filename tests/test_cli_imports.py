@@ -1,0 +1,77 @@
+"""The command line starts light: ``--help``, the read commands and ``check-config`` run in a
+fresh interpreter without importing aiohttp, the daemon, the sandbox, the console or jinja2.
+
+Start-up time is measured by the bench (``python -m bench --only cli``); this checks the cause.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HEAVY = ["aiohttp", "aiohttp.client", "relay.daemon", "relay.sandbox", "relay.console", "jinja2"]
+
+# Runs one command through the console script's entry point, in process, then prints its exit
+# code and the modules it imported.
+_RUN = """
+import contextlib, io, json, sys
+from relay.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """A loopback port that is bound but not listening: a connection to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (["--help"], 0),
+        (["status", "--help"], 0),
+        (["status", "--url", "{url}"], 4),
+        (["events", "list", "--url", "{url}"], 4),
+        (["player", "p1", "--url", "{url}"], 4),
+        (["rejected", "--url", "{url}"], 4),
+        (["check-config"], 0),
+    ],
+)
+def test_command_imports_nothing_heavy(
+    command: list[str], code: int, refusing_url: str, tmp_path: Path
+) -> None:
+    # No outbox file in the working directory, so an unreachable relay ends the command (4)
+    # rather than sending it to read the file.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMOLOVE")}
+    env.pop("STATE_DIRECTORY", None)
+    env.update(MMOLOVE_SERVER_ID="srv-1", MMOLOVE_SECRET="secret-1")
+    argv = [arg.format(url=refusing_url) for arg in command]
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["code"] == code
+    imported = [name for name in HEAVY if name in result["modules"]]
+    assert not imported, f"mmolove-relay {' '.join(argv)} imported {imported}"
