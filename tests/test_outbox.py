@@ -120,6 +120,43 @@ async def test_concurrent_adds_share_transactions(sqlite_outbox: SqliteOutbox) -
     assert outbox.writer.commits - before < 100, outbox.writer.commits - before
 
 
+async def test_one_key_sent_concurrently_is_stored_once(outbox: Outbox) -> None:
+    """Concurrent adds share one commit (one statement on SQLite): the same key in it is
+    stored once, its repeats are duplicates, and a different payload is a conflict."""
+    same = event(registered("t", "p"))
+    other = event(registered("t", "p", test=True))
+    bystander = event(registered("u", "q"))
+    results = await asyncio.gather(
+        *(outbox.add([ev], NOW) for ev in (same, bystander, same, other, same))
+    )
+    answers = [r[0] for r in results]
+    repeats = [answers[i] for i in (0, 2, 4)]  # which of them arrives first is not fixed
+    assert sorted(a.created for a in repeats) == [False, False, True]
+    assert not any(a.conflict for a in repeats)
+    assert answers[3].conflict and not answers[3].created
+    assert answers[1].created and not answers[1].conflict
+    assert len({answers[i].id for i in (0, 2, 3, 4)}) == 1
+    assert answers[1].id != answers[0].id
+    record = await outbox.get(answers[0].id)
+    assert record is not None and record.body == same.body
+    # One batch naming a new key twice: the second is the first's duplicate.
+    fresh = event(registered("v", "r"))
+    first, second = await outbox.add([fresh, fresh], NOW)
+    assert (first.created, second.created, second.id) == (True, False, first.id)
+
+
+async def test_stored_bodies_keep_their_exact_bytes(outbox: Outbox) -> None:
+    """The body signed later is byte for byte the one validated: non-ASCII text, escapes,
+    quotes and backslashes included, however many events share the commit."""
+    texts = ["игрок «1»", 'quote " and \\ backslash', "line\u2028separator \\u0041", "😀 emoji"]
+    events = [event(registered(f"tok-{i}", text)) for i, text in enumerate(texts)]
+    results = await asyncio.gather(*(outbox.add([ev], NOW) for ev in events))
+    for ev, [added] in zip(events, results, strict=True):
+        record = await outbox.get(added.id)
+        assert record is not None and record.body == ev.body, (record, ev.body)
+        assert record.created_at == NOW
+
+
 async def test_duplicate_and_conflict_are_reported_not_stored(outbox: Outbox) -> None:
     [first] = await outbox.add([event(registered("t", "p"))], NOW)
     [again] = await outbox.add([event(registered("t", "p"))], NOW + 5)

@@ -41,9 +41,10 @@ from relay.store.contract import (
     Retried,
     claim_rule,
 )
+from relay.store.sqlite_ingest import insert_events
 from relay.store.sqlite_records import SqliteRecords, prune_ledger, to_ledger
 from relay.store.sqlite_schema import EVENT_COLUMNS, migrate
-from relay.store.sqlite_writer import Writer
+from relay.store.sqlite_writer import Batched, Writer
 
 log = structlog.get_logger("relay.outbox")
 
@@ -147,49 +148,7 @@ class SqliteOutbox:
         await self._check_disk()
         await self._check_file()
 
-        def insert(db: sqlite3.Connection) -> list[Added]:
-            results = []
-            for ev in events:
-                rows = db.execute(
-                    "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
-                    " body, fingerprint, created_at, next_attempt_at, referee_identity)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING RETURNING id",
-                    (
-                        ev.server_id,
-                        ev.token,
-                        ev.event,
-                        ev.server_event_id,
-                        ev.rank,
-                        ev.test,
-                        ev.body,
-                        ev.fingerprint,
-                        now,
-                        now,
-                        ev.referee_identity if ev.event == "registered" else None,
-                    ),
-                ).fetchall()
-                if rows:
-                    results.append(
-                        Added(
-                            id=next(iter(rows))[0], status="pending", created=True, conflict=False
-                        )
-                    )
-                    continue
-                found = db.execute(
-                    "SELECT id, status, fingerprint FROM events WHERE token = ? AND server_id = ?"
-                    " AND event = ? AND server_event_id = ?",
-                    (ev.token, ev.server_id, ev.event, ev.server_event_id),
-                ).fetchall()
-                row = next(iter(found))
-                results.append(
-                    Added(
-                        id=row[0], status=row[1], created=False, conflict=row[2] != ev.fingerprint
-                    )
-                )
-            return results
-
-        results: list[Added] = await self._write(insert)
+        results: list[Added] = await self.writer.run(Batched(insert_events, (events, now)))
         if any(r.created for r in results):
             self.new_events.set()
         return results

@@ -28,7 +28,18 @@ from relay.errors import OutboxError, OutboxUnavailable
 
 log = structlog.get_logger("relay.outbox")
 Job = Callable[[sqlite3.Connection], Any]
-Queued = tuple[Job, asyncio.Future[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Batched:
+    """A write of which every queued instance runs in one call: ``run(db, items)`` gets the
+    ``item`` of each, in queue order, and answers each in the same order."""
+
+    run: Callable[[sqlite3.Connection, list[Any]], list[Any]]
+    item: Any
+
+
+Queued = tuple[Job | Batched, asyncio.Future[Any]]
 GROUP_MAX = 512  # queued jobs folded into one transaction at most
 
 
@@ -59,7 +70,7 @@ class Writer:
         self._thread = threading.Thread(target=self._work, name="outbox-writer", daemon=True)
         self._thread.start()
 
-    async def run(self, job: Job) -> Any:
+    async def run(self, job: Job | Batched) -> Any:
         """Queue a job; return its result once its transaction is committed."""
         if self._closing:
             raise OutboxUnavailable(
@@ -115,12 +126,13 @@ class Writer:
             group.append(item)
         return group
 
-    def _transaction(self, jobs: list[Job]) -> _Outcome:
-        """BEGIN, every job in order, COMMIT; ROLLBACK if any fails."""
+    def _transaction(self, jobs: list[Job | Batched]) -> _Outcome:
+        """BEGIN, every job in order (batched ones together, last), COMMIT; ROLLBACK if any
+        fails. Reordering is safe: jobs in one group were all queued concurrently."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                results = [job(self.db) for job in jobs]
+                results = self._run_jobs(jobs)
                 self.db.execute("COMMIT")
             except BaseException:
                 # A failed COMMIT (disk full) may have ended the transaction already.
@@ -139,6 +151,20 @@ class Writer:
             return _Outcome(error=exc)
         return _Outcome(results=results)
 
+    def _run_jobs(self, jobs: list[Job | Batched]) -> list[Any]:
+        results: list[Any] = [None] * len(jobs)
+        batches: dict[Callable[[sqlite3.Connection, list[Any]], list[Any]], list[int]] = {}
+        for index, job in enumerate(jobs):
+            if isinstance(job, Batched):
+                batches.setdefault(job.run, []).append(index)
+            else:
+                results[index] = job(self.db)
+        for run, places in batches.items():
+            answers = run(self.db, [jobs[place].item for place in places])  # type: ignore[union-attr]
+            for place, answer in zip(places, answers, strict=True):
+                results[place] = answer
+        return results
+
     # -- back on the event loop ------------------------------------------------------------
 
     def _settle(self, group: list[Queued], outcome: _Outcome) -> None:
@@ -153,9 +179,7 @@ class Writer:
         if isinstance(error, sqlite3.Error):
             log.error("outbox.write_failed", error=str(error), writes=len(group))
             if outcome.full_handler_error is not None:
-                log.error(
-                    "outbox.disk_full_handler_failed", error=repr(outcome.full_handler_error)
-                )
+                log.error("outbox.disk_full_handler_failed", error=repr(outcome.full_handler_error))
             _fail(group, _unavailable(error))
             return
         log.error("outbox.write_crashed", writes=len(group), error=repr(error))
