@@ -216,8 +216,11 @@ def body_guard(settings: Settings) -> Any:
         in_flight += size
         try:
             try:
-                async with asyncio.timeout(settings.body_timeout_s):
-                    await request.read()
+                if request.content.is_eof():
+                    await request.read()  # all there already (the usual small event): no wait
+                else:
+                    async with asyncio.timeout(settings.body_timeout_s):
+                        await request.read()
             except TimeoutError:
                 log.info("api.body_timeout", path=request.path, timeout_s=settings.body_timeout_s)
                 response = error_response(

@@ -7,6 +7,7 @@ The only module that touches aiohttp's client. MMOLove's 200 with ``"ok": true``
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import time
@@ -203,7 +204,10 @@ def clock_skew(date: str | None, now: float | None = None) -> float | None:
     return None if when is None else when - (time.time() if now is None else now)
 
 
+@functools.lru_cache(maxsize=4)
 def _http_date(value: str) -> float | None:
+    # Cached: a Date header names whole seconds, so at a thousand answers a second nearly
+    # every one repeats the last, and parsing it is a tenth of an answer's cost.
     try:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
