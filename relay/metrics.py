@@ -34,6 +34,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._ingested: dict[tuple[str, str], Counter] = {}
         self.ingested = Counter(
             f"{_PREFIX}_events_ingested",
             "Events stored by ingest (duplicates not counted).",
@@ -100,6 +101,14 @@ class Metrics:
             ["server_id"],
             registry=r,
         )
+
+    def count_ingested(self, server_id: str, event: str) -> None:
+        """Count one stored event. Its labelled child is looked up once per pair: ``labels``
+        takes a lock and builds a key on every call, on the path of every ingest."""
+        child = self._ingested.get((server_id, event))
+        if child is None:
+            child = self._ingested[(server_id, event)] = self.ingested.labels(server_id, event)
+        child.inc()
 
     def attempt(self, server_id: str, outcome: str, *, delivered: bool, seconds: float) -> None:
         """Count one finished delivery attempt."""

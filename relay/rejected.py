@@ -106,6 +106,8 @@ REJECTIONS = web.AppKey("rejections", Rejections)
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost on the ingest app: sees every answer, including the error middleware's."""
     response = await handler(request)
+    if response.status < 400 and BATCH_REJECTS not in request:
+        return response  # accepted whole: the common case costs two comparisons
     if request.method != "POST" or request.path not in INGEST_PATHS:
         return response
     rejections = request.app.get(REJECTIONS)
