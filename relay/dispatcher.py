@@ -92,6 +92,9 @@ class Dispatcher:
         )
         self._pacer = Pacer(settings.max_send_rate_per_s, burst=settings.concurrency)
         self._tasks: dict[asyncio.Task[None], EventRecord] = {}
+        # Tasks whose answer is in and only their outcome is being written: their slot is
+        # free already, so the next claim is queued beside that write.
+        self._finishing = 0
         self._wake = asyncio.Event()
 
     def reload(self, servers: Sequence[ServerConfig]) -> None:
@@ -154,7 +157,7 @@ class Dispatcher:
         self._outbox.new_events.clear()
         now = self._clock()
         s = self._settings
-        free = s.concurrency - len(self._tasks)
+        free = s.concurrency - self._sending
         if free <= 0:
             return _IDLE_WAIT_S
         if not await self._outbox.can_deliver():
@@ -179,8 +182,8 @@ class Dispatcher:
             task = asyncio.create_task(self._attempt(record), name=f"deliver-{record.id}")
             self._tasks[task] = record
             task.add_done_callback(self._task_done)
-        if len(self._tasks) >= s.concurrency:
-            return _IDLE_WAIT_S  # nothing can start before a task ends, and that wakes us
+        if self._sending >= s.concurrency:
+            return _IDLE_WAIT_S  # nothing can start before a send ends, and that wakes us
         if claimed:
             return 0.0  # there may be more due right now
         return await self._time_to_next(now, active)
@@ -274,6 +277,10 @@ class Dispatcher:
             log.warning("dispatcher.drain_timeout", released=len(leftover))
 
     @property
+    def _sending(self) -> int:
+        return len(self._tasks) - self._finishing
+
+    @property
     def _lease_s(self) -> float:
         return self._settings.send_timeout_s * 2 + self._settings.drain_timeout_s
 
@@ -309,8 +316,13 @@ class Dispatcher:
             outcome=label,
             detail=detail,
         )
-        if not await self._save(record, outcome, attempt):
-            return
+        self._finishing += 1
+        self._wake.set()
+        try:
+            if not await self._save(record, outcome, attempt):
+                return
+        finally:
+            self._finishing -= 1
         self._metrics.attempt(
             record.server_id,
             label,
