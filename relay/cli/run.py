@@ -45,6 +45,10 @@ def serve(args: argparse.Namespace, environ: Environ) -> int:
     settings = load_settings(environ, args.config)
     logs.configure(settings.log_format)
     _redact(settings)
+    # The outbox's writer thread hands the GIL back at every SQLite step and must take it
+    # again from a busy event loop; by default it waits up to 5 ms for that. 1 ms measured
+    # about 5 % more ingest per second and no more CPU per event (0.3 ms cost more CPU).
+    sys.setswitchinterval(0.001)
     # uvloop: its transports cost less per request than asyncio's, which ingest feels.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve_until_signalled(settings, args.config, environ))
