@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import OutboxError
+from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event, validate
 from relay.store.contract import (
     WAITING_FOR_REGISTERED,
@@ -133,12 +133,15 @@ async def test_one_key_sent_concurrently_is_stored_once(outbox: Outbox) -> None:
     repeats = [answers[i] for i in (0, 2, 4)]  # which of them arrives first is not fixed
     assert sorted(a.created for a in repeats) == [False, False, True]
     assert not any(a.conflict for a in repeats)
-    assert answers[3].conflict and not answers[3].created
-    assert answers[1].created and not answers[1].conflict
+    assert answers[3].conflict
+    assert not answers[3].created
+    assert answers[1].created
+    assert not answers[1].conflict
     assert len({answers[i].id for i in (0, 2, 3, 4)}) == 1
     assert answers[1].id != answers[0].id
     record = await outbox.get(answers[0].id)
-    assert record is not None and record.body == same.body
+    assert record is not None
+    assert record.body == same.body
     # One batch naming a new key twice: the second is the first's duplicate.
     fresh = event(registered("v", "r"))
     first, second = await outbox.add([fresh, fresh], NOW)
@@ -153,7 +156,8 @@ async def test_stored_bodies_keep_their_exact_bytes(outbox: Outbox) -> None:
     results = await asyncio.gather(*(outbox.add([ev], NOW) for ev in events))
     for ev, [added] in zip(events, results, strict=True):
         record = await outbox.get(added.id)
-        assert record is not None and record.body == ev.body, (record, ev.body)
+        assert record is not None
+        assert record.body == ev.body, (record, ev.body)
         assert record.created_at == NOW
 
 
@@ -500,3 +504,25 @@ async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> No
         assert await box.can_deliver()
     finally:
         await box.close()
+
+
+async def test_a_failing_write_fails_its_group_and_the_writer_goes_on(
+    sqlite_outbox: SqliteOutbox,
+) -> None:
+    """A bug in a job, or SQL that fails, rolls back the group it was in and tells every
+    caller why; the next write commits as usual."""
+    writer = sqlite_outbox.writer
+
+    def crash(db: sqlite3.Connection) -> None:
+        raise RuntimeError("a bug")
+
+    def bad_sql(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(OutboxError, match="relay bug"):
+        await writer.run(crash)
+    with pytest.raises(OutboxUnavailable, match="no such table"):
+        await writer.run(bad_sql)
+    [added] = await sqlite_outbox.add([event(registered("after", "p"))], NOW)
+    assert added.created
+    assert await sqlite_outbox.get(added.id) is not None

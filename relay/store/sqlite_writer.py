@@ -8,7 +8,7 @@ nothing and keeps every transaction whole.
 The writer's thread takes jobs straight from a thread-safe queue: as soon as one commit is
 done it starts the next with whatever arrived meanwhile, without waiting for the event
 loop, and hands each group's results back in one loop callback. Jobs are plain functions of
-the connection.
+the connection; ``Batched`` ones of the same kind run as one call (ingest's one INSERT).
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ log = structlog.get_logger("relay.outbox")
 Job = Callable[[sqlite3.Connection], Any]
 
 
+BatchRun = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class Batched:
     """A write of which every queued instance runs in one call: ``run(db, items)`` gets the
     ``item`` of each, in queue order, and answers each in the same order."""
 
-    run: Callable[[sqlite3.Connection, list[Any]], list[Any]]
+    run: BatchRun
     item: Any
 
 
@@ -153,15 +156,16 @@ class Writer:
 
     def _run_jobs(self, jobs: list[Job | Batched]) -> list[Any]:
         results: list[Any] = [None] * len(jobs)
-        batches: dict[Callable[[sqlite3.Connection, list[Any]], list[Any]], list[int]] = {}
-        for index, job in enumerate(jobs):
+        batches: dict[BatchRun, tuple[list[int], list[Any]]] = {}  # places and items
+        for place, job in enumerate(jobs):
             if isinstance(job, Batched):
-                batches.setdefault(job.run, []).append(index)
+                places, items = batches.setdefault(job.run, ([], []))
+                places.append(place)
+                items.append(job.item)
             else:
-                results[index] = job(self.db)
-        for run, places in batches.items():
-            answers = run(self.db, [jobs[place].item for place in places])  # type: ignore[union-attr]
-            for place, answer in zip(places, answers, strict=True):
+                results[place] = job(self.db)
+        for run, (places, items) in batches.items():
+            for place, answer in zip(places, run(self.db, items), strict=True):
                 results[place] = answer
         return results
 
@@ -182,7 +186,7 @@ class Writer:
                 log.error("outbox.disk_full_handler_failed", error=repr(outcome.full_handler_error))
             _fail(group, _unavailable(error))
             return
-        log.error("outbox.write_crashed", writes=len(group), error=repr(error))
+        log.error("outbox.write_crashed", writes=len(group), exc_info=error)
         _fail(
             group,
             OutboxError(
