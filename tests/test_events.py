@@ -75,3 +75,9 @@ def test_control_characters_in_ids_are_refused(field: str, char: str) -> None:
     with pytest.raises(InvalidEvent, match="control character") as caught:
         validate(event, server_ids=["s"], allow_extra_fields=False, now=1733500000.0)
     assert (caught.value.status, caught.value.field) == (422, field)
+
+
+def test_a_byte_order_mark_is_named_in_the_error() -> None:
+    with pytest.raises(InvalidEvent, match="byte order mark") as caught:
+        parse_json(b'\xef\xbb\xbf{"event": "registered"}')
+    assert caught.value.status == 400
