@@ -82,6 +82,20 @@ class EventRecord:
         return out
 
 
+# What ingest stores of one event, in this column order, on either backend.
+INGEST_COLUMNS = (
+    "server_id, token, event, server_event_id, rank, test, body, fingerprint, created_at,"
+    " next_attempt_at, referee_identity"
+)
+
+
+def ingest_values(ev: Event, now: float) -> tuple[Any, ...]:
+    """The values of ``INGEST_COLUMNS`` for one event received at ``now``."""
+    referee = ev.referee_identity if ev.event == "registered" else None
+    return (ev.server_id, ev.token, ev.event, ev.server_event_id, ev.rank, ev.test, ev.body,
+            ev.fingerprint, now, now, referee)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Added:
     """What became of one event handed to ``Outbox.add``."""

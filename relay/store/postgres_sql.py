@@ -11,6 +11,7 @@ import asyncpg
 
 from relay.events import Event
 from relay.store.contract import (
+    INGEST_COLUMNS,
     WAITING_FOR_REGISTERED,
     Added,
     Attempt,
@@ -19,6 +20,7 @@ from relay.store.contract import (
     Outcome,
     Retried,
     claim_rule,
+    ingest_values,
 )
 from relay.store.contract_records import LEDGER_COLUMNS
 
@@ -49,20 +51,10 @@ async def insert(db: Db, events: Sequence[Event], now: float) -> list[Added]:
     results = []
     for ev in events:
         new_id = await db.fetchval(
-            "INSERT INTO events (server_id, token, event, server_event_id, rank, test,"
-            " body, fingerprint, created_at, next_attempt_at, referee_identity)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)"
+            f"INSERT INTO events ({INGEST_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             " ON CONFLICT DO NOTHING RETURNING id",
-            ev.server_id,
-            ev.token,
-            ev.event,
-            ev.server_event_id,
-            ev.rank,
-            ev.test,
-            ev.body,
-            ev.fingerprint,
-            now,
-            ev.referee_identity if ev.event == "registered" else None,
+            *ingest_values(ev, now),
         )
         if new_id is not None:
             results.append(Added(id=new_id, status="pending", created=True, conflict=False))

@@ -16,15 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.events import Event
-from relay.store.contract import Added
+from relay.store.contract import INGEST_COLUMNS, Added, ingest_values
 
 Adds = tuple[Sequence[Event], float]  # one ``add`` call: its events and its ``now``
 Key = tuple[str, str, str, str]  # token, server_id, event, server_event_id: unique
 
-_COLUMNS = (
-    "server_id, token, event, server_event_id, rank, test, body, fingerprint, created_at,"
-    " next_attempt_at, referee_identity"
-)
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PER_STATEMENT = 1000  # rows: 11,000 parameters, well under SQLite's 32,766
 # The rows just added (ids only grow: INTEGER PRIMARY KEY takes the largest plus one).
@@ -48,28 +44,12 @@ def insert_events(db: sqlite3.Connection, groups: list[Adds]) -> list[list[Added
     An existing key is reported, not stored: ``conflict`` if its stored payload differs.
     The same key twice in one group is stored once; the second is its duplicate.
     """
-    rows = [
-        (
-            ev.server_id,
-            ev.token,
-            ev.event,
-            ev.server_event_id,
-            ev.rank,
-            ev.test,
-            ev.body,
-            ev.fingerprint,
-            now,
-            now,
-            ev.referee_identity if ev.event == "registered" else None,
-        )
-        for events, now in groups
-        for ev in events
-    ]
+    rows = [ingest_values(ev, now) for events, now in groups for ev in events]
     newest = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
     for start in range(0, len(rows), _PER_STATEMENT):
         chunk = rows[start : start + _PER_STATEMENT]
         db.execute(
-            f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join([_ROW] * len(chunk))}"
+            f"INSERT INTO events ({INGEST_COLUMNS}) VALUES {', '.join([_ROW] * len(chunk))}"
             " ON CONFLICT DO NOTHING",
             [value for row in chunk for value in row],
         )
