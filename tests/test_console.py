@@ -459,3 +459,15 @@ async def record_until(relay: Relay, event_id: int, check: Any, timeout_s: float
     while not check((await relay.get(f"/v1/events/{event_id}"))[1]):
         assert time.monotonic() < deadline, f"event {event_id} never got there"
         await asyncio.sleep(0.05)
+
+
+async def test_a_bare_ui_leads_to_the_console_with_its_query(start_relay: StartRelay) -> None:
+    """An operator types /ui; the console lives at /ui/ (it answered 404 before)."""
+    relay = await start_relay()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(relay.url + "/ui?status=dead", allow_redirects=False) as response:
+            assert response.status == 308
+            assert response.headers["Location"] == "/ui/?status=dead"
+        async with http.get(relay.url + "/ui") as followed:
+            assert followed.status == 200
+            assert followed.url.path == "/ui/"

@@ -17,7 +17,7 @@ from relay.openapi import document
 from tests.support import Relay, StartRelay, registered
 
 # Served on the same listener, but not part of the JSON API: the console is HTML for people.
-UNDOCUMENTED_PREFIXES = ("/ui/",)
+UNDOCUMENTED = "/ui"
 MAX_BODY_BYTES = 4096
 MAX_BATCH = 3
 
@@ -28,7 +28,8 @@ def app_routes(relay: Relay) -> set[tuple[str, str]]:
     for route in relay.handle._app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         # aiohttp answers HEAD for every GET by itself.
-        if route.method in ("HEAD", "*") or path.startswith(UNDOCUMENTED_PREFIXES):
+        console = path == UNDOCUMENTED or path.startswith(UNDOCUMENTED + "/")
+        if route.method in ("HEAD", "*") or console:
             continue
         routes.add((path, route.method.lower()))
     return routes

@@ -46,7 +46,15 @@ def add_console(app: web.Application) -> None:
     r.add_post("/login", login)
     r.add_post("/logout", logout)
     r.add_static("/static", _HERE / "static")
+    # Before the sub-app: it would answer a bare /ui with its own 404.
+    app.router.add_get(security.PREFIX, _to_console)
     app.add_subapp(security.PREFIX, console)
+
+
+async def _to_console(request: web.Request) -> web.Response:
+    """``/ui`` as an operator types it: the console is at ``/ui/``."""
+    query = f"?{request.query_string}" if request.query_string else ""
+    raise web.HTTPPermanentRedirect(f"{security.PREFIX}/{query}")
 
 
 def _templates() -> jinja2.Environment:
