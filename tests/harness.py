@@ -27,15 +27,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.cli.client import EXIT_CONFIG  # noqa: F401 - for the test modules
 from relay.sandbox import EVENT_PATH, RunningSandbox
 from relay.signing import HEADER
-from tests.support import SECRET, SERVER, eventually, poll, qualified, registered  # noqa: F401
+from tests.support import SECRET, SERVER, eventually
 
 Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
 
-# The server and secret of the conftest sandbox; distinctive, so a leak is unambiguous.
-SERVER_ID = SERVER
 INGEST_TOKEN = "ingest-tok-4f9e2d71"
 CONCURRENCY = 4
 DRAIN_TIMEOUT_S = 5.0
@@ -197,7 +194,7 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
 def relay_env(endpoint: str, db: Path, **overrides: str | None) -> dict[str, str | None]:
     """The environment a container would get; ``overrides`` set or (with None) remove."""
     env: dict[str, str | None] = {
-        "MMOLOVE_SERVER_ID": SERVER_ID,
+        "MMOLOVE_SERVER_ID": SERVER,
         "MMOLOVE_SECRET": SECRET,
         "MMOLOVE_ENDPOINT": endpoint,
         "MMOLOVE_RELAY_LISTEN": "127.0.0.1:0",

@@ -31,9 +31,9 @@ import pytest
 
 from relay.config import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.harness import accepted_keys, eventually, in_progress, key_of, post, registered
-from tests.support import require_tools, unavailable
-from tests.systems import cache_dir, cache_lock, debootstrap, free_port, sh, tail
+from tests.harness import accepted_keys, in_progress, key_of, post
+from tests.support import eventually, free_port, registered, require_tools, unavailable
+from tests.systems import cache_dir, cache_lock, debootstrap, sh, tail
 
 ROOT = Path(__file__).parent.parent
 BASE_TAG = "localhost/mmolove-relay-base:bookworm"

@@ -20,33 +20,28 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.cli.client import EXIT_CONFIG
 from relay.sandbox import RunningSandbox
 from tests.harness import (
     CONCURRENCY,
     DRAIN_TIMEOUT_S,
-    EXIT_CONFIG,
-    SECRET,
-    SERVER_ID,
     Key,
     Spawn,
     accepted_keys,
     cpu_seconds,
-    eventually,
     get_json,
     held_answers,
     in_progress,
     ingest,
     key_of,
     outbox_rows,
-    poll,
     post,
-    qualified,
-    registered,
     relay_env,
     tuning,
     wait_delivered,
     wait_outbox_settled,
 )
+from tests.support import SECRET, SERVER, eventually, poll, qualified, registered
 
 WRONG_SECRET = "s3cret-0b5d83aa-wrong"
 
@@ -444,7 +439,7 @@ async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
         return server if server["paused"] else None
 
     server = await eventually(paused, timeout_s=5, what="the server to pause on 401")
-    assert server["server_id"] == SERVER_ID
+    assert server["server_id"] == SERVER
     assert "401" in server["paused_reason"]
     await asyncio.sleep(0.3)  # time for a retry storm to show, were there one
     assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1}

@@ -5,11 +5,9 @@ versions; then what only SQLite has (file modes, group commit, the file lock).""
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import stat
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -27,35 +25,15 @@ from relay.store.contract import (
     Retried,
 )
 from relay.store.contract_records import AlertState, RejectedFilter, Rejection
-from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_schema import MIGRATIONS
-from tests.support import SERVER, qualified, registered
+from tests.support import SERVER, Backend, qualified, registered
 
 NOW = 1_800_000_000.0
 
 
 def event(body: dict[str, object]) -> Event:
     return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
-
-
-Opener = Callable[[], Awaitable[Outbox]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens the same outbox each time it is called: the contract suite runs on both backends."""
-    if request.param == "sqlite":
-        return functools.partial(SqliteOutbox.open, tmp_path / "outbox.db")
-    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
-    return functools.partial(PostgresOutbox.open, url, where=url, password=password)
-
-
-@pytest.fixture
-async def outbox(open_outbox: Opener):  # type: ignore[no-untyped-def]
-    box = await open_outbox()
-    yield box
-    await box.close()
 
 
 @pytest.fixture
@@ -81,11 +59,11 @@ async def test_file_is_private_and_durable_settings_hold(sqlite_outbox: SqliteOu
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
-async def test_acknowledged_events_survive_reopen(open_outbox: Opener) -> None:
-    box = await open_outbox()
+async def test_acknowledged_events_survive_reopen(backend: Backend) -> None:
+    box = await backend.open()
     [added] = await box.add([event(registered("t", "p"))], NOW)
     await box.close()
-    box = await open_outbox()
+    box = await backend.open()
     try:
         record = await box.get(added.id)
         assert record is not None
@@ -481,8 +459,8 @@ async def test_rejections_are_kept_newest_first_and_bounded(outbox: Outbox) -> N
     assert await outbox.records.count_rejections(NOW + 3) == 2
 
 
-async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> None:
-    box = await open_outbox()
+async def test_alert_state_and_marks_survive_a_reopen(backend: Backend) -> None:
+    box = await backend.open()
     try:
         await box.records.save_alert(AlertState("paused:srv", NOW, NOW, "paused"))
         await box.records.save_alert(AlertState("paused:srv", NOW, NOW + 60, "paused again"))
@@ -492,7 +470,7 @@ async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> No
         await box.records.set_mark("dead", 9.0)
     finally:
         await box.close()
-    box = await open_outbox()
+    box = await backend.open()
     try:
         assert await box.records.alert_states() == {
             "paused:srv": AlertState("paused:srv", NOW, NOW + 60, "paused again")

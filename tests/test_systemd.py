@@ -18,9 +18,9 @@ import pytest
 from relay.config import CREDENTIAL_NAME, Settings
 from relay.guard import FD_RESERVE
 from relay.sandbox import running_sandbox
-from tests.harness import accepted_keys, eventually, in_progress, ingest, key_of, registered, tuning
-from tests.support import require_tools
-from tests.systems import Booted, booted_systemd, copy_checkout, free_port, wheelhouse
+from tests.harness import accepted_keys, in_progress, ingest, key_of, tuning
+from tests.support import eventually, free_port, registered, require_tools
+from tests.systems import Booted, booted_systemd, copy_checkout, wheelhouse
 
 UNIT = Path(__file__).parent.parent / "systemd" / "mmolove-relay.service"
 SHIPPED_EXEC_START = "ExecStart=/opt/mmolove-relay/.venv/bin/mmolove-relay serve"

@@ -24,17 +24,15 @@ from relay.sandbox import RunningSandbox
 from tests.harness import (
     RelayProcess,
     Spawn,
-    eventually,
     get_json,
     in_progress,
     post,
-    registered,
     relay_env,
     tuning,
     wait_outbox_settled,
 )
 from tests.reliability.checker import Tally
-from tests.support import require_tools, unavailable
+from tests.support import eventually, registered, require_tools, unavailable
 
 LOCK_TIMEOUT_S = 0.5
 SQLITE_BUSY_TIMEOUT_S = 5.0  # the outbox connections' busy_timeout, which ingest undercuts

@@ -13,7 +13,8 @@ from pathlib import Path
 import aiohttp
 
 from relay.sandbox import RunningSandbox
-from tests.harness import RelayProcess, Spawn, eventually, ingest, post, registered, relay_env
+from tests.harness import RelayProcess, Spawn, ingest, post, relay_env
+from tests.support import eventually, registered
 
 MIB = 1024 * 1024
 # What the attack run used: just over the 1,024 descriptors a service usually starts with.

@@ -23,9 +23,18 @@ import pytest
 
 from relay.config import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.harness import eventually, qualified, registered
 from tests.reliability.checker import Tally
-from tests.support import SECRET, SERVER, Relay, StartRelay, require_tools, running_relay
+from tests.support import (
+    SECRET,
+    SERVER,
+    Relay,
+    StartRelay,
+    eventually,
+    qualified,
+    registered,
+    require_tools,
+    running_relay,
+)
 
 
 def referrals(prefix: str, n: int) -> list[dict[str, Any]]:
