@@ -82,7 +82,8 @@ async def start_relay(settings: Settings) -> AsyncIterator[StartRelay]:
         yield start
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The SQLite half needs no server, so it belongs to the unit tier.
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.unit), "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The outbox contract runs on both backends: a real SQLite file, a real PostgreSQL."""
     if request.param == "sqlite":

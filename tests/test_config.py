@@ -25,6 +25,8 @@ from relay.sandbox import RunningSandbox
 from tests.harness import Spawn, relay_env
 from tests.support import SECRET, cli, eventually
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).parent.parent / "relay" / "relay.example.toml"
 BASE = {"MMOLOVE_SERVER_ID": "srv-9", "MMOLOVE_SECRET": "s3cr3t"}
 

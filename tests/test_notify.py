@@ -25,6 +25,8 @@ from structlog.testing import capture_logs
 from relay.config import CREDENTIAL_NAME
 from relay.notify import Notifier
 
+pytestmark = pytest.mark.unit
+
 
 class Listener:
     """The service manager's end: a bound datagram socket that collects messages."""

@@ -48,6 +48,7 @@ async def claim(box: Outbox, now: float = NOW, limit: int = 10) -> list[int]:
     return [r.id for r in records]
 
 
+@pytest.mark.unit
 async def test_file_is_private_and_durable_settings_hold(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
@@ -72,12 +73,14 @@ async def test_acknowledged_events_survive_reopen(backend: Backend) -> None:
         await box.close()
 
 
+@pytest.mark.unit
 async def test_second_relay_on_the_same_file_is_refused(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     with pytest.raises(OutboxError, match="another relay is already using"):
         await SqliteOutbox.open(outbox.path)
 
 
+@pytest.mark.unit
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with sqlite3.connect(path) as db:
@@ -86,6 +89,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         await SqliteOutbox.open(path)
 
 
+@pytest.mark.unit
 async def test_concurrent_adds_share_transactions(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     """Group commit: 200 concurrent single-event adds take far fewer than 200 commits."""
@@ -169,6 +173,7 @@ async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
     assert await claim(outbox, now=time.time()) == [qual]
 
 
+@pytest.mark.unit
 async def test_requeue_in_flight_after_a_crash(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
@@ -344,6 +349,7 @@ async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
         await box.close()
 
 
+@pytest.mark.unit
 async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> None:
     """Claim, finish and next_due use indexes: ten times the backlog is not ten times the
     work (a query that walked the pending backlog made delivery crawl at 1,000,000 rows)."""
@@ -352,6 +358,7 @@ async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> N
     assert large < small * 2, (small, large)
 
 
+@pytest.mark.unit
 async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Path) -> None:
     """/readyz's check is the outbox's own: a full disk it finds stops the next add at once."""
     box = await SqliteOutbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
@@ -366,6 +373,7 @@ async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Pa
         await box.close()
 
 
+@pytest.mark.unit
 async def test_records_are_decoded_by_column_name_not_position(
     sqlite_outbox: SqliteOutbox,
 ) -> None:
@@ -484,6 +492,7 @@ async def test_alert_state_and_marks_survive_a_reopen(backend: Backend) -> None:
         await box.close()
 
 
+@pytest.mark.unit
 async def test_a_failing_write_fails_its_group_and_the_writer_goes_on(
     sqlite_outbox: SqliteOutbox,
 ) -> None:

@@ -265,6 +265,7 @@ db.execute("COMMIT")
 """
 
 
+@pytest.mark.serial  # the lock wait is timed in wall-clock seconds
 @pytest.mark.timeout(90)
 async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
