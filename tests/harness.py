@@ -33,6 +33,11 @@ from tests.support import SECRET, SERVER, eventually
 
 Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
 
+# How long a relay process may take to start, or to stop on its own: it imports aiohttp and
+# the daemon, traced by coverage; in the parallel run, beside three other workers on two
+# cores, that took more than 10 s. A bound on a hang, not a promise of speed.
+PROCESS_WAIT_S = 30.0
+
 INGEST_TOKEN = "ingest-tok-4f9e2d71"
 CONCURRENCY = 4
 DRAIN_TIMEOUT_S = 5.0
@@ -107,14 +112,14 @@ class RelayProcess:
         return record
 
     async def ready(self) -> RelayProcess:
-        record = await self.wait_log("relay.ready")
+        record = await self.wait_log("relay.ready", timeout_s=PROCESS_WAIT_S)
         self.url = str(record["listen"])
         return self
 
     def send(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
-    async def exited(self, *, timeout_s: float = 10.0) -> int:
+    async def exited(self, *, timeout_s: float = PROCESS_WAIT_S) -> int:
         """Wait for the process to end and its pipes to drain; returns the exit status."""
         await eventually(
             lambda: self.proc.poll() is not None, timeout_s=timeout_s, what="the relay to exit"

@@ -42,8 +42,7 @@ from tests.test_operate import dead_referral
 from tests.test_rejected import rejected
 
 # The browser lives as long as the module, so the tests and their fixtures share its loop.
-# One browser for the module: under pytest-xdist the module's tests share a worker.
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("console")]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 XSS = "<img src=x onerror=alert(1)>"
 TOKEN = "console-test-token"
 

@@ -92,10 +92,6 @@ def _check(argv: list[str], env: dict[str, str] | None = None) -> None:
     assert done.returncode == 0, f"{argv[0]} failed:\n{done.stdout}{done.stderr}"
 
 
-# Each client is built once: under pytest-xdist the module's tests share a worker.
-pytestmark = pytest.mark.xdist_group("examples")
-
-
 @pytest.fixture(scope="session", params=list(SOURCES))
 def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Client:
     name = request.param
