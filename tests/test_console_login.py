@@ -213,3 +213,29 @@ async def test_the_cookie_is_secure_behind_a_tls_proxy_on_this_machine_only(
         forged = await post_login(http, remote.url, TOKEN, {"X-Forwarded-Proto": "https"})
         assert forged.status == 303
         assert "Secure" not in forged.headers["Set-Cookie"]
+
+
+async def test_a_cookie_made_by_one_replica_of_a_postgresql_fleet_lets_in_at_another(
+    start_relay: StartRelay, pg_url: str, pg_password: str | None
+) -> None:
+    database = {"db_url": pg_url, "db_password": Secret(pg_password) if pg_password else None}
+    a, b = [await remote_relay(start_relay, **database) for _ in range(2)]
+    cookie, _ = await session_from_login(a)
+    assert await let_in(b, cookie)
+    assert await let_in(a, (await session_from_login(b))[0])
+
+
+async def test_a_replica_that_lost_the_race_to_create_the_key_reads_it_again(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas that start on a new database may both write the key: the one whose key
+    was replaced reads the stored one when a cookie made with it arrives."""
+    monkeypatch.setattr(security, "_RELOAD_S", 0.0)
+    relay = await remote_relay(start_relay)
+    mine, _ = await session_from_login(relay)  # this relay holds the key it wrote
+    records = relay.handle.outbox.records
+    for n, name in enumerate(security._KEY_MARKS):  # what the other replica wrote
+        await records.set_mark(name, float(n))
+    theirs = security.session_cookie(await security.SessionKey(records).get(), TOKEN, time.time())
+    assert await let_in(relay, theirs)
+    assert not await let_in(relay, mine)  # the key this relay wrote is gone

