@@ -8,6 +8,7 @@ peer; a client bound to another 127.x.y.z address is a different peer on loopbac
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -239,3 +240,23 @@ async def test_a_replica_that_lost_the_race_to_create_the_key_reads_it_again(
     theirs = security.session_cookie(await security.SessionKey(records).get(), TOKEN, time.time())
     assert await let_in(relay, theirs)
     assert not await let_in(relay, mine)  # the key this relay wrote is gone
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [b"", b"..", b"x", b"99999999999999.a.b", "١٢٣٤٥٦٧٨٩٠١.n.m".encode(), b"9999999999.\xff.\xfe"],
+)
+async def test_a_malformed_session_cookie_leads_to_the_login_form(
+    start_relay: StartRelay, cookie: bytes
+) -> None:
+    relay = await remote_relay(start_relay)
+    host, port = relay.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(  # raw bytes: a client library would not send a cookie that is not UTF-8
+        b"GET /ui/events HTTP/1.1\r\nHost: %s\r\nCookie: %s=%s\r\nConnection: close\r\n\r\n"
+        % (host.encode(), security.COOKIE.encode(), cookie)
+    )
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    assert status_line.split()[1] == b"303"  # to the login form, not a crash

@@ -8,6 +8,7 @@ CSRF token and a matching Origin.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -95,10 +96,12 @@ class SessionKey:
         self._records = records
         self._key: bytes | None = None
         self._read_at = 0.0
+        self._first_read = asyncio.Lock()  # two first requests must not both write a key
 
     async def get(self) -> bytes:
-        if self._key is None:
-            await self._read(create=True)
+        async with self._first_read:
+            if self._key is None:
+                await self._read(create=True)
         assert self._key is not None
         return self._key
 
@@ -137,15 +140,20 @@ def session_valid(key: bytes, token: str, cookie: str, now: float) -> bool:
     token or a new key ends every session."""
     expires, _, rest = cookie.partition(".")
     nonce, _, mac = rest.partition(".")
-    if not (expires.isdigit() and len(expires) <= 12) or int(expires) <= now:
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
         return False
-    return hmac.compare_digest(mac.encode(), _mac(key, token, int(expires), nonce).encode())
+    if int(expires) <= now:
+        return False
+    # surrogateescape: a cookie's bytes that are not UTF-8 must compare unequal, not crash.
+    sent = mac.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, _mac(key, token, int(expires), nonce).encode())
 
 
 def _mac(key: bytes, token: str, expires: int, nonce: str) -> str:
     # The token's hash, not the token: the MAC input need not hold the secret itself.
     token_hash = hashlib.sha256(token.encode()).hexdigest()
-    return hmac.new(key, f"{expires}.{nonce}.{token_hash}".encode(), hashlib.sha256).hexdigest()
+    message = f"{expires}.{nonce}.{token_hash}".encode("utf-8", "surrogateescape")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def over_tls(request: web.Request) -> bool:
