@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay.admin import local_peer
 from relay.console.state import settings
+from relay.origins import CONSOLE_PREFIX, hostname, local_peer, loopback_name
 
 COOKIE = "relay_console"
-PREFIX = "/ui"
+PREFIX = CONSOLE_PREFIX
 _OPEN_PATHS = (f"{PREFIX}/login", f"{PREFIX}/static/console.css")
 # No inline script or style anywhere: the one script and the one stylesheet are our files.
 CSP = (
@@ -58,20 +57,7 @@ def this_machine(request: web.Request) -> bool:
     its own name to 127.0.0.1 (DNS rebinding) arrives under that name and is not trusted."""
     if not local_peer(request):
         return False
-    host = _hostname(request.host or "")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _hostname(host: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8787`` gives ``::1``."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return loopback_name(hostname(request.host or ""))
 
 
 def session_value(token: str) -> str:
