@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.sandbox import RunningSandbox
 from tests.harness import RelayProcess, Spawn, ingest, post, relay_env
@@ -187,6 +188,7 @@ async def stall_a_body(host: str, port: int, size: int, hold_s: float) -> None:
             writer.close()
 
 
+@pytest.mark.serial  # stalled clients are timed against the relay's read timeouts
 async def test_stalled_large_bodies_keep_memory_bounded(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

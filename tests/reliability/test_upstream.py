@@ -213,6 +213,7 @@ async def test_connection_resets_are_retried_until_delivered(
     assert len(resets) == sandbox.sandbox.snapshot()["dropped"] >= 1
 
 
+@pytest.mark.serial  # its resend bound depends on timing
 async def test_slow_bodies_past_the_timeout_are_resent_and_deduplicated(
     start_relay: StartRelay, sandbox: RunningSandbox, settings: Settings
 ) -> None:
