@@ -14,13 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__, visibility
+from relay import __version__, lookup
 from relay.alerts.rules import RULES
 from relay.alerts.targets import TARGETS
-from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
+from relay.api import error_response
+from relay.appkeys import DELIVERY_STATE, METRICS, OUTBOX
 from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
-from relay.state import HELD, PAUSED, ServerSnapshot
+from relay.snapshot import HELD, PAUSED, ServerSnapshot
 from relay.store.contract import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
@@ -80,7 +81,7 @@ async def status(request: web.Request) -> web.Response:
             EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
         ),
         "outbox": {"path": outbox.location, "bytes": summary["outbox_bytes"]},
-        "rejected": await visibility.rejected_summary(outbox, now),
+        "rejected": await lookup.rejected_summary(outbox, now),
         "alerts": _alerts(request),
     }
     return web.json_response(body)

@@ -16,23 +16,18 @@ import structlog
 from aiohttp import web
 
 from relay import openapi
+from relay.appkeys import DELIVERY_STATE, INGEST, METRICS, OUTBOX, StateProvider
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
 from relay.rejected import BATCH_REJECTS, RAW_BODY
 from relay.rejected import middleware as _rejections
-from relay.state import DeliverySnapshot, Live
+from relay.snapshot import Live
 from relay.store.contract import Added, Outbox
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OUTBOX = web.AppKey("outbox", Outbox)
-StateProvider = Callable[[], DeliverySnapshot]
-DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
-METRICS = web.AppKey("metrics", Metrics)
-# The live settings and draining flag, shared with the dispatcher and the daemon.
-INGEST = web.AppKey("ingest", Live)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
 # The web console checks the token itself: a browser sends a cookie, not a bearer header.
 _OWN_AUTH_PREFIX = "/ui"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import structlog
 from aiohttp import web
 
-from relay import __version__, admin, guard, visibility
+from relay import __version__, admin, guard, lookup
 from relay.alerts.rules import RULES, Rules
 from relay.alerts.targets import TARGETS, Targets
 from relay.api import make_app
@@ -28,7 +28,7 @@ from relay.fleet import FleetSync
 from relay.metrics import Metrics
 from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
-from relay.state import Live
+from relay.snapshot import Live
 from relay.store.backends import open_outbox
 from relay.store.contract import Outbox
 
@@ -137,7 +137,7 @@ async def run(
         app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
         app.middlewares.append(guard.body_guard(settings))
-        visibility.add_routes(app)
+        lookup.add_routes(app)
         rejections = Rejections(outbox.records, metrics, keep=settings.rejected_keep)
         app[REJECTIONS] = rejections
         recorder = asyncio.create_task(rejections.run(), name="rejections")

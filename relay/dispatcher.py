@@ -27,7 +27,7 @@ from relay.errors import (
 from relay.metrics import Metrics
 from relay.sender import Delivered, Sender
 from relay.signing import signature_header
-from relay.state import CIRCUIT_OPEN, DELIVERING, PAUSED, DeliverySnapshot, Live, ServerSnapshot
+from relay.snapshot import CIRCUIT_OPEN, DELIVERING, PAUSED, DeliverySnapshot, Live, ServerSnapshot
 from relay.store.contract import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
 
 log = structlog.get_logger("relay.dispatcher")

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from relay.state import DeliverySnapshot
+from relay.snapshot import DeliverySnapshot
 from relay.store.contract import WAITING_FOR_REGISTERED, EventFilter, EventRecord, Outbox
 from relay.store.contract_records import LedgerEntry, RejectedFilter, Rejection
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from relay.alerts.targets import Message
 from relay.config import Settings
 from relay.errors import OutboxError
-from relay.state import DeliverySnapshot, Live
+from relay.snapshot import DeliverySnapshot, Live
 from relay.store.contract import Outbox
 from relay.store.contract_records import AlertState
 

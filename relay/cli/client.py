@@ -34,7 +34,7 @@ class CommandFailed(Exception):
         self.code = code
 
 
-class Daemon:
+class DaemonClient:
     """The running relay's HTTP API, found from the configuration's listen setting."""
 
     def __init__(self, args: argparse.Namespace, environ: Environ) -> None:

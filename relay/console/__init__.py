@@ -14,8 +14,8 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
-from relay.api import OUTBOX
-from relay.console import security, state, views, visibility
+from relay.appkeys import OUTBOX
+from relay.console import lookup, overview, security, views
 from relay.console.jobs import JOBS, RetryJobs
 
 _HERE = Path(__file__).parent
@@ -30,7 +30,7 @@ def add_console(app: web.Application) -> None:
     console.on_response_prepare.append(security.add_headers)
     console.on_cleanup.append(_close_jobs)
     r = console.router
-    r.add_get("/", views.overview)
+    r.add_get("/", views.overview_page)
     r.add_get("/events", views.events)
     r.add_get("/events.json", views.events_json)
     r.add_get(r"/events/{id:\d{1,18}}", views.event)
@@ -39,8 +39,8 @@ def add_console(app: web.Application) -> None:
     r.add_get("/dead", views.dead)
     r.add_post("/dead/retry", views.retry_reason)
     r.add_get("/dead/progress.json", views.dead_progress)
-    r.add_get("/rejected", visibility.rejected)
-    r.add_get("/players", visibility.players)
+    r.add_get("/rejected", lookup.rejected)
+    r.add_get("/players", lookup.players)
     r.add_get("/config", views.config)
     r.add_get("/login", login_form)
     r.add_post("/login", login)
@@ -67,7 +67,7 @@ def _templates() -> jinja2.Environment:
         "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
     )
     env.filters["age"] = _age
-    env.filters["count"] = state.count
+    env.filters["count"] = overview.count
     return env
 
 
@@ -92,7 +92,7 @@ async def login(request: web.Request) -> web.Response:
     """Trade the ingest token for a session cookie the page's scripts cannot read."""
     form = await request.post()
     sent = form.get("token")
-    token = state.settings(request).ingest_token
+    token = overview.settings(request).ingest_token
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
         return views.render(

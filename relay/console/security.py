@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.admin import local_peer
-from relay.console.state import settings
+from relay.console.overview import settings
 
 COOKIE = "relay_console"
 PREFIX = "/ui"

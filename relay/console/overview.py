@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.alerts.rules import RULES
-from relay.api import DELIVERY_STATE, INGEST, OUTBOX
+from relay.appkeys import DELIVERY_STATE, INGEST, OUTBOX
 from relay.config import Settings
-from relay.state import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
+from relay.snapshot import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
 from relay.store.contract import STATUSES
 from relay.store.contract_records import AlertState
 
