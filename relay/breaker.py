@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -14,9 +15,20 @@ import structlog
 log = structlog.get_logger("relay.dispatcher")
 
 
-def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempts-1))]."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+def full_jitter(ceiling_s: float) -> float:
+    """A delay uniform in [0, ceiling]: retries of many events spread instead of bunching."""
+    return random.uniform(0, ceiling_s)
+
+
+def backoff_s(
+    attempts: int,
+    *,
+    base_s: float,
+    cap_s: float,
+    jitter: Callable[[float], float] = full_jitter,
+) -> float:
+    """Exponential backoff with jitter: by default uniform in [0, min(cap, base·2^(attempts-1))]."""
+    return jitter(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
 
 
 class Breaker:
