@@ -22,7 +22,7 @@ from relay.appkeys import DELIVERY_STATE, METRICS, OUTBOX
 from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
 from relay.snapshot import HELD, PAUSED, ServerSnapshot
-from relay.store.contract import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
+from relay.store.contract import FINISHED, STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -124,7 +124,7 @@ async def purge(request: web.Request) -> web.Response:
     body = await _json_object(request)
     status_ = body.get("status")
     before = body.get("before")
-    if status_ not in ("dead", "delivered"):
+    if status_ not in FINISHED:
         raise InvalidEvent(422, "invalid_status", "purge takes status dead or delivered.", "status")
     if not isinstance(before, int | float) or isinstance(before, bool):
         raise InvalidEvent(422, "invalid_before", "before is a Unix time in seconds.", "before")

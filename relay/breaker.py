@@ -9,10 +9,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
 log = structlog.get_logger("relay.dispatcher")
+
+# closed: send freely; open: send nothing until the cool-down ends; half_open: one probe is out.
+BreakerState = Literal["closed", "open", "half_open"]
+TRIPPED: tuple[BreakerState, ...] = ("open", "half_open")  # MMOLove is failing
 
 
 def full_jitter(ceiling_s: float) -> float:
@@ -54,7 +59,7 @@ class Breaker:
         self._probing = False
 
     @property
-    def state(self) -> str:
+    def state(self) -> BreakerState:
         if self.open_until is None:
             return "closed"
         return "half_open" if self._probing else "open"

@@ -24,7 +24,7 @@ from relay.api import make_app
 from relay.config import Settings
 from relay.errors import OutboxError
 from relay.metrics import Metrics
-from relay.snapshot import STOPPED, DeliverySnapshot, Live, ServerSnapshot
+from relay.snapshot import CIRCUIT_UNKNOWN, STOPPED, DeliverySnapshot, Live, ServerSnapshot
 from relay.store.sqlite_readonly import ReadOnlyOutbox
 
 
@@ -32,7 +32,7 @@ def stopped(server_ids: Iterable[str]) -> DeliverySnapshot:
     """Delivery as the file alone tells it: nothing in flight, pauses and circuit unknown."""
     reason = "the daemon is not running: nothing is sent, and pauses are not known"
     return DeliverySnapshot(
-        circuit="unknown (daemon not running)",
+        circuit=CIRCUIT_UNKNOWN,
         circuit_open_until=None,
         in_flight=0,
         draining=False,

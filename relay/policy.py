@@ -7,11 +7,11 @@ awaits, reads a file or a clock, or draws a random number unless handed the mean
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from relay import utc
 from relay.breaker import backoff_s, full_jitter
 from relay.config import Settings
 from relay.errors import DeliveryError, PermanentDelivery, RetryableDelivery, SenderPaused
@@ -197,7 +197,7 @@ def hold_for_registered(
         f"MMOLove refused this {record.event} as an illegal transition ({outcome.error}), "
         f"and no registered for token {record.token} had been delivered: waiting for one; "
         "it is sent again as soon as one is, and dead-lettered as orphaned at "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(expires_at))} UTC (max_age_s)"
+        f"{utc.stamp(expires_at)} (max_age_s)"
     )
     return replace(
         outcome,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import structlog
 
 from relay import policy
+from relay.breaker import BreakerState
 from relay.config import ServerConfig, reread_secret
 from relay.errors import ConfigError
 from relay.policy import Pause, ServerFacts, Verdict
-from relay.snapshot import CIRCUIT_OPEN, DELIVERING, PAUSED, ServerSnapshot
+from relay.snapshot import CIRCUIT_OPEN, DELIVERING, PAUSED, Sending, ServerSnapshot
 
 log = structlog.get_logger("relay.dispatcher")
 
@@ -35,11 +36,12 @@ class ServerState:
     def facts(self) -> ServerFacts:
         return ServerFacts(self.probing, self.paused_reason is not None, self.clock_offset_s)
 
-    def snapshot(self, circuit: str, circuit_open_until: float | None) -> ServerSnapshot:
+    def snapshot(self, circuit: BreakerState, circuit_open_until: float | None) -> ServerSnapshot:
         server_id = self.config.server_id
         if self.removed:
             return ServerSnapshot.held(server_id)
-        state, reason, next_at = DELIVERING, None, None
+        state: Sending = DELIVERING
+        reason, next_at = None, None
         if self.paused_reason is not None:
             state, reason, next_at = PAUSED, self.paused_reason, self.probe_at
         elif circuit != "closed":

@@ -17,7 +17,7 @@ from relay import policy
 from relay.errors import DeliveryError, RetryableDelivery, SenderPaused
 from relay.policy import BreakerMove, ServerFacts, Timing, Verdict
 from relay.sender import Delivered, classify
-from relay.store.contract import EventRecord, Outcome
+from relay.store.contract import EventRecord, Outcome, Status
 
 NOW = 1_750_000_000.0
 TIMING = Timing(
@@ -83,7 +83,7 @@ def record(attempts: int = 3, created_at: float = NOW - 100, **fields: object) -
 class Expect:
     """A verdict with times relative to NOW; ``pause`` is (probe in s, clock offset, re-read)."""
 
-    status: str
+    status: Status
     outcome: str
     retry_in_s: float | None  # None unless pending
     breaker: BreakerMove
@@ -406,7 +406,7 @@ def test_only_a_later_real_event_may_have_overtaken_its_registered(
     ids=["no-registered", "registered-meanwhile", "registered-before"],
 )
 def test_an_illegal_transition_waits_for_its_registered(
-    registered_at: float | None, status: str, retry_in_s: float | None
+    registered_at: float | None, status: Status, retry_in_s: float | None
 ) -> None:
     held = policy.hold_for_registered(
         record(),

@@ -31,6 +31,7 @@ from relay.cli.client import (
 from relay.config import ENVIRONMENT
 from relay.demo import DEMO_SECRET, DEMO_SERVER_ID, EVENT_PATH
 from relay.errors import ConfigError, OutboxError
+from relay.store.contract import STATUSES
 
 Handler = Callable[[argparse.Namespace, Environ], int]
 EVENTS = ["registered", "qualified", "reversed"]
@@ -189,7 +190,7 @@ def _reader_commands(command: Callable[..., argparse.ArgumentParser], sub: Any) 
         description="events matching filters, newest first",
     )
     listing.set_defaults(handler=commands.events_list)
-    listing.add_argument("--status", choices=["pending", "in_flight", "delivered", "dead"])
+    listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--event", choices=EVENTS)
     listing.add_argument("--token")
     listing.add_argument("--server-id")

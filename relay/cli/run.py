@@ -33,6 +33,7 @@ from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError
 from relay.notify import Notifier
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
+from relay.store.contract import FINISHED
 from relay.store.copy import copy_outbox
 
 log = structlog.get_logger("relay.cli")
@@ -260,7 +261,7 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
             _, record = await asyncio.to_thread(
                 http_json, "GET", f"{base_url}/v1/events/{event_id}"
             )
-            if record.get("status") in ("delivered", "dead"):
+            if record.get("status") in FINISHED:
                 pending.discard(event_id)
                 print(
                     f"{event_id:>3}  {record['event']:<10}  {record['status']:<9}  "
