@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 import structlog
 
 from relay.breaker import Breaker, Pacer, backoff_s
-from relay.config import ServerConfig, Settings, reread_secret
+from relay.config.secrets import reread_secret
+from relay.config.settings import Settings
+from relay.config.values import ServerConfig
 from relay.errors import (
     ConfigError,
     DeliveryError,

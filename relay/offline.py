@@ -21,7 +21,7 @@ from aiohttp import web
 
 from relay import admin, visibility
 from relay.api import make_app
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxError
 from relay.metrics import Metrics
 from relay.state import STOPPED, DeliverySnapshot, Live, ServerSnapshot

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxUnavailable
 
 # A server's state as an operator needs to know it.

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from relay.alerts.targets import Message
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxError
 from relay.state import DeliverySnapshot, Live
 from relay.store.contract import Outbox

@@ -20,7 +20,7 @@ import structlog
 import tenacity
 from aiohttp import web
 
-from relay.config import AlertTarget
+from relay.config.values import AlertTarget
 from relay.metrics import Metrics
 from relay.signing import signature_header
 
