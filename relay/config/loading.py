@@ -61,11 +61,13 @@ def load(
     notes = unknown_variables(environ)
     if path is None and environ.get("MMOLOVE_RELAY_CONFIG"):
         path = Path(environ["MMOLOVE_RELAY_CONFIG"])
-    given = _Given(environ, _read_toml(path) if path else {}, path)
+    doc = _read_toml(path) if path else {}
+    _reject_unknown_keys(doc)
+    given = _Given(environ, doc, path)
     values: dict[str, Any] = {}
     sources = {row.name: DEFAULT for row in TABLE}
     for row in TABLE:
-        found = None if row.key.composite else given.first(row, *row.key.env)
+        found = None if row.key.composite else given.first(row)
         if found is not None:
             raw, sources[row.name] = found
             values[row.name] = (row.key.parse or _scalar(row))(raw, sources[row.name])
@@ -91,8 +93,9 @@ class _Given:
     doc: dict[str, Any]
     path: Path | None
 
-    def __post_init__(self) -> None:
-        _reject_unknown_keys(self.doc)
+    @property
+    def in_file(self) -> str:
+        return f"file {self.path.absolute() if self.path else None}"
 
     def table(self, section: str) -> dict[str, Any]:
         table: dict[str, Any] = self.doc.get(section, {}) if section else self.doc
@@ -107,13 +110,11 @@ class _Given:
     def file(self, section: str, *keys: str) -> tuple[Any, str] | None:
         table = self.table(section)
         present = [k for k in keys if table.get(k, "") != ""]
-        return (
-            (table[present[0]], f"file {self.path.absolute()}") if present and self.path else None
-        )
+        return (table[present[0]], self.in_file) if present else None
 
-    def first(self, row: Row, *env: str) -> tuple[Any, str] | None:
-        """The environment over the file; None: the default."""
-        return self.env(*env) or self.file(row.key.section, row.keys[0])
+    def first(self, row: Row) -> tuple[Any, str] | None:
+        """The setting's variable over its key in the file; None: the default."""
+        return self.env(*row.key.env) or self.file(row.key.section, row.keys[0])
 
 
 def _scalar(row: Row) -> Any:
@@ -230,7 +231,7 @@ def _servers(
     given: _Given, sources: dict[str, str], *, require: bool, notes: list[ConfigNote]
 ) -> tuple[ServerConfig, ...]:
     entries: list[dict[str, Any]] = given.doc.get("servers", [])
-    sources["servers"] = f"file {given.path and given.path.absolute()}" if entries else DEFAULT
+    sources["servers"] = given.in_file if entries else DEFAULT
     env_id = given.environ.get("MMOLOVE_SERVER_ID", "").strip()
     if env_id:
         # The environment describes the single server; a file entry with the same id may
@@ -328,7 +329,7 @@ def _alerts(
 ) -> tuple[AlertTarget, ...]:
     """``[[alerts]]`` entries, plus one target from ``MMOLOVE_RELAY_ALERT_URL`` (or ``_FILE``)."""
     entries: list[dict[str, Any]] = list(given.doc.get("alerts", []))
-    credits = [f"file {given.path and given.path.absolute()}"] if entries else []
+    credits = [given.in_file] if entries else []
     env = given.env("MMOLOVE_RELAY_ALERT_URL", "MMOLOVE_RELAY_ALERT_URL_FILE")
     if env:
         entries.append(

@@ -126,7 +126,8 @@ class Settings:
         more="Either variable overrides both keys. A file: a mounted secret or a systemd\n"
         "credential. At least 16 characters.",
         default_text="none",
-        example='# token_file = "/etc/mmolove-relay/ingest.token"',
+        example='# token_file = "/etc/mmolove-relay/ingest.token"\n'
+        '# token = "..."         # inline; the file is then as sensitive as the token',
         composite=True,
     )
     allowed_hosts: tuple[str, ...] = setting(
