@@ -53,7 +53,7 @@ def check_config(args: argparse.Namespace, environ: Environ) -> int:
                     f"  server {server['id']}: secret *** from {server['secret_from']}{path}{kid}"
                 )
         elif name == "alerts":
-            labels = ", ".join(a["name"] or f"{a['kind']} {a['url']}" for a in value)
+            labels = ", ".join(f"{a['kind']} {a['name'] or a['url']}" for a in value)
             print(f"  alerts = {labels or 'none'}   [{where}]")
         else:
             print(f"  {name} = {_shown(value)}   [{where}]")
