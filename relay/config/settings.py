@@ -136,9 +136,12 @@ class Settings:
         "extra host names ingest answers under, besides loopback names and the listen "
         "address (DNS-rebinding defence)",
         env="MMOLOVE_RELAY_ALLOWED_HOSTS",
-        more="Bare host names, without scheme or port; the variable takes them comma-separated.",
-        default_text="none",
-        example='# allowed_hosts = ["relay.internal.example"]',
+        more="Without a token, ingest answers only under loopback names (localhost, 127.0.0.1,\n"
+        "[::1]) and its listen address: a web page that re-resolves its own name to 127.0.0.1\n"
+        "gets 421. Add the names your game servers use for this host: bare names, without\n"
+        "scheme or port; the variable takes them comma-separated.",
+        default_text="none: loopback names and the listen address",
+        example='# allowed_hosts = ["relay.lan"]',
         parse=parse_hosts,
     )
     max_body_bytes: int = setting(
