@@ -20,7 +20,9 @@ from relay import __version__, admin, guard, lookup
 from relay.alerts.rules import RULES, Rules
 from relay.alerts.targets import TARGETS, Targets
 from relay.api import make_app
-from relay.config import Settings, describe, host_port, mask_url
+from relay.config.report import describe
+from relay.config.settings import Settings
+from relay.config.values import host_port, mask_url
 from relay.console import add_console
 from relay.dispatcher import Dispatcher
 from relay.errors import ConfigError

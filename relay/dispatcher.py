@@ -16,7 +16,8 @@ import structlog
 
 from relay import policy
 from relay.breaker import Breaker, Pacer, full_jitter
-from relay.config import ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import ServerConfig
 from relay.errors import DeliveryError, OutboxError, RetryableDelivery
 from relay.metrics import Metrics
 from relay.sender import Delivered, Sender

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from relay import admin, lookup
 from relay.api import make_app
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxError
 from relay.metrics import Metrics
 from relay.snapshot import CIRCUIT_UNKNOWN, STOPPED, DeliverySnapshot, Live, ServerSnapshot

@@ -13,7 +13,7 @@ from typing import Literal
 
 from relay import utc
 from relay.breaker import backoff_s, full_jitter
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import DeliveryError, PermanentDelivery, RetryableDelivery, SenderPaused
 from relay.sender import Delivered
 from relay.store.contract import WAITING_FOR_REGISTERED, EventRecord, Outcome

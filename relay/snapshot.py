@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from relay.breaker import TRIPPED, BreakerState
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxUnavailable
 
 # A server's delivery state as an operator needs to know it.

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from relay import utc
 from relay.alerts.targets import Message, quoted
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxError
 from relay.snapshot import DeliverySnapshot, Live
 from relay.store.contract import Outbox

@@ -20,15 +20,9 @@ import uvloop
 
 from relay import logs
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, Environ, http_json
-from relay.config import (
-    Listen,
-    Secret,
-    ServerConfig,
-    Settings,
-    load_settings,
-    mask_url,
-    parse_listen,
-)
+from relay.config.loading import load_settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig, mask_url, parse_listen
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError
 from relay.notify import Notifier

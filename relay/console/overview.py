@@ -15,7 +15,7 @@ from aiohttp import web
 from relay import utc
 from relay.alerts.rules import RULES
 from relay.appkeys import DELIVERY_STATE, INGEST, OUTBOX
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.snapshot import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
 from relay.store.contract import STATUSES
 from relay.store.contract_records import AlertState

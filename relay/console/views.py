@@ -14,7 +14,7 @@ from aiohttp import web
 from jinja2 import Environment
 
 from relay.appkeys import OUTBOX
-from relay.config import describe
+from relay.config.report import describe
 from relay.console import chart, overview, security
 from relay.console.jobs import JOBS
 from relay.player import waits_for
