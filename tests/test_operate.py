@@ -191,6 +191,7 @@ async def test_test_command_proves_secret_and_reports_a_wrong_one(
     [result] = json.loads(out)["servers"]
     assert (result["ok"], result["http_status"], result["reason"]) == (False, 401, "unauthorized")
     assert 590 < result["clock_skew_s"] < 610
+    assert "time sync" in result["fix"]  # 10 minutes off: the clock is named before the secret
     assert "wrong-secret" not in out + err
 
 
