@@ -54,7 +54,7 @@ def setup_args(url: str, listen: str) -> tuple[str, ...]:
 
 def changes(out: str) -> list[str]:
     """What setup did to each thing it manages, in the order it printed them."""
-    words = {"created", "updated", "unchanged", "started", "restarted"}
+    words = {"created", "updated", "unchanged", "enabled", "started", "restarted"}
     return [
         line.split()[0]
         for line in out.splitlines()
@@ -77,6 +77,7 @@ async def test_setup_and_secret_set_under_a_real_systemd(
     rotates the secret, `secret set` gets the paused relay the new one and its held events
     are delivered."""
     wheel = relay_wheel(tmp_path)
+    (tmp_path / "boot").mkdir()
     with booted_systemd(tmp_path / "boot") as booted:
 
         async def inside(
@@ -195,4 +196,11 @@ async def test_without_systemd_setup_writes_a_config_the_relay_runs_with(tmp_pat
         code, out, err = await cli(*args, stdin=SECRET.encode())
         assert code == 0, out + err
         assert changes(out) == ["unchanged"] * 2, out  # the secret and the config file
+
+        # A rotation to a secret MMOLove refuses stops before the file is touched.
+        code, out, err = await cli("--config", str(config), "secret", "set", stdin=WRONG.encode())
+        assert code == 1, out + err
+        assert "copy the secret" in err
+        assert (target / "secret").read_text() == SECRET + "\n"
+        assert not (target / "secret.previous").exists()
         assert mmolove.sandbox.snapshot()["test_events"] == 3  # wrong one refused

@@ -123,7 +123,9 @@ def _service(args: argparse.Namespace) -> int:
         systemctl("daemon-reload")
     if enabled != "enabled":
         systemctl("enable", SERVICE)
-    _said("unchanged" if enabled == "enabled" else "created", f"enabled {SERVICE}")
+        print(f"  enabled    {SERVICE}")
+    else:
+        print(f"  unchanged  {SERVICE} is enabled")
     if active != "active":
         systemctl("start", SERVICE)
         print(f"  started    {SERVICE}")
