@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import os
@@ -98,13 +99,13 @@ class SqliteOutbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            new = not await asyncio.to_thread(path.exists)  # removed if this start fails
             lock_fd = _lock(path)
         except OSError as exc:
             raise _unopenable(path, exc) from exc
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
-            await asyncio.to_thread(reserve.ensure)
+            await asyncio.to_thread(reserve.make_at_start)
             reader = await _connect(path)
             try:
                 await migrate(reader)
@@ -115,11 +116,13 @@ class SqliteOutbox:
             except BaseException:
                 await reader.close()
                 raise
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:
+            if new:  # what this start made goes with it; an outbox that was there stays
+                for made in ("", "-wal", "-shm", ".reserve"):
+                    path.with_name(path.name + made).unlink(missing_ok=True)
             os.close(lock_fd)
-            raise _unopenable(path, exc) from exc
-        except BaseException:
-            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise _unopenable(path, exc) from exc
             raise
         return cls(
             path,
@@ -661,8 +664,13 @@ _PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 5000")
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row  # columns are read by name, wherever they sit in a SELECT
-    for pragma in _PRAGMAS:
-        await db.execute(f"PRAGMA {pragma}")
+    try:
+        for pragma in _PRAGMAS:
+            await db.execute(f"PRAGMA {pragma}")
+    except BaseException:
+        # Its thread is not a daemon: left open, it would keep the process from exiting.
+        await db.close()
+        raise
     return db
 
 
@@ -686,6 +694,12 @@ def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
 
 def _unopenable(path: Path, exc: sqlite3.Error | OSError) -> OutboxError:
     cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in cause:
+        free = shutil.disk_usage(path.parent).free
+        return OutboxError(
+            f"cannot open the outbox {path}: {cause}; its disk has {free} bytes free. Free "
+            "space on that disk, then start the relay again."
+        )
     return OutboxError(
         f"cannot open the outbox {path}: {cause}; point MMOLOVE_RELAY_DB (or [outbox] path) "
         "at a file in a writable directory the relay's user owns."
