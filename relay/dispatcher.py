@@ -19,6 +19,7 @@ from relay.config import ServerConfig, Settings, reread_secret
 from relay.errors import (
     ConfigError,
     DeliveryError,
+    OutboxDown,
     OutboxError,
     PermanentDelivery,
     RetryableDelivery,
@@ -144,7 +145,10 @@ class Dispatcher:
                     timeout = await self._dispatch_once()
                 except OutboxError as exc:
                     # Disk full or locked for a moment: keep the daemon, try again shortly.
-                    log.error("dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S)
+                    if not isinstance(exc, OutboxDown):  # logged once by the outbox
+                        log.error(
+                            "dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S
+                        )
                     timeout = _OUTBOX_RETRY_S
                 await self._sleep(timeout, stop_wait)
         finally:

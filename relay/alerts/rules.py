@@ -19,7 +19,7 @@ from aiohttp import web
 
 from relay.alerts.targets import Message
 from relay.config import Settings
-from relay.errors import OutboxError
+from relay.errors import OutboxDown, OutboxError
 from relay.state import DeliverySnapshot, Live
 from relay.store.contract import Outbox
 from relay.store.contract_records import AlertState
@@ -81,6 +81,8 @@ class Rules:
         while True:
             try:
                 await self.evaluate()
+            except OutboxDown:
+                pass  # logged once by the outbox; the next round may read fine
             except OutboxError as exc:  # the next round may read fine
                 log.error("alert.rules_failed", error=str(exc))
             await asyncio.sleep(self._s.alert_every_s)
