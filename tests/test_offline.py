@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.sandbox import RunningSandbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.harness import Spawn, ingest, relay_env, tuning, wait_delivered

@@ -12,46 +12,66 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandFailed, Environ
 from relay.cli.tables import print_json
-from relay.config import ServerConfig, Settings, describe, load_settings, mask_url, sources
+from relay.config.example import example
+from relay.config.loading import DEFAULT, load, load_settings
+from relay.config.report import describe
+from relay.config.settings import Settings
+from relay.config.values import ServerConfig, mask_url
 from relay.errors import DeliveryError, SenderPaused
 from relay.events import validate
 from relay.signing import HEADER, signature_header
-
-
-def example() -> str:
-    """The example configuration shipped with the package: every key, with its default."""
-    return resources.files("relay").joinpath("relay.example.toml").read_text(encoding="utf-8")
 
 
 def check_config(args: argparse.Namespace, environ: Environ) -> int:
     if args.example:
         print(example(), end="")
         return EXIT_OK
-    settings = load_settings(environ, args.config)
+    loaded = load(environ, args.config)
+    settings, source = loaded.settings, loaded.sources
     described = describe(settings)
-    source = sources(environ, args.config)
     if args.json:
         print_json({**described, "sources": source})
         return EXIT_OK
+    # Shown even at their defaults: where events go, where they come in, where they are kept.
+    always = {"endpoint", "listen", "db_path" if settings.db_url is None else "db_url"}
+    hidden = 0
     print("the configuration is valid; in force (environment over file over defaults):")
-    for name, value in described.items():
-        if name == "servers":
+    for name, where in source.items():
+        value = described[name]
+        if where == DEFAULT and name not in always and not args.all:
+            hidden += 1
+        elif name == "servers":
+            print(f"  servers = {', '.join(s['id'] for s in value)}   [{where}]")
             for server in value:
                 kid = f", kid {server['kid']}" if server["kid"] else ""
                 path = f" ({server['secret_file']})" if server["secret_file"] else ""
                 print(
                     f"  server {server['id']}: secret *** from {server['secret_from']}{path}{kid}"
                 )
+        elif name == "alerts":
+            labels = ", ".join(f"{a['kind']} {a['name'] or a['url']}" for a in value)
+            print(f"  alerts = {labels or 'none'}   [{where}]")
         else:
-            print(f"  {name} = {value}   [{source[name]}]")
+            print(f"  {name} = {_shown(value)}   [{where}]")
+    if hidden:
+        print(f"  ({hidden} more at their defaults; --all prints every setting)")
+    for note in settings.notes:
+        print(f"note: {note.message}")
     if not settings.listen.is_loopback:
         print("ingest is not on loopback: clients must send the bearer token")
     return EXIT_OK
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as the file writes it
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
 
 
 def sign(args: argparse.Namespace, environ: Environ) -> int:

@@ -20,19 +20,14 @@ import uvloop
 
 from relay import logs
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, Environ, http_json
-from relay.config import (
-    Listen,
-    Secret,
-    ServerConfig,
-    Settings,
-    load_settings,
-    mask_url,
-    parse_listen,
-)
+from relay.config.loading import load_settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig, mask_url, parse_listen
 from relay.daemon import RunningRelay, run
 from relay.errors import ConfigError
 from relay.notify import Notifier
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
+from relay.store.contract import FINISHED
 from relay.store.copy import copy_outbox
 
 log = structlog.get_logger("relay.cli")
@@ -277,7 +272,7 @@ async def _demo_events(base_url: str, timeout_s: float) -> bool:
             _, record = await asyncio.to_thread(
                 http_json, "GET", f"{base_url}/v1/events/{event_id}"
             )
-            if record.get("status") in ("delivered", "dead"):
+            if record.get("status") in FINISHED:
                 pending.discard(event_id)
                 print(
                     f"{event_id:>3}  {record['event']:<10}  {record['status']:<9}  "
