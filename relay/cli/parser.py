@@ -152,6 +152,13 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         default=[],
         help=f"a server and its secret (default {DEMO_SERVER_ID}={DEMO_SECRET})",
     )
+    sandbox.add_argument(
+        "--kid",
+        action="append",
+        metavar="ID=KID",
+        default=[],
+        help="the server's current key id: a signature naming another kid is refused (401)",
+    )
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument(
         "--error-rate", type=float, default=0.0, help="fraction of requests answered --error-status"
