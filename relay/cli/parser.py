@@ -322,6 +322,17 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     alert_test.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    doctor = command(
+        "doctor",
+        "check everything an operator can get wrong, in order, and name the fix for each; "
+        "works with the daemon down; exit 1 when any check fails",
+        _later("doctor", "doctor"),
+    )
+    doctor.add_argument(
+        "--send-alert", action="store_true", help="send a test message to every alert target"
+    )
+    _daemon_options(doctor)
+
 
 def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     if json_flag:
