@@ -172,6 +172,19 @@ async def test_each_fault_fails_its_own_line_with_cause_and_fix(
     assert "wrong-secret-for-tests" not in json.dumps(checks)
 
 
+async def test_an_invalid_configuration_stops_the_checks_with_its_error(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    env = doctor_env(sandbox, tmp_path, MMOLOVE_RELAY_LISTEN="0.0.0.0:8787")
+    code, checks = await run_doctor(env)
+    assert code == 1
+    [config] = checks.values()  # every other check reads the configuration
+    assert (config["name"], config["status"]) == ("configuration", "fail")
+    assert "MMOLOVE_RELAY_INGEST_TOKEN" in config["detail"]
+    assert "mmolove-relay check-config" in config["fix"]
+    assert sandbox.sandbox.snapshot()["requests"] == 0
+
+
 async def test_a_healthy_relay_passes_every_check(
     sandbox: RunningSandbox, tmp_path: Path, spawn: Spawn
 ) -> None:

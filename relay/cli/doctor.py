@@ -9,6 +9,7 @@ aiohttp is imported only by the checks that send (the test event, ``--send-alert
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pwd
 import shutil
@@ -25,7 +26,7 @@ from relay.config.loading import load
 from relay.config.settings import Settings
 from relay.config.values import MIN_SECRET_CHARS, ServerConfig, base_url, mask_url
 from relay.errors import ConfigError
-from relay.proof import CLOCK_FAIL_S, CLOCK_WARN_S, UNREACHABLE, Proof, clock_fix
+from relay.proof import CLOCK_FAIL_S, CLOCK_WARN_S, UNREACHABLE, Proof, clock_fix, prove
 from relay.reserve import short_of_space
 from relay.snapshot import PAUSED
 
@@ -75,10 +76,6 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in the order an operator fixes things; stops after the configuration
     when it is invalid, since every other check reads it."""
-    import asyncio
-
-    from relay.proof import prove
-
     first, settings = configuration(environ, config)
     if settings is None:
         return [first]
@@ -324,9 +321,7 @@ def alerts(settings: Settings, *, send: bool) -> list[Check]:
             Check(f"alert {t.label}", "ok", "configured; not sent (--send-alert sends a test)")
             for t in settings.alerts
         ]
-    import asyncio
-
-    from relay.alerts.targets import send_test
+    from relay.alerts.targets import send_test  # aiohttp: imported when a message is sent
 
     return [
         Check(f"alert {r.target}", "ok" if r.ok else "fail", r.detail, _alert_fix(r.ok))
