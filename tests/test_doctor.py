@@ -72,6 +72,12 @@ def _no_headroom(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
     return {"MMOLOVE_RELAY_CONFIG": str(config)}
 
 
+def _no_room_for_the_reserve(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
+    config = tmp_path / "relay.toml"
+    config.write_text(f"[outbox]\nreserve_bytes = {2**62}\n", encoding="utf-8")
+    return {"MMOLOVE_RELAY_CONFIG": str(config)}
+
+
 def _open_secret_file(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "secret"
     path.write_text(SECRET + "\n", encoding="utf-8")
@@ -133,6 +139,14 @@ Setup = Callable[[RunningSandbox, Path], dict[str, str]]
             "disk nearly full",
             "free space on that disk, or move the outbox (MMOLOVE_RELAY_DB)",
             id="disk-below-headroom",
+        ),
+        pytest.param(
+            _no_room_for_the_reserve,
+            "outbox",
+            {"outbox"},
+            "(reserve_bytes) for its reserve, so it will not start",
+            "lower [outbox] reserve_bytes",
+            id="no-room-for-the-reserve",
         ),
         pytest.param(
             _open_secret_file,

@@ -197,7 +197,15 @@ def outbox(settings: Settings) -> Check:
         )
     free = shutil.disk_usage(directory).free
     reserve = path.with_name(path.name + ".reserve")
-    if not reserve.exists():  # the daemon takes it at start, before any event
+    if not reserve.exists():  # the daemon takes it at start, or refuses to start
+        if free < settings.reserve_bytes:
+            return Check(
+                "outbox",
+                "fail",
+                f"{path}: {free} bytes free, and the relay needs {settings.reserve_bytes} "
+                "(reserve_bytes) for its reserve, so it will not start",
+                "free space on that disk, or lower [outbox] reserve_bytes",
+            )
         free -= settings.reserve_bytes
     short = short_of_space(free, settings.min_free_bytes)
     if short is not None:
