@@ -27,6 +27,7 @@ SECRET = "setup-secret-first-5e0b7a"
 ROTATED = "setup-secret-rotated-c41d"
 WRONG = "setup-secret-wrong-99f2"
 VENV = "/opt/mmolove-relay/.venv"
+ALERT_URL = "http://127.0.0.1:9/hooks/setup-alert-token-3f1e"
 INSTALLED = ("/etc/mmolove-relay", "/etc/systemd/system/mmolove-relay.service")
 
 
@@ -49,6 +50,9 @@ def setup_args(url: str, listen: str) -> tuple[str, ...]:
         f"{VENV}/bin/mmolove-relay",
         *("setup", "--server-id", SERVER, "--secret-file", "-"),
         *("--endpoint", url, "--listen", listen, "--yes"),
+        # Nothing listens there: the target is only configured, and reaches the service
+        # as a credential.
+        *("--alert-url", ALERT_URL, "--alert-kind", "webhook"),
     )
 
 
@@ -121,10 +125,15 @@ async def test_setup_and_secret_set_under_a_real_systemd(
             assert secret_file.stat().st_mode & 0o777 == 0o600
             assert secret_file.stat().st_uid == 0
             main_pid = booted.show("mmolove-relay", "MainPID")
+            async with http.get(f"{relay}/v1/status") as resp:
+                [target] = (await resp.json())["alerts"]["targets"]
+            assert target["kind"] == "webhook", target
+            alert_file = booted.root / "etc/mmolove-relay/alert-url"
+            assert alert_file.stat().st_mode & 0o777 == 0o600
 
             again = await inside(*command, input=SECRET + "\n", timeout_s=180)
-            # The secret, the unit, the drop-in, the enabling and the running service.
-            assert changes(again.stdout) == ["unchanged"] * 5, again.stdout
+            # The secret, the unit, the drop-in, the alert URL, the enabling, the service.
+            assert changes(again.stdout) == ["unchanged"] * 6, again.stdout
             assert booted.show("mmolove-relay", "MainPID") == main_pid  # not restarted
             assert "landed:" in again.stdout
 
@@ -159,6 +168,7 @@ async def test_setup_and_secret_set_under_a_real_systemd(
             assert SECRET not in output
             assert ROTATED not in output
             assert WRONG not in output
+            assert "alert-token" not in output
     print(f"setup: one `setup --yes` to a verified test event took {wall_s:.1f} s (no pip)")
 
 
