@@ -107,7 +107,7 @@ async def test_setup_and_secret_set_under_a_real_systemd(
             command = setup_args(mmolove.url, listen)
             wrong = await inside(*command, input=WRONG + "\n", check=False)
             assert wrong.returncode == 1, wrong.stdout + wrong.stderr
-            assert "not accepted" in wrong.stderr, wrong.stderr
+            assert "could not be proven" in wrong.stderr, wrong.stderr
             assert "401" in wrong.stderr, wrong.stderr
             assert "copy the secret" in wrong.stderr  # the fix, from relay.proof
             for path in INSTALLED:
@@ -186,7 +186,7 @@ async def test_without_systemd_setup_writes_a_config_the_relay_runs_with(tmp_pat
         )
         code, out, err = await cli(*args, stdin=WRONG.encode())
         assert code == 1, out + err
-        assert "not accepted" in err
+        assert "could not be proven" in err
         assert "nothing was changed" in err
         assert not target.exists()
 

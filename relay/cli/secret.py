@@ -43,7 +43,10 @@ def read_secret(source: str | None, *, what: str = "signing secret") -> Secret:
     elif source is not None:
         raw = read_small_text(Path(source), what=f"{what} file")
     elif sys.stdin.isatty():
-        raw = getpass.getpass(f"{what} (from MMOLove's dashboard, not shown): ")
+        try:
+            raw = getpass.getpass(f"{what} (from MMOLove's dashboard, not shown): ")
+        except EOFError:
+            raw = ""  # Ctrl-D: refused below as empty
     else:
         raise CommandFailed(
             EXIT_USAGE,
@@ -67,7 +70,7 @@ def prove_or_stop(settings: Settings, server: ServerConfig) -> None:
     if not proof.ok:
         raise CommandFailed(
             EXIT_REFUSED,
-            f"the secret was not accepted: server {server.server_id} -> {where}: "
+            f"the secret could not be proven: server {server.server_id} -> {where}: "
             f"{proof.message}\n  fix: {proof.fix}\nnothing was changed.",
         )
     print(f"proven: server {server.server_id} -> {where}: {proof.message}")

@@ -162,7 +162,10 @@ def _secret(args: argparse.Namespace, installed: Path) -> Secret:
 def _ask(what: str) -> str:
     if not sys.stdin.isatty():
         raise CommandFailed(EXIT_USAGE, f"no terminal to ask for the {what}: pass --server-id.")
-    answer = input(f"{what}: ").strip()
+    try:
+        answer = input(f"{what}: ").strip()
+    except EOFError:
+        answer = ""
     if not answer:
         raise CommandFailed(EXIT_USAGE, f"the {what} is required.")
     return answer
