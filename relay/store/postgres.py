@@ -1,4 +1,4 @@
-"""The PostgreSQL outbox: one database shared by a fleet of relays. All its SQL lives here.
+"""The PostgreSQL outbox: one database shared by a fleet of relays.
 
 Claims take rows with ``FOR UPDATE SKIP LOCKED``, so replicas never wait on each other's
 claims nor take the same row. Every claim stamps its rows with the claiming replica and a
@@ -8,7 +8,8 @@ A replica that dies keeps nothing: its rows fall due again when their lease runs
 
 Each write is one transaction on a pooled connection; the server does its own group commit.
 After a commit that adds or frees events a NOTIFY, sent outside the transaction, wakes every
-replica, not only the one that took the request.
+replica, not only the one that took the request. The reads and state changes it shares with
+SQLite are in ``base``; its own SQL is in ``postgres_sql``.
 """
 
 from __future__ import annotations
