@@ -30,6 +30,10 @@ class Dialect:
     # Keeps the planner off a column's index, so it walks the one the query means (the
     # token's, or the ids): SQLite's unary "+", PostgreSQL's "column || ''" (text only).
     unindexed_form: str
+    # The same where only SQLite's planner needs it: PostgreSQL's, which weighs statistics,
+    # does better left free (the oldest pending event among 300,000 delivered: 2 ms free,
+    # 560 ms kept off the status index).
+    hint_form: str
     hour_form: str  # the whole hours from a parameter to a column, as an integer
     lease: str  # the claim's fencing token as a column (SQLite has none: one process)
     lock_row: str  # what holds a row read in a transaction until it commits
@@ -41,6 +45,9 @@ class Dialect:
     def unindexed(self, column: str) -> str:
         return self.unindexed_form.format(column)
 
+    def hinted(self, column: str) -> str:
+        return self.hint_form.format(column)
+
     def hours_since(self, column: str) -> str:
         """Whole hours from the next parameter to ``column`` (never negative here)."""
         return self.hour_form.format(column)
@@ -50,6 +57,7 @@ SQLITE = Dialect(
     name="sqlite",
     numbered=False,
     unindexed_form="+{}",
+    hint_form="+{}",
     hour_form="CAST(({} - ?) / 3600 AS INTEGER)",
     lease="0 AS lease",
     lock_row="",  # the writer holds the whole file
@@ -58,6 +66,7 @@ POSTGRES = Dialect(
     name="postgresql",
     numbered=True,
     unindexed_form="({} || '')",
+    hint_form="{}",
     hour_form="floor(({} - ?) / 3600)::int",
     lease="lease",
     lock_row=" FOR UPDATE",

@@ -138,7 +138,8 @@ class OutboxReads:
         """When this token's (non-test) registered was delivered; None if it was not."""
         return await self._number(
             "SELECT MIN(finished_at) FROM events WHERE token = ? AND server_id = ?"
-            f" AND event = 'registered' AND NOT test AND {self._off('status')} = 'delivered'",
+            " AND event = 'registered' AND NOT test"
+            f" AND {self.dialect.hinted('status')} = 'delivered'",
             token,
             server_id,
         )
@@ -146,12 +147,10 @@ class OutboxReads:
     async def oldest_pending_created(self) -> float | None:
         """When the oldest undelivered event was ingested (ids grow with ingest time)."""
         return await self._number(
-            f"SELECT created_at FROM events WHERE {self._off('status')} IN ('pending', 'in_flight')"
+            f"SELECT created_at FROM events WHERE {self.dialect.hinted('status')}"
+            " IN ('pending', 'in_flight')"
             " ORDER BY id LIMIT 1"
         )
-
-    def _off(self, column: str) -> str:
-        return self.dialect.unindexed(column)
 
     # -- the console's reads: each bounded, whatever the backlog ----------------------------
 
@@ -227,7 +226,7 @@ class OutboxReads:
         for clause in sql.split(" AND ")[1:]:
             column, _, rest = clause.partition(" ")
             plain = rest == "= ?" and column.isidentifier() and column != "id"
-            clauses.append(f"{self._off(column)} {rest}" if plain else clause)
+            clauses.append(f"{self.dialect.unindexed(column)} {rest}" if plain else clause)
         params.extend(values)
         rows = await self._rows(
             f"SELECT {self.event_columns} FROM events WHERE {' AND '.join(clauses)}"
@@ -280,8 +279,8 @@ class OutboxReads:
         out: dict[str, float] = {}
         for server_id in servers:
             created = await self._number(
-                f"SELECT created_at FROM events WHERE {self._off('status')}"
-                f" IN ('pending', 'in_flight') AND {self._off('server_id')} = ?"
+                f"SELECT created_at FROM events WHERE {self.dialect.unindexed('status')}"
+                f" IN ('pending', 'in_flight') AND {self.dialect.unindexed('server_id')} = ?"
                 " ORDER BY id LIMIT 1",
                 server_id,
             )
@@ -344,7 +343,7 @@ class RecordReads:
         """Events that died after a time, counted by why (the events_finished index)."""
         rows = await self._rows(
             "SELECT outcome, COUNT(*) AS n, MAX(finished_at) AS latest FROM events"
-            f" WHERE finished_at > ? AND {self.dialect.unindexed('status')} = 'dead'"
+            f" WHERE finished_at > ? AND {self.dialect.hinted('status')} = 'dead'"
             " GROUP BY outcome ORDER BY COUNT(*) DESC",
             finished_after,
         )

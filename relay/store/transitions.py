@@ -57,7 +57,7 @@ class Transitions:
     def __init__(self, dialect: Dialect, *, fenced: bool) -> None:
         self.dialect = dialect
         self.fenced = fenced
-        sql, off = dialect.sql, dialect.unindexed
+        sql, off, hint = dialect.sql, dialect.unindexed, dialect.hinted
         # The off-index status keeps the planner on the token index: the status index would
         # walk the server's whole pending backlog to find one referral's events.
         self.wake_followers = sql(
@@ -91,19 +91,19 @@ class Transitions:
         )
         self._requeue_dead = sql(requeue + "id = ?")
         self._requeue_followers = sql(
-            requeue + f"token = ? AND server_id = ? AND {off('status')} = 'dead'"
+            requeue + f"token = ? AND server_id = ? AND {hint('status')} = 'dead'"
             " AND outcome = 'predecessor_dead' AND rank > ? AND NOT test RETURNING id"
         )
         self._to_ledger = sql(
             f"INSERT INTO ledger ({LEDGER_COLUMNS})"
             " SELECT id, server_id, token, event, server_event_id, referee_identity, test,"
             " outcome, referral_id, state, attempts, created_at, finished_at FROM events"
-            f" WHERE finished_at < ? AND {off('status')} = 'delivered'"
+            f" WHERE finished_at < ? AND {hint('status')} = 'delivered'"
             f" ON CONFLICT (event_id) DO UPDATE SET {_LEDGER_KEEPS}"
         )
         self._prune = (
             sql("DELETE FROM ledger WHERE finished_at < ?"),
-            sql(f"DELETE FROM events WHERE finished_at < ? AND {off('status')} = 'delivered'"),
+            sql(f"DELETE FROM events WHERE finished_at < ? AND {hint('status')} = 'delivered'"),
             sql("DELETE FROM attempts WHERE started_at < ?"),
         )
         self._purge = sql(
