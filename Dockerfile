@@ -1,4 +1,4 @@
-# mmolove-relay as a container or a pod sidecar; see "Run as a sidecar" in README.md.
+# mmolove-relay as a container or a pod sidecar; see "Run as a sidecar" in docs/deploy.md.
 #
 # BASE_IMAGE is any Debian-like image with python3 (>= 3.11) and its venv module. Both
 # stages use it, so the venv built in the first runs unchanged in the second; point it at

@@ -7,7 +7,6 @@ route. ``/healthz`` and ``/readyz`` are open for probes; they reveal no event da
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +19,7 @@ from relay.alerts.targets import TARGETS
 from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
 from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
+from relay.origins import local_peer
 from relay.state import HELD, PAUSED, ServerSnapshot
 from relay.store.contract import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
@@ -226,20 +226,6 @@ def _total(counts: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def _zero() -> dict[str, int]:
     return dict.fromkeys(STATUSES, 0)
-
-
-def local_peer(request: web.Request) -> bool:
-    """Whether the request comes from this machine: a loopback peer or the Unix socket."""
-    peer = request.remote
-    if not peer:  # the Unix socket: its file permissions decide who gets here
-        return True
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return True
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def _refuse_remote(request: web.Request) -> web.Response | None:

@@ -15,11 +15,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from relay import openapi
+from relay import openapi, origins
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
-from relay.rejected import BATCH_REJECTS, RAW_BODY
+from relay.rejected import BATCH_REJECTS, DISCONNECTED, RAW_BODY
 from relay.rejected import middleware as _rejections
 from relay.state import DeliverySnapshot, Live
 from relay.store.contract import Added, Outbox
@@ -34,8 +34,6 @@ METRICS = web.AppKey("metrics", Metrics)
 # The live settings and draining flag, shared with the dispatcher and the daemon.
 INGEST = web.AppKey("ingest", Live)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
-# The web console checks the token itself: a browser sends a cookie, not a bearer header.
-_OWN_AUTH_PREFIX = "/ui"
 _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -48,7 +46,8 @@ def make_app(
     The operator routes (``relay.admin``) are added to it by the daemon.
     """
     app = web.Application(
-        client_max_size=live.settings.max_body_bytes, middlewares=[_rejections, _errors, _auth]
+        client_max_size=live.settings.max_body_bytes,
+        middlewares=[_rejections, _errors, _cross_site, _auth],
     )
     app[OUTBOX] = outbox
     app[INGEST] = live
@@ -98,7 +97,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ConnectionError:
         # The client hung up before its body arrived: nobody to answer, nothing stored.
         log.info("api.client_disconnected", path=request.path)
-        return error_response(400, "client_disconnected", "the client closed the connection.")
+        return error_response(400, DISCONNECTED, "the client closed the connection.")
     except Exception:
         # A bug, not bad input: say so in JSON, and keep the daemon serving.
         log.exception("api.crashed", path=request.path)
@@ -111,16 +110,24 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def _cross_site(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origins.check(request, request.app[INGEST].settings)
+    return await handler(request)
+
+
+@web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[INGEST].settings.ingest_token
     if token is None:
         return await handler(request)
-    own_auth = request.path == _OWN_AUTH_PREFIX or request.path.startswith(_OWN_AUTH_PREFIX + "/")
-    if request.path not in _PUBLIC_PATHS and not own_auth:
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    # The web console checks the token itself: a browser sends a cookie, not a bearer header.
+    if request.path not in _PUBLIC_PATHS and not origins.console_path(request.path):
+        scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # a bare token is a client bug: say so, never accept it
+            sent = ""
         # surrogateescape: header bytes that are not UTF-8 must compare unequal, not crash.
         if not hmac.compare_digest(
-            sent.encode("utf-8", "surrogateescape"), token.reveal().encode("utf-8")
+            sent.strip().encode("utf-8", "surrogateescape"), token.reveal().encode("utf-8")
         ):
             return error_response(
                 401,
@@ -132,14 +139,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _read_json(request: web.Request) -> Any:
+    # Content-Type was checked by relay.origins: only application/json gets here.
     request.app[INGEST].refuse_if_draining()
-    if request.content_type != "application/json":
-        raise InvalidEvent(
-            415,
-            "unsupported_media_type",
-            "send the event with Content-Type: "
-            f"application/json (got {request.content_type or 'none'}).",
-        )
     raw = await request.read()
     request[RAW_BODY] = raw  # kept for the record of a rejection
     # Again: a body still arriving when the drain began must not be stored after it.

@@ -22,6 +22,7 @@ from relay.errors import ConfigError
 DEFAULT_ENDPOINT = "https://mmolove.com/api/referral/events"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 CREDENTIAL_NAME = "mmolove-secret"
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?")
 _KID = re.compile(r"[!-+\--~]{1,128}")  # visible ASCII except the header's "," separator
 # Shorter than this, a secret is guessable and too common a string for the log scrubber to
 # mask wherever it appears: tokens are refused, signing secrets (MMOLove issues them) warned.
@@ -37,6 +38,7 @@ ENVIRONMENT = {
     "MMOLOVE_RELAY_LISTEN": ("listen", DEFAULT_LISTEN),
     "MMOLOVE_RELAY_INGEST_TOKEN": ("ingest_token", "none; required when not on loopback"),
     "MMOLOVE_RELAY_INGEST_TOKEN_FILE": ("ingest_token", "none"),
+    "MMOLOVE_RELAY_ALLOWED_HOSTS": ("allowed_hosts", "none: loopback names and the listen address"),
     "MMOLOVE_RELAY_DB": ("db_path", "$STATE_DIRECTORY/outbox.db, else ./mmolove-relay.db"),
     "MMOLOVE_RELAY_LOG_FORMAT": ("log_format", "json, or console on a terminal"),
 }
@@ -162,6 +164,8 @@ class Settings:
     db_url: str | None = None  # postgresql://…: a fleet's shared outbox (db_path is unused)
     db_password: Secret | None = None
     ingest_token: Secret | None = None
+    # Host names ingest answers under besides loopback ones and the listen address (relay.origins)
+    allowed_hosts: tuple[str, ...] = ()
     log_format: str | None = None  # "json", "console", or None: decided by the terminal
     ca_file: Path | None = None
     # ingest
@@ -276,7 +280,7 @@ _SECTION_KEYS = {
         "alerting",
         "alerts",
     },
-    "ingest": {"listen", "token", "token_file", *_TUNABLES["ingest"]},
+    "ingest": {"listen", "token", "token_file", "allowed_hosts", *_TUNABLES["ingest"]},
     "delivery": set(_TUNABLES["delivery"]),
     "outbox": {"path", "url", "password_file", *_TUNABLES["outbox"]},
     "servers": {"id", "secret", "secret_file", "kid"},
@@ -343,6 +347,9 @@ def load_settings(
         endpoint=_check_endpoint(str(endpoint)),
         listen=listen,
         ingest_token=token,
+        allowed_hosts=_allowed_hosts(
+            environ.get("MMOLOVE_RELAY_ALLOWED_HOSTS"), ingest.get("allowed_hosts", [])
+        ),
         log_format=log_format,
         **_database(environ, outbox, notes),
         ca_file=Path(doc["ca_file"]) if doc.get("ca_file") else None,
@@ -357,6 +364,22 @@ def load_settings(
             "token_file) or listen on 127.0.0.1."
         )
     return settings
+
+
+def _allowed_hosts(env: str | None, entries: object) -> tuple[str, ...]:
+    """Bare host names: ``MMOLOVE_RELAY_ALLOWED_HOSTS`` (comma-separated) over the file's list."""
+    if env is not None:
+        entries = [name for name in env.split(",") if name.strip()]
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError('[ingest] allowed_hosts is a list of host names, e.g. ["relay.lan"].')
+    names = tuple(name.strip().lower() for name in entries)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                f"allowed host {name[:100]!r} is not a bare host name; give the name only, "
+                'without scheme, port or path, e.g. "relay.lan".'
+            )
+    return names
 
 
 def parse_listen(text: str) -> Listen:
@@ -708,6 +731,7 @@ _FILE_KEYS = {
     "ca_file": ("", "ca_file"),
     "listen": ("ingest", "listen"),
     "ingest_token": ("ingest", "token"),
+    "allowed_hosts": ("ingest", "allowed_hosts"),
     "db_path": ("outbox", "path"),
 }
 

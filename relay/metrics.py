@@ -53,6 +53,12 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        self.console_logins = Counter(
+            f"{_PREFIX}_console_logins",
+            "Console logins by result (ok, wrong_token, rate_limited, cross_origin, no_token).",
+            ["result"],
+            registry=r,
+        )
         self.delivered = Counter(
             f"{_PREFIX}_delivered",
             "Attempts MMOLove took, by outcome (accepted, duplicate, ignored, test).",

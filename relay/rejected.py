@@ -42,11 +42,14 @@ CODES = (
     "unknown_server",
     "conflict",
     "unauthorized",
+    "cross_origin",
+    "unknown_host",
     "unavailable",
     "other",
 )
 _FLUSH_EVERY_S = 0.25
 _QUEUE_MAX = 5000  # unwritten rejections held at most; past it the oldest are only counted
+DISCONNECTED = "client_disconnected"  # the client hung up before its body arrived
 RAW_BODY = web.RequestKey("raw_body", bytes)
 BATCH_REJECTS = web.RequestKey("batch_rejects", list)  # the 4xx items of a batch's answer
 
@@ -126,6 +129,10 @@ def _note(request: web.Request, response: web.StreamResponse, rejections: Reject
     if 400 <= response.status < 500 and isinstance(response, web.Response):
         sent = _loads(raw)
         error = _loads(response.body if isinstance(response.body, bytes) else b"")
+        if isinstance(error, dict) and error.get("error", {}).get("code") == DISCONNECTED:
+            # Nobody was told anything: relay.api logged the one line; a flaky network must
+            # fill neither this record nor the rejected-inputs alert.
+            return
         rejections.note(_rejection(now, response.status, error, sent, raw, request.remote))
     items = request.get(BATCH_REJECTS, [])
     sent = _loads(raw) if items else None

@@ -316,7 +316,7 @@ def test_image_refuses_to_listen_on_the_pod_network_without_a_token(container: s
 async def test_as_the_snippets_run_it_a_killed_container_loses_nothing(
     container: str, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    """As the README's Kubernetes and compose snippets run it: both secrets mounted as files
+    """As docs/deploy.md's Kubernetes and compose snippets run it: both secrets mounted as files
     under /run/secrets (the token through MMOLOVE_RELAY_INGEST_TOKEN_FILE), the outbox on a
     volume. Killed mid-delivery and started again on the same volume, it loses nothing."""
     data, secrets = tmp_path / "data", tmp_path / "secrets"

@@ -52,7 +52,7 @@ async def dead_referral(relay: Relay, sandbox: RunningSandbox, token: str) -> tu
 async def test_a_404_dead_event_is_found_understood_and_replayed(
     start_relay: StartRelay, sandbox: RunningSandbox
 ) -> None:
-    """The README's three commands: status, events show, retry."""
+    """docs/operating.md's three commands: status, events show, retry."""
     relay = await start_relay()
     reg, qual = await dead_referral(relay, sandbox, "tok-404")
 

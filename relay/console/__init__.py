@@ -7,7 +7,6 @@ in this package; it reads the same store and delivery snapshot as the admin API.
 
 from __future__ import annotations
 
-import hmac
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import jinja2
 from aiohttp import web
 
 from relay.api import OUTBOX
-from relay.console import security, state, views, visibility
+from relay.console import login, security, state, views, visibility
 from relay.console.jobs import JOBS, RetryJobs
 
 _HERE = Path(__file__).parent
@@ -26,6 +25,8 @@ def add_console(app: web.Application) -> None:
     console = web.Application(middlewares=[security.guard, views.missing])
     console[views.TEMPLATES] = _templates()
     console[security.CSRF_SECRET] = security.new_secret()
+    console[security.SESSION_KEY] = security.SessionKey(app[OUTBOX].records)
+    console[login.THROTTLE] = login.Throttle()
     console[JOBS] = RetryJobs(app[OUTBOX])
     console.on_response_prepare.append(security.add_headers)
     console.on_cleanup.append(_close_jobs)
@@ -42,9 +43,9 @@ def add_console(app: web.Application) -> None:
     r.add_get("/rejected", visibility.rejected)
     r.add_get("/players", visibility.players)
     r.add_get("/config", views.config)
-    r.add_get("/login", login_form)
-    r.add_post("/login", login)
-    r.add_post("/logout", logout)
+    r.add_get("/login", login.login_form)
+    r.add_post("/login", login.login)
+    r.add_post("/logout", login.logout)
     r.add_static("/static", _HERE / "static")
     # Before the sub-app: it would answer a bare /ui with its own 404.
     app.router.add_get(security.PREFIX, _to_console)
@@ -82,46 +83,3 @@ def _age(seconds: float | None) -> str:
 
 async def _close_jobs(app: web.Application) -> None:
     await app[JOBS].close()
-
-
-async def login_form(request: web.Request) -> web.Response:
-    return views.render(request, "login.html", error=None)
-
-
-async def login(request: web.Request) -> web.Response:
-    """Trade the ingest token for a session cookie the page's scripts cannot read."""
-    form = await request.post()
-    sent = form.get("token")
-    token = state.settings(request).ingest_token
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
-        return views.render(
-            request, "login.html", status=403, error="log in from the console's own page."
-        )
-    if (
-        token is None
-        or not isinstance(sent, str)
-        or not hmac.compare_digest(sent.encode(), token.reveal().encode())
-    ):
-        error = (
-            "that token is wrong; use the relay's MMOLOVE_RELAY_INGEST_TOKEN."
-            if token is not None
-            else "this relay has no ingest token, so the console is open only on its own "
-            "machine; use ssh -L 8787:127.0.0.1:8787 host."
-        )
-        return views.render(request, "login.html", status=401, error=error)
-    response = web.HTTPSeeOther(f"{security.PREFIX}/")
-    response.set_cookie(
-        security.COOKIE,
-        security.session_value(token.reveal()),
-        path=security.PREFIX,
-        httponly=True,
-        samesite="Strict",
-    )
-    raise response
-
-
-async def logout(request: web.Request) -> web.Response:
-    response = web.HTTPSeeOther(f"{security.PREFIX}/login")
-    response.del_cookie(security.COOKIE, path=security.PREFIX)
-    raise response

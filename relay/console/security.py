@@ -2,26 +2,28 @@
 
 Read pages are open to this machine (a loopback peer or the Unix socket, reached under a
 loopback host name); anyone else trades the ingest token for a session cookie at the login
-form. Actions are taken only from this machine, with the page's CSRF token and a matching
-Origin.
+form (``relay.console.login``). Actions are taken only from this machine, with the page's
+CSRF token and a matching Origin.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
-import ipaddress
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay.admin import local_peer
 from relay.console.state import settings
+from relay.origins import CONSOLE_PREFIX, hostname, local_peer, loopback_name
+from relay.store.contract_records import Records
 
 COOKIE = "relay_console"
-PREFIX = "/ui"
+PREFIX = CONSOLE_PREFIX
 _OPEN_PATHS = (f"{PREFIX}/login", f"{PREFIX}/static/console.css")
 # No inline script or style anywhere: the one script and the one stylesheet are our files.
 CSP = (
@@ -58,33 +60,110 @@ def this_machine(request: web.Request) -> bool:
     its own name to 127.0.0.1 (DNS rebinding) arrives under that name and is not trusted."""
     if not local_peer(request):
         return False
-    host = _hostname(request.host or "")
-    if host == "localhost":
+    return loopback_name(hostname(request.host or ""))
+
+
+# A working day: a cookie that leaks (a shared screen, a copied profile) is dead by the next.
+SESSION_S = 8 * 3600
+# The outbox keeps small state as named floats (the alert marks): the key is 5 of them, each a
+# random integer a float holds exactly (52 bits), 260 bits in all.
+_KEY_MARKS = tuple(f"console_session_key_{n}" for n in range(5))
+# How often a cookie that does not verify may make the key be read again: only a replica that
+# raced another one to create it holds a stale key, and guesses must not become reads.
+_RELOAD_S = 30.0
+
+
+class SessionKey:
+    """The per-installation secret that signs session cookies. It is kept in the outbox's own
+    store, so it survives a restart and every replica of a PostgreSQL fleet shares it; a new
+    outbox (a new installation) gets a new one, and with it every cookie dies."""
+
+    def __init__(self, records: Records) -> None:
+        self._records = records
+        self._key: bytes | None = None
+        self._read_at = 0.0
+        self._first_read = asyncio.Lock()  # two first requests must not both write a key
+
+    async def get(self) -> bytes:
+        async with self._first_read:
+            if self._key is None:
+                await self._read(create=True)
+        assert self._key is not None
+        return self._key
+
+    async def reread(self) -> bool:
+        """Read the key again (at most every _RELOAD_S); True if it changed."""
+        if self._key is None or time.monotonic() - self._read_at < _RELOAD_S:
+            return False
+        before = self._key
+        await self._read(create=False)
+        return self._key != before
+
+    async def _read(self, *, create: bool) -> None:
+        parts = [await self._records.mark(name) for name in _KEY_MARKS]
+        if None in parts and create:
+            # Two replicas may both write here; the one that reads a key another replaced
+            # rereads it when that replica's cookies do not verify.
+            for name in _KEY_MARKS:
+                await self._records.set_mark(name, float(secrets.randbits(52)))
+            parts = [await self._records.mark(name) for name in _KEY_MARKS]
+        self._key = b"".join(int(part or 0).to_bytes(7, "big") for part in parts)
+        self._read_at = time.monotonic()
+
+
+SESSION_KEY = web.AppKey("console_session_key", SessionKey)
+
+
+def session_cookie(key: bytes, token: str, now: float) -> str:
+    """A new session: its expiry, a nonce (each login's cookie differs) and their MAC."""
+    expires = int(now) + SESSION_S
+    nonce = secrets.token_urlsafe(12)
+    return f"{expires}.{nonce}.{_mac(key, token, expires, nonce)}"
+
+
+def session_valid(key: bytes, token: str, cookie: str, now: float) -> bool:
+    """Whether a cookie was made with this key for this token and has not expired: a new
+    token or a new key ends every session."""
+    expires, _, rest = cookie.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+        return False
+    if int(expires) <= now:
+        return False
+    # surrogateescape: a cookie's bytes that are not UTF-8 must compare unequal, not crash.
+    sent = mac.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, _mac(key, token, int(expires), nonce).encode())
+
+
+def _mac(key: bytes, token: str, expires: int, nonce: str) -> str:
+    # The token's hash, not the token: the MAC input need not hold the secret itself.
+    token_hash = hashlib.sha256(token.encode()).hexdigest()
+    message = f"{expires}.{nonce}.{token_hash}".encode("utf-8", "surrogateescape")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def over_tls(request: web.Request) -> bool:
+    """Whether the browser reached the console over TLS. The relay speaks plain HTTP, so TLS
+    means a reverse proxy; its ``X-Forwarded-Proto`` is believed only from this machine,
+    where anyone else could not have set it."""
+    if request.secure:
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return forwarded == "https" and local_peer(request)
 
 
-def _hostname(host: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8787`` gives ``::1``."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def session_value(token: str) -> str:
-    """The cookie for a token: derived from it, so the cookie never holds the token itself."""
-    return hmac.new(token.encode(), b"mmolove-relay console session", hashlib.sha256).hexdigest()
-
-
-def logged_in(request: web.Request) -> bool:
+async def logged_in(request: web.Request) -> bool:
     token = settings(request).ingest_token
-    if token is None:
+    sent = request.cookies.get(COOKIE)
+    if token is None or not sent:
         return False
-    sent = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(sent.encode(), session_value(token.reveal()).encode())
+    session_key = request.config_dict[SESSION_KEY]
+    now = time.time()
+    if session_valid(await session_key.get(), token.reveal(), sent, now):
+        return True
+    return await session_key.reread() and session_valid(
+        await session_key.get(), token.reveal(), sent, now
+    )
 
 
 def csrf_token(request: web.Request) -> str:
@@ -111,7 +190,11 @@ def refuse_action(request: web.Request, form_csrf: str | None) -> str | None:
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Let this machine and logged-in browsers in, send others to the login form."""
-    if request.path not in _OPEN_PATHS and not this_machine(request) and not logged_in(request):
+    if (
+        request.path not in _OPEN_PATHS
+        and not this_machine(request)
+        and not await logged_in(request)
+    ):
         if request.method == "GET" and not request.path.endswith(".json"):
             raise web.HTTPSeeOther(f"{PREFIX}/login")
         raise web.HTTPUnauthorized(text="log in to the console first.")

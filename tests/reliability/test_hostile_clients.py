@@ -137,7 +137,7 @@ async def test_a_slowloris_head_and_an_idle_connection_are_closed(
     env = relay_env(sandbox.url, tmp_path / "outbox.db")
     relay = await spawn(env, config=ingest_config(header_timeout_s=1.0)).ready()
     async with connections(relay, 1) as [(idle, _)], connections(relay, 1) as [(slow, writer)]:
-        for byte in b"POST /v1/events HTTP/1.1\r\nHost: x\r\n":
+        for byte in b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\n":
             writer.write(bytes([byte]))
             if slow.at_eof():
                 break
@@ -153,7 +153,7 @@ async def test_a_stalled_body_gets_408_in_json(
     env = relay_env(sandbox.url, tmp_path / "outbox.db")
     relay = await spawn(env, config=ingest_config(body_timeout_s=1.0)).ready()
     head = (
-        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n"
     )
     status, answer = await raw_answer(relay, head + b'{"event":')
@@ -166,7 +166,7 @@ async def stall_a_body(host: str, port: int, size: int, hold_s: float) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         reader, writer = await asyncio.open_connection(host, port)
         head = (
-            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {size}\r\n\r\n"
         ).encode()
         writer.write(head)
@@ -214,7 +214,7 @@ async def test_a_client_hanging_up_mid_body_is_one_info_line(
 ) -> None:
     relay = await spawn(relay_env(sandbox.url, tmp_path / "outbox.db")).ready()
     head = (
-        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n"
     )
     for _ in range(20):
@@ -228,6 +228,8 @@ async def test_a_client_hanging_up_mid_body_is_one_info_line(
     assert gone
     lines = relay.logs()
     assert {line["level"] for line in lines if "disconnect" in line["event"]} == {"info"}
+    # One line each: the hang-up is no rejected input (issue 25: it was two lines, 388 bytes).
+    assert relay.find_logs("ingest.rejected") == []
     assert not [line for line in lines if line["level"] in ("error", "critical")], lines
     assert not [line for line in lines if "exception" in line or "Traceback" in str(line)]
 
@@ -236,7 +238,7 @@ async def test_malformed_http_is_answered_in_the_json_error_shape(
     spawn: Spawn, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     relay = await spawn(relay_env(sandbox.url, tmp_path / "outbox.db")).ready()
-    bad = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n"
+    bad = b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\nContent-Length: ten\r\n\r\n"
     status, answer = await raw_answer(relay, bad)
     assert status == 400
     assert answer["error"]["code"] == "malformed_request"  # type: ignore[index]
