@@ -4,7 +4,7 @@ and purge.
 SQLite writes synchronously on its writer's thread, PostgreSQL awaits each statement, so the
 logic cannot simply call the database. Each change is instead a generator of ``Step``s: it
 yields a statement and is sent back its rows (``fetch``) or its row count, and each backend
-drives it inside one of its transactions (``sqlite.run_steps``, ``postgres.run_steps``).
+drives it inside one of its transactions (``sqlite.run_steps``, ``postgres_sql.run_steps``).
 Only what truly differs stays per backend: the claim's candidate query (SKIP LOCKED on
 PostgreSQL), its take of the ready rows (the fencing lease), and the spelling (``Dialect``).
 """
