@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from relay.store.contract import (
     WAITING_FOR_REGISTERED,
@@ -31,10 +30,9 @@ from relay.store.dialect import Dialect
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One statement, in the backend's own spelling; ``fetch``: its rows are wanted, not its
-    row count."""
+    row count. A tuple: made for every statement on the claim and finish paths."""
 
     sql: str
     params: tuple[Any, ...]
