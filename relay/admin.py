@@ -193,8 +193,12 @@ def _alerts(request: web.Request) -> dict[str, Any]:
     """Which conditions are firing, and how each alert target last answered."""
     rules, targets = request.app.get(RULES), request.app.get(TARGETS)
     return {
-        "firing": [asdict(s) for s in rules.firing.values()] if rules else [],
-        "targets": [asdict(h) for h in targets.health] if targets else [],
+        "firing": [
+            # Queued, not sent: when each target took it is its last_ok_at.
+            {"key": s.key, "since": s.since, "last_queued_at": s.last_sent, "summary": s.summary}
+            for s in (rules.firing.values() if rules else ())
+        ],
+        "targets": [h.as_json() for h in targets.health] if targets else [],
     }
 
 

@@ -95,17 +95,7 @@ def validate(
             unknown[0],
         )
 
-    fields = {name: _required_string(data, name) for name in REQUIRED_STRINGS}
-    for name, value in fields.items():
-        found = _CONTROL.search(value)
-        if found:
-            raise InvalidEvent(
-                422,
-                "invalid_field",
-                f"{name} contains the control character U+{ord(found.group()):04X}; "
-                "send printable text.",
-                name,
-            )
+    fields = {name: _id(data, name) for name in REQUIRED_STRINGS}
     if fields["event"] not in EVENT_RANK:
         raise InvalidEvent(
             422,
@@ -116,7 +106,7 @@ def validate(
     server_id = _server_id(data, server_ids)
     referee = None
     if fields["event"] == "registered" or data.get("referee_identity") is not None:
-        referee = _required_string(data, "referee_identity")
+        referee = _id(data, "referee_identity")
     test = data.get("test")
     if test is not None and not isinstance(test, bool):
         raise InvalidEvent(422, "invalid_field", "test must be true or false.", "test")
@@ -184,6 +174,21 @@ def _required_string(data: dict[str, Any], name: str) -> str:
             422,
             "invalid_field",
             f"{name} is {len(value)} characters; the limit is {MAX_FIELD_CHARS}.",
+            name,
+        )
+    return value
+
+
+def _id(data: dict[str, Any], name: str) -> str:
+    """A required string that is printable text: it is shown in logs, the CLI and the console."""
+    value = _required_string(data, name)
+    found = _CONTROL.search(value)
+    if found:
+        raise InvalidEvent(
+            422,
+            "invalid_field",
+            f"{name} contains the control character U+{ord(found.group()):04X}; "
+            "send printable text.",
             name,
         )
     return value

@@ -102,6 +102,17 @@ async def cli(
     return proc.returncode, out.decode(), err.decode()
 
 
+def assert_demo_landed(code: int, out: str, err: str) -> None:
+    """``mmolove-relay demo``'s exit code and output say its three events landed: two
+    accepted, one verified test event."""
+    assert code == 0, out + err
+    lines = [line for line in out.splitlines() if " delivered " in line]
+    assert len(lines) == 3, out
+    assert sum("accepted" in line for line in lines) == 2
+    assert sum(" test " in line for line in lines) == 1
+    assert "All three events landed" in out
+
+
 def registered(token: str, player: str | None = None, **extra: Any) -> dict[str, Any]:
     """A registered event; without a player, one named after the token, keyed reg-<token>."""
     return {

@@ -35,11 +35,25 @@ MIRROR = os.environ.get("DEBOOTSTRAP_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"  # systemd 252 and Python 3.11, as on the machines the README targets
 
 
-def sh(*args: str, timeout_s: float, what: str, input: str | None = None) -> str:
+def sh(
+    *args: str,
+    timeout_s: float,
+    what: str,
+    input: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run a command; on failure, fail the test with the tail of what it printed."""
     try:
         done = subprocess.run(
-            args, capture_output=True, text=True, timeout=timeout_s, check=False, input=input
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            input=input,
+            cwd=cwd,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{what} took more than {timeout_s} s:\n{tail(exc.stdout, exc.stderr)}")
@@ -139,12 +153,12 @@ def wheelhouse() -> Path:
 
 
 def copy_checkout(dest: Path) -> None:
-    """What ``pip install .`` needs from a checkout of this repository (as the Dockerfile)."""
+    """What ``pip install .`` needs from a checkout of this repository (as the Dockerfile);
+    the systemd unit is in the package."""
     dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "relay", dest / "relay", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "systemd", dest / "systemd")
 
 
 # -- systemd as PID 1 --------------------------------------------------------------------

@@ -79,6 +79,20 @@ INVALID_EVENTS: list[tuple[str, Any, int, str, str | None]] = [
         "invalid_field",
         "server_event_id",
     ),
+    (
+        "ESC in referee_identity",
+        {**registered("t", "p"), "referee_identity": "a\x1b]0;owned\x07"},
+        422,
+        "invalid_field",
+        "referee_identity",
+    ),
+    (
+        "NUL in referee_identity",
+        {**qualified("t", "p"), "referee_identity": "a\x00b"},
+        422,
+        "invalid_field",
+        "referee_identity",
+    ),
     ("test not boolean", {**qualified("t", "p"), "test": "yes"}, 422, "invalid_field", "test"),
     (
         "unknown server",

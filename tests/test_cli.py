@@ -16,19 +16,13 @@ from relay.cli import main
 from relay.cli.client import EXIT_BROKEN_PIPE
 from relay.config import ENVIRONMENT, Settings
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, RunningSandbox
-from tests.support import SECRET, SERVER, StartRelay, cli
+from tests.support import SECRET, SERVER, StartRelay, assert_demo_landed, cli
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def test_demo_shows_three_events_land() -> None:
-    code, out, err = await cli("demo")
-    assert code == 0, out + err
-    lines = [line for line in out.splitlines() if " delivered " in line]
-    assert len(lines) == 3, out
-    assert sum("accepted" in line for line in lines) == 2
-    assert sum(" test " in line for line in lines) == 1
-    assert "All three events landed" in out
+    assert_demo_landed(*await cli("demo"))
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["sandbox"], ["demo"], ["send"], ["status"]])

@@ -68,7 +68,7 @@ def test_a_ten_thousand_digit_ts_is_refused_not_rounded() -> None:
         validate(parse_json(raw + b"}"), server_ids=["s"], allow_extra_fields=False, now=1.8e9)
 
 
-@pytest.mark.parametrize("field", ["token", "server_event_id"])
+@pytest.mark.parametrize("field", ["token", "server_event_id", "referee_identity"])
 @pytest.mark.parametrize("char", ["\x00", "\n", "\r", "\x1b", "\x7f", "\x85"])
 def test_control_characters_in_ids_are_refused(field: str, char: str) -> None:
     event = {"event": "qualified", "token": "t", "server_event_id": "q", field: f"a{char}b"}

@@ -37,6 +37,9 @@ TOOLS = {
     "csharp": ["mcs", "mono"],
     "go": ["go"],
     "shell": ["bash", "curl"],
+    "java": ["javac", "java"],
+    "cpp": ["g++", "curl-config"],
+    "lua": ["lua5.1"],
 }
 SOURCES = {
     "php": "referral.php",
@@ -45,6 +48,9 @@ SOURCES = {
     "csharp": "Referral.cs",
     "go": "referral.go",
     "shell": "referral.sh",
+    "java": "Referral.java",
+    "cpp": "referral.cpp",
+    "lua": "referral.lua",
 }
 
 
@@ -83,7 +89,20 @@ def _build(name: str, build_dir: Path) -> tuple[str, ...]:
         exe = build_dir / "Referral.exe"
         _check(["mcs", "-r:System.Net.Http", f"-out:{exe}", str(EXAMPLES / SOURCES[name])])
         return ("mono", str(exe))
-    interpreter = {"php": "php", "node": "node", "python": "python3", "shell": "bash"}[name]
+    if name == "java":
+        _check(["javac", "-d", str(build_dir), str(EXAMPLES / SOURCES[name])])
+        return ("java", "-cp", str(build_dir), "Referral")
+    if name == "cpp":
+        binary = build_dir / "referral-cpp"
+        _check(["g++", "-std=c++17", "-o", str(binary), str(EXAMPLES / SOURCES[name]), "-lcurl"])
+        return (str(binary),)
+    interpreter = {
+        "php": "php",
+        "node": "node",
+        "python": "python3",
+        "shell": "bash",
+        "lua": "lua5.1",
+    }[name]
     return (interpreter, str(EXAMPLES / SOURCES[name]))
 
 

@@ -17,12 +17,14 @@ import pytest
 
 from relay.config import CREDENTIAL_NAME, Settings
 from relay.guard import FD_RESERVE
+from relay.packaged import SYSTEMD_UNIT
 from relay.sandbox import running_sandbox
 from tests.harness import accepted_keys, eventually, in_progress, ingest, key_of, registered, tuning
 from tests.support import require_tools
-from tests.systems import Booted, booted_systemd, copy_checkout, free_port, wheelhouse
+from tests.systems import ROOT, Booted, booted_systemd, copy_checkout, free_port, wheelhouse
 
-UNIT = Path(__file__).parent.parent / "systemd" / "mmolove-relay.service"
+UNIT = ROOT / "relay" / SYSTEMD_UNIT
+INSTALL_MD = ROOT / "systemd" / "INSTALL.md"
 SHIPPED_EXEC_START = "ExecStart=/opt/mmolove-relay/.venv/bin/mmolove-relay serve"
 MAX_EXPOSURE = 2.0
 
@@ -82,7 +84,7 @@ CHECKOUT = "/root/mmolove-relay"
 
 def install_commands() -> str:
     """The indented command block of INSTALL.md, as the operator would paste it."""
-    text = (UNIT.parent / "INSTALL.md").read_text()
+    text = INSTALL_MD.read_text()
     block = text.split("As root, from a checkout of this repository:\n\n", 1)[1].split("\n\n")[0]
     lines = [line.strip() for line in block.splitlines()]
     assert lines, text

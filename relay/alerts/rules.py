@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import structlog
 from aiohttp import web
 
-from relay.alerts.targets import Message
+from relay.alerts.targets import Message, quoted
 from relay.config import Settings
 from relay.errors import OutboxError
 from relay.state import DeliverySnapshot, Live
@@ -105,8 +105,9 @@ class Rules:
             Observation(
                 f"paused:{server}",
                 server in view.paused,
+                # The reason quotes MMOLove's answer, or whatever answered in its place.
                 f"deliveries for MMOLove server {server} are paused and its referrals held: "
-                f"{view.paused.get(server)}",
+                f"{quoted(view.paused.get(server) or '')}",
                 "mmolove-relay status; fix the secret, then: systemctl reload mmolove-relay",
             )
             for server in (s.server_id for s in view.servers)

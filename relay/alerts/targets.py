@@ -2,7 +2,8 @@
 
 Each target has its own queue and task and the alerts share one HTTP client of their own,
 never the delivery pool, so a target that is down, slow or throttling delays only its own
-messages. Retries are bounded (tenacity) and honour a 429's ``retry_after``.
+messages. Retries are bounded (tenacity) and honour a 429's ``retry_after``. A message may
+quote an upstream's words (a captive portal's 401 page): the payloads make them inert.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import collections
 import json
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
 import tenacity
 from aiohttp import web
 
-from relay.config import AlertTarget
+from relay.config import AlertTarget, Secret, mask_url
 from relay.metrics import Metrics
 from relay.signing import signature_header
 
@@ -31,6 +33,8 @@ _TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 _ATTEMPTS = 4
 _RETRY_AFTER_CAP_S = 60.0
 _QUEUE_MAX = 50  # unsent messages per target; past it the oldest are dropped (and logged)
+# Slack reads <...> as a link, a mention (<!channel>) or a user; its documented escapes.
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,12 @@ class TargetFailed(Exception):
         self.final = final  # a 4xx other than 429: retrying cannot help
 
 
+def quoted(text: str) -> str:
+    """``text`` as one line of inline code (no Markdown, mention or link inside takes effect)
+    that the text cannot close: its own backticks become the look-alike U+02CB."""
+    return "`" + " ".join(text.replace("`", "\u02cb").split()) + "`"
+
+
 def payload(target: AlertTarget, message: Message) -> bytes:
     """The body each kind of target documents: Discord ``content``, Slack ``text``, or ours."""
     body: dict[str, Any]
@@ -72,9 +82,10 @@ def payload(target: AlertTarget, message: Message) -> bytes:
         text = message.text
         if len(text) > DISCORD_MAX_CHARS:
             text = text[: DISCORD_MAX_CHARS - 1] + "…"
-        body = {"content": text, "username": "mmolove-relay"}
+        # No mention in the text pings anyone, whoever wrote it (@everyone, @here, <@id>).
+        body = {"content": text, "username": "mmolove-relay", "allowed_mentions": {"parse": []}}
     elif target.kind == "slack":
-        body = {"text": message.text}
+        body = {"text": message.text.translate(_SLACK_ESCAPES)}
     else:
         body = {
             "alert": message.key,
@@ -93,15 +104,38 @@ async def post(http: aiohttp.ClientSession, target: AlertTarget, message: Messag
     if target.secret is not None:
         headers[SIGNATURE_HEADER] = signature_header(body, target.secret.reveal(), int(time.time()))
     try:
-        async with http.post(target.url.reveal(), data=body, headers=headers) as resp:
-            text = (await resp.text())[:200]
+        # Never followed, like MMOLove's: a redirect would repost the message (and the
+        # signature) wherever the target, or whoever answers for it, points.
+        async with http.post(
+            target.url.reveal(), data=body, headers=headers, allow_redirects=False
+        ) as resp:
+            text = " ".join((await resp.text())[:200].split())  # one line in status and logs
             if resp.status < 300:
                 return f"{resp.status}"
+            if resp.status < 400:
+                raise TargetFailed(
+                    f"{resp.status} redirect to {_location(target, resp)}; alerts do not "
+                    "follow redirects: set the target's URL to the final address",
+                    final=True,
+                )
             if resp.status == 429:
                 raise TargetFailed("429 rate limited", retry_after_s=_retry_after(resp, text))
             raise TargetFailed(f"{resp.status} {text}".strip(), final=resp.status < 500)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise TargetFailed(f"unreachable ({type(exc).__name__})") from exc
+
+
+def _location(target: AlertTarget, resp: aiohttp.ClientResponse) -> str:
+    """Where a redirect points; on the target's own host it may carry the URL's token, so
+    it is masked like the target's URL, elsewhere only its credentials are."""
+    location = resp.headers.get("Location")
+    if not location:
+        return "(no Location)"
+    url = target.url.reveal()
+    absolute = urljoin(url, location)
+    if urlsplit(absolute).hostname == urlsplit(url).hostname:
+        return replace(target, url=Secret(absolute)).masked_url
+    return mask_url(absolute)
 
 
 def _retry_after(resp: aiohttp.ClientResponse, text: str) -> float:
@@ -123,27 +157,61 @@ def _wait(state: tenacity.RetryCallState) -> float:
     return float(min(2.0 ** (state.attempt_number - 1), 30.0))
 
 
-async def deliver(http: aiohttp.ClientSession, target: AlertTarget, message: Message) -> str:
-    """Send with bounded retries: a few attempts, backing off, honouring ``retry_after``."""
+async def deliver(
+    http: aiohttp.ClientSession, target: AlertTarget, message: Message, health: TargetHealth
+) -> str:
+    """Send with bounded retries: a few attempts, backing off, honouring ``retry_after``;
+    ``health`` follows every attempt, so ``status`` shows a target retrying as it happens."""
+
+    async def attempt() -> str:
+        try:
+            detail = await post(http, target, message)
+        except TargetFailed as exc:
+            health.failed(str(exc))
+            raise
+        health.succeeded()
+        return detail
+
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(_ATTEMPTS),
         wait=_wait,
         retry=tenacity.retry_if_exception(lambda e: isinstance(e, TargetFailed) and not e.final),
         reraise=True,
     )
-    detail: str = await retrying(post, http, target, message)
+    try:
+        detail: str = await retrying(attempt)
+    except TargetFailed:
+        health.state = "failing"
+        raise
     return detail
+
+
+# never: nothing sent yet; retrying: the last attempt failed and another is planned;
+# failing: the last message was given up on.
+TargetState = Literal["never", "ok", "retrying", "failing"]
 
 
 @dataclass
 class TargetHealth:
-    """What ``status`` shows of a target."""
+    """What ``status`` shows of a target: its state and its last answer, as they are."""
 
     target: str
     kind: str
-    ok: bool | None = None  # None: nothing sent yet
-    last_error: str | None = None
-    last_sent_at: float | None = None
+    state: TargetState = "never"
+    last_attempt_at: float | None = None
+    last_ok_at: float | None = None  # when the target last took a message
+    last_error: str | None = None  # the last failure, until a message goes through
+
+    def failed(self, error: str) -> None:
+        self.state, self.last_error, self.last_attempt_at = "retrying", error, time.time()
+
+    def succeeded(self) -> None:
+        self.state, self.last_error = "ok", None
+        self.last_attempt_at = self.last_ok_at = time.time()
+
+    def as_json(self) -> dict[str, Any]:
+        ok = None if self.state == "never" else self.state == "ok"  # the older field
+        return {**asdict(self), "ok": ok}
 
 
 class Targets:
@@ -179,16 +247,13 @@ class Targets:
             while queue:
                 message = queue.popleft()
                 try:
-                    await deliver(http, target, message)
+                    await deliver(http, target, message, health)
                 except TargetFailed as exc:
-                    health.ok, health.last_error = False, str(exc)
                     self._metrics.alerts.labels(target.kind, "failed").inc()
                     log.error(
                         "alert.failed", target=target.label, alert=message.key, error=str(exc)
                     )
                 else:
-                    health.ok, health.last_error = True, None
-                    health.last_sent_at = time.time()
                     self._metrics.alerts.labels(target.kind, "sent").inc()
                     log.info(
                         "alert.sent", target=target.label, alert=message.key, status=message.status

@@ -104,9 +104,25 @@ def _status_visibility(data: Mapping[str, Any]) -> None:
     alerts = data.get("alerts") or {}
     for firing in alerts.get("firing", []):
         print(f"\nALERT {firing['key']} since {tables.when(firing['since'])}")
-    for target in alerts.get("targets", []):
-        if target["ok"] is False:
-            print(f"\nalert target {target['target']} is failing: {target['last_error']}")
+    if alerts.get("targets"):
+        print("\nalert targets")
+        tables.table(
+            ["TARGET", "STATE", "LAST ATTEMPT", "LAST OK", "LAST ERROR"],
+            [
+                [
+                    t["target"],
+                    t.get("state", "-"),  # a daemon before the state tells ok only
+                    _ago(t.get("last_attempt_at")),
+                    _ago(t.get("last_ok_at")),
+                    t["last_error"] or "-",
+                ]
+                for t in alerts["targets"]
+            ],
+        )
+
+
+def _ago(timestamp: float | None) -> str:
+    return "-" if timestamp is None else f"{tables.age(time.time() - timestamp)} ago"
 
 
 # How each delivery state reads in the table: the ones needing attention in capitals.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import checks, commands
+from relay.cli import checks, commands, tables
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -43,15 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        code: int = args.handler(args, os.environ)
+        with tables.printable_stdout():
+            code: int = args.handler(args, os.environ)
         sys.stdout.flush()  # here, so a closed pipe is met below rather than at exit
     except BrokenPipeError:
         # The reader went away (`status | head`): stop quietly, as a pipeline expects.
         # Python would flush stdout again at exit and complain; point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except CommandFailed as exc:
-        print(f"mmolove-relay: {exc}", file=sys.stderr)
+    except CommandFailed as exc:  # may quote the daemon's answer, and so a client's input
+        print(f"mmolove-relay: {tables.printable(str(exc))}", file=sys.stderr)
         return exc.code
     except ConfigError as exc:
         print(f"mmolove-relay: configuration error: {exc}", file=sys.stderr)

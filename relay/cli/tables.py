@@ -5,13 +5,57 @@ times and sizes in words, a progress line and the confirmation question.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO, cast
 
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, CommandFailed
+
+# A game client's text (a JSON key name, a token, a player's id) and an upstream's answer
+# reach these tables, and a terminal obeys the control characters in them: clear the screen,
+# set the window title, move the cursor to fake a line. Each is printed escaped instead, as
+# the console escapes HTML: C0 but the newline, DEL, C1 (U+009B is a CSI on its own) and the
+# bidi overrides and isolates, which reorder what the operator reads.
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\u202e``)."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+class _Printable:
+    """A text stream that writes through ``printable``: the one gate to the terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(printable(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def printable_stdout() -> Iterator[None]:
+    """Whatever a command prints (tables, lines, JSON) reaches stdout through ``printable``."""
+    real = sys.stdout
+    sys.stdout = cast(TextIO, _Printable(real))
+    try:
+        yield
+    finally:
+        sys.stdout = real
 
 
 def confirm(args: argparse.Namespace, action: str) -> None:
@@ -74,7 +118,10 @@ def _cell(value: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    # JSON escapes C0 only; DEL, C1 and the bidi controls get the same \\u form, so the
+    # text stays valid JSON with the same value and nothing for stdout to escape.
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    print(_UNSAFE.sub(lambda found: f"\\u{ord(found.group()):04x}", text))
 
 
 def id_list(ids: Sequence[int]) -> str:
