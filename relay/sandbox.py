@@ -22,7 +22,7 @@ from typing import Any, TypeGuard
 
 from aiohttp import hdrs, web
 
-from relay import config
+from relay.config.values import base_url
 from relay.demo import DEMO_SECRET as DEMO_SECRET
 from relay.demo import DEMO_SERVER_ID as DEMO_SERVER_ID
 from relay.demo import EVENT_PATH as EVENT_PATH
@@ -383,8 +383,8 @@ async def running_sandbox(
         await site.start()
         scheme = "http" if ssl_context is None else "https"
         host, port = runner.addresses[0][:2]
-        base_url = config.base_url(host, port, scheme)
-        yield RunningSandbox(sandbox, base_url + EVENT_PATH, base_url)
+        url = base_url(host, port, scheme)
+        yield RunningSandbox(sandbox, url + EVENT_PATH, url)
     finally:
         await runner.cleanup()
 

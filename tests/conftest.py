@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from relay.config import Listen, Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.support import SECRET, SERVER, Relay, StartRelay, running_relay
 

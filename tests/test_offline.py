@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxError
 from relay.events import validate
 from relay.sandbox import RunningSandbox

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.config import Secret, ServerConfig
+from relay.config.values import Secret, ServerConfig
 from relay.offline import stopped
 from relay.player import story as player_story
 from relay.sandbox import RunningSandbox

@@ -22,7 +22,7 @@ import structlog
 import tenacity
 from aiohttp import web
 
-from relay.config import AlertTarget, Secret, mask_url
+from relay.config.values import AlertTarget, Secret, mask_url
 from relay.metrics import Metrics
 from relay.signing import signature_header
 

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relay.config import Listen, base_url, load_settings
+from relay.config.loading import load_settings
+from relay.config.values import Listen, base_url
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
@@ -34,7 +35,7 @@ class CommandFailed(Exception):
         self.code = code
 
 
-class Daemon:
+class DaemonClient:
     """The running relay's HTTP API, found from the configuration's listen setting."""
 
     def __init__(self, args: argparse.Namespace, environ: Environ) -> None:

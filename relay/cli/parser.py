@@ -15,6 +15,7 @@ import importlib
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from relay.cli.client import (
     CommandFailed,
     Environ,
 )
-from relay.config import ENVIRONMENT
+from relay.config.keys import VARIABLES
 from relay.demo import DEMO_SECRET, DEMO_SERVER_ID, EVENT_PATH
 from relay.errors import ConfigError, OutboxError
+from relay.store.contract import STATUSES
 
 Handler = Callable[[argparse.Namespace, Environ], int]
 EVENTS = ["registered", "qualified", "reversed"]
@@ -112,10 +114,13 @@ def _config_option(parser: argparse.ArgumentParser, *, default: Any) -> None:
 
 
 def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    width = max(map(len, ENVIRONMENT))
+    indent = " " * 6
+    fill = textwrap.TextWrapper(
+        88, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+    ).fill
     variables = "\n".join(
-        f"  {name:<{width}}  {what}; default {default}"
-        for name, (what, default) in ENVIRONMENT.items()
+        "".join(f"  {name}\n" for name in names) + fill(f"{what}; default {default}")
+        for names, (what, default) in VARIABLES.items()
     )
     command(
         "serve",
@@ -190,7 +195,7 @@ def _reader_commands(command: Callable[..., argparse.ArgumentParser], sub: Any) 
         description="events matching filters, newest first",
     )
     listing.set_defaults(handler=commands.events_list)
-    listing.add_argument("--status", choices=["pending", "in_flight", "delivered", "dead"])
+    listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--event", choices=EVENTS)
     listing.add_argument("--token")
     listing.add_argument("--server-id")
@@ -285,6 +290,11 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         checks.check_config,
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
+    check.add_argument(
+        "--all",
+        action="store_true",
+        help="print every setting, not only those set somewhere other than their defaults",
+    )
     check.add_argument(
         "--example",
         action="store_true",

@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 from jinja2 import Environment
 
-from relay.api import OUTBOX
-from relay.config import describe
-from relay.console import chart, security, state
+from relay.appkeys import OUTBOX
+from relay.config.report import describe
+from relay.console import chart, overview, security
 from relay.console.jobs import JOBS
 from relay.player import waits_for
 from relay.store.contract import STATUSES, EventFilter, EventRecord
@@ -54,7 +54,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     return web.Response(text=html, status=status, content_type="text/html")
 
 
-async def overview(request: web.Request) -> web.Response:
+async def overview_page(request: web.Request) -> web.Response:
     outbox = request.config_dict[OUTBOX]
     now = time.time()
     since = (now // 3600 - 23) * 3600  # 24 whole hours, the current one last
@@ -63,9 +63,9 @@ async def overview(request: web.Request) -> web.Response:
     return render(
         request,
         "overview.html",
-        overview=await state.overview(request),
+        overview=await overview.overview(request),
         chart=chart.draw(hours, rejected),
-        alerts=state.firing_alerts(request),
+        alerts=overview.firing_alerts(request),
         dead=await outbox.dead_by_reason(),
         now=now,
     )
@@ -110,7 +110,7 @@ async def events(request: web.Request) -> web.Response:
         live=None if search or "before" in query else f"{security.PREFIX}/events.json{live}",
         statuses=STATUSES,
         event_types=EVENTS,
-        servers=[s.server_id for s in state.settings(request).servers],
+        servers=[s.server_id for s in overview.settings(request).servers],
     )
 
 
@@ -139,7 +139,7 @@ async def event(request: web.Request) -> web.Response:
         body=body,
         attempts=await outbox.attempts(record.id),
         retried=request.query.get("retried"),
-        waits_for=await waits_for(outbox, state.delivery_view(request), record, time.time()),
+        waits_for=await waits_for(outbox, overview.delivery_view(request), record, time.time()),
         now=time.time(),
     )
 
@@ -202,7 +202,7 @@ async def dead_progress(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    settings = describe(state.settings(request))
+    settings = describe(overview.settings(request))
     return render(request, "config.html", settings=settings)
 
 

@@ -22,17 +22,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from relay.events import Event
 from relay.store.contract_records import Records
 
-STATUSES = ("pending", "in_flight", "delivered", "dead")
+Status = Literal["pending", "in_flight", "delivered", "dead"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+FINISHED: tuple[Status, ...] = ("delivered", "dead")  # no attempt follows, unless replayed
 # A qualified or reversed that MMOLove refused as illegal before any registered for its
 # token was delivered: pending until one is, dead as "orphaned" at max_age_s.
 WAITING_FOR_REGISTERED = "waiting_for_registered"
 # Outcomes of an attempt MMOLove took; any other outcome is a failed attempt.
-DELIVERED_OUTCOMES = ("accepted", "duplicate", "ignored", "test")
+# A failed attempt's outcome is open-ended (``http_<status>``, ``timeout``...): a ``str``.
+DeliveredOutcome = Literal["accepted", "duplicate", "ignored", "test"]
+DELIVERED_OUTCOMES: tuple[DeliveredOutcome, ...] = get_args(DeliveredOutcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,7 @@ class EventRecord:
     event: str
     server_event_id: str
     test: bool
-    status: str
+    status: Status
     outcome: str | None
     attempts: int
     created_at: float
@@ -76,7 +80,7 @@ class EventRecord:
 
     def as_json(self) -> dict[str, Any]:
         out = {n: getattr(self, n) for n in self.__slots__ if n not in ("body", "lease")}
-        if self.status in ("delivered", "dead"):
+        if self.status in FINISHED:
             out["next_attempt_at"] = None
         out["body"] = self.body.decode("utf-8")
         return out
@@ -122,7 +126,7 @@ class Attempt:
 class Outcome:
     """What one attempt decided for its event; written by ``Outbox.finish``."""
 
-    status: str  # pending (retry), delivered or dead
+    status: Status  # pending (retry), delivered or dead
     outcome: str | None = None
     next_attempt_at: float = 0.0
     error: str | None = None

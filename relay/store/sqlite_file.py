@@ -6,8 +6,10 @@ Used by the outbox (``sqlite``) and by ``migrate_outbox``, which holds the lock 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -22,8 +24,13 @@ _PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 5000")
 async def connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row  # columns are read by name, wherever they sit in a SELECT
-    for pragma in _PRAGMAS:
-        await db.execute(f"PRAGMA {pragma}")
+    try:
+        for pragma in _PRAGMAS:
+            await db.execute(f"PRAGMA {pragma}")
+    except BaseException:
+        # Its thread is not a daemon: left open, it would keep the process from exiting.
+        await db.close()
+        raise
     return db
 
 
@@ -47,6 +54,12 @@ def connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
 
 def unopenable(path: Path, exc: sqlite3.Error | OSError) -> OutboxError:
     cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in cause:
+        free = shutil.disk_usage(path.parent).free
+        return OutboxError(
+            f"cannot open the outbox {path}: {cause}; its disk has {free} bytes free. Free "
+            "space on that disk, then start the relay again."
+        )
     return OutboxError(
         f"cannot open the outbox {path}: {cause}; point MMOLOVE_RELAY_DB (or [outbox] path) "
         "at a file in a writable directory the relay's user owns."
