@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from relay.errors import OutboxError, OutboxUnavailable
@@ -401,6 +402,28 @@ async def test_records_are_decoded_by_column_name_not_position(
         db.row_factory = sqlite3.Row
         row = db.execute(f"SELECT {', '.join(reversed(names))} FROM events").fetchone()
     assert EventRecord.from_row(row) == stored
+
+
+async def test_records_are_decoded_by_column_name_on_postgresql(
+    pg_url: str, pg_password: str | None
+) -> None:
+    """As on SQLite: a row whose columns come in another order (the lease first) yields the
+    record the outbox reads, leased by a claim."""
+    box = await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)
+    try:
+        [added] = await box.add([event(registered("t", "p"))], NOW)
+        [claimed] = await box.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
+        assert claimed.lease > 0
+        assert await box.get(added.id) == claimed
+        names = [f.name for f in fields(EventRecord)]
+        db = await asyncpg.connect(pg_url, password=pg_password)
+        try:
+            row = await db.fetchrow(f"SELECT {', '.join(reversed(names))} FROM events")
+        finally:
+            await db.close()
+        assert EventRecord.from_row(row) == claimed
+    finally:
+        await box.close()
 
 
 # -- integrated promises, on both backends ------------------------------------------------

@@ -28,7 +28,7 @@ from relay.errors import ConfigError
 from relay.notify import Notifier
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 from relay.store.contract import FINISHED
-from relay.store.copy import copy_outbox
+from relay.store.migrate_outbox import copy_outbox
 
 log = structlog.get_logger("relay.cli")
 
