@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import checks, commands, tables
+from relay.cli import checks, commands, install_options, tables
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -30,7 +30,6 @@ from relay.cli.client import (
     Environ,
 )
 from relay.config.keys import VARIABLES
-from relay.config.values import ALERT_KINDS
 from relay.demo import DEMO_SECRET, DEMO_SERVER_ID, EVENT_PATH
 from relay.errors import ConfigError, OutboxError
 from relay.store.contract import STATUSES
@@ -102,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _reader_commands(command, sub)
     _writer_commands(command)
     _check_commands(command)
-    _install_commands(command)
+    install_options.add(command, sub_config=_config_option, usage=_usage, later=_later)
     return parser
 
 
@@ -334,72 +333,6 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "--send-alert", action="store_true", help="send a test message to every alert target"
     )
     _daemon_options(doctor)
-
-
-def _install_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    setup = command(
-        "setup",
-        "install, start and verify the relay as a systemd service in one command (as root)",
-        _later("setup", "setup"),
-        description="Prove the signing secret with a signed test event, then install it "
-        "(root-only), the unit and a drop-in with the server id; enable and start the service, "
-        "wait for it to be ready and send a test event through it. Run again, it changes only "
-        "what differs. Without systemd as PID 1 (or with --no-service) it writes a "
-        "configuration file and prints the serve command and a container line instead.",
-    )
-    setup.add_argument("--server-id", help="the server id in MMOLove's dashboard (else asked)")
-    _secret_file_option(setup, "the signing secret")
-    setup.add_argument("--kid", help="the secret's key id, if the dashboard shows one")
-    setup.add_argument("--endpoint", help="MMOLove's event URL (default: MMOLove's own)")
-    setup.add_argument("--listen", help="ingest host:port, on loopback (default 127.0.0.1:8787)")
-    setup.add_argument("--alert-url", metavar="URL", help="where alerts go (kept root-only)")
-    setup.add_argument(
-        "--alert-kind", choices=ALERT_KINDS, default="webhook", help="default %(default)s"
-    )
-    setup.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    setup.add_argument(
-        "--no-service",
-        action="store_true",
-        help="write a configuration file (into --dir) instead of installing a service",
-    )
-    setup.add_argument(
-        "--dir", type=Path, help="with --no-service: where to write (default ./mmolove-relay)"
-    )
-    _wait_option(setup, "for readiness and the test event")
-
-    secret: argparse.ArgumentParser = command(
-        "secret", "replace the signing secret, proven first", lambda a, e: _usage(secret)
-    )
-    secret_sub = secret.add_subparsers(metavar="set")
-    what = (
-        "prove a new signing secret with a test event, write it (keeping the old one as "
-        ".previous), apply it (a restart under systemd credentials, else a reload) and wait "
-        "until a server it paused sends again"
-    )
-    secret_set = secret_sub.add_parser("set", help=what, description=what)
-    secret_set.set_defaults(handler=_later("secret", "secret_set"))
-    _config_option(secret_set, default=argparse.SUPPRESS)
-    secret_set.add_argument("--server-id", help="which configured server (default: the one)")
-    _secret_file_option(secret_set, "the new secret", default="-")
-    _wait_option(secret_set, "for the paused server to send again")
-
-
-def _secret_file_option(
-    parser: argparse.ArgumentParser, what: str, default: str | None = None
-) -> None:
-    asked = "stdin" if default == "-" else "a hidden prompt"
-    parser.add_argument(
-        "--secret-file",
-        metavar="PATH",
-        default=default,
-        help=f"read {what} from this file, or - for stdin (default: {asked}); never argv",
-    )
-
-
-def _wait_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--wait-s", type=float, default=60.0, metavar="SECONDS", help=f"how long to wait {what}"
-    )
 
 
 def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
