@@ -12,6 +12,7 @@ from typing import Any
 from relay.errors import OutboxError
 from relay.store.contract_records import (
     BODY_KEPT_BYTES,
+    EVENT_AS_LEDGER,
     LEDGER_COLUMNS,
     REJECTED_COLUMNS,
     AlertState,
@@ -111,6 +112,17 @@ class PostgresRecords:
             f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE {column} = $1 ORDER BY event_id", value
         )
         return [LedgerEntry.from_row(row) for row in rows]
+
+    async def first_delivered(self, event: str, *, test: bool = False) -> LedgerEntry | None:
+        rows = await self._read(
+            f"SELECT * FROM (SELECT {LEDGER_COLUMNS} FROM ledger WHERE event = $1 AND test = $2"
+            " ORDER BY event_id LIMIT 1) l UNION ALL"
+            f" SELECT * FROM (SELECT {EVENT_AS_LEDGER} FROM events WHERE event = $1"
+            " AND test = $2 AND status = 'delivered' ORDER BY id LIMIT 1) e ORDER BY 1 LIMIT 1",
+            event,
+            test,
+        )
+        return LedgerEntry.from_row(rows[0]) if rows else None
 
     async def dead_since(self, finished_after: float) -> list[DeadCount]:
         """Events that died after a time, counted by why (the events_finished index)."""

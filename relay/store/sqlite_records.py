@@ -11,6 +11,7 @@ from typing import Any
 
 from relay.store.contract_records import (
     BODY_KEPT_BYTES,
+    EVENT_AS_LEDGER,
     LEDGER_COLUMNS,
     REJECTED_COLUMNS,
     AlertState,
@@ -94,6 +95,18 @@ class SqliteRecords:
             f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE {column} = ? ORDER BY event_id", (value,)
         )
         return [LedgerEntry.from_row(row) for row in rows]
+
+    async def first_delivered(self, event: str, *, test: bool = False) -> LedgerEntry | None:
+        # Primary-key walks that stop at the first match (the + keeps SQLite off events_due,
+        # which would sort every delivered event).
+        rows = await self._read(
+            f"SELECT * FROM (SELECT {LEDGER_COLUMNS} FROM ledger WHERE event = ? AND test = ?"
+            " ORDER BY event_id LIMIT 1) UNION ALL"
+            f" SELECT * FROM (SELECT {EVENT_AS_LEDGER} FROM events WHERE +event = ?"
+            " AND +test = ? AND +status = 'delivered' ORDER BY id LIMIT 1) ORDER BY 1 LIMIT 1",
+            (event, test, event, test),
+        )
+        return LedgerEntry.from_row(rows[0]) if rows else None
 
     async def dead_since(self, finished_after: float) -> list[DeadCount]:
         """Events that died after a time, counted by why (the events_finished index)."""
