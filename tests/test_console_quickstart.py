@@ -93,7 +93,8 @@ async def test_the_checklist_ticks_as_events_land_and_goes_when_all_are_done(
     await expect(steps.nth(0)).to_have_class("step done")  # the secret
     for n in (1, 2, 3, 4):
         await expect(steps.nth(n)).to_have_class("step open")
-    await expect(steps.nth(2)).to_contain_text("curl -sS -X POST http://127.0.0.1:")
+    await expect(steps.nth(2)).to_contain_text(f"curl -sS -X POST {relay.url}/v1/events")
+    await expect(steps.nth(3)).to_contain_text('"event":"qualified","token":"mmref-abc"')
     await expect(steps.nth(4)).to_contain_text("Press Send test alert")
 
     _, reg = await relay.post(registered("tok-first", "player-first"))

@@ -19,7 +19,7 @@ from aiohttp import web
 from relay.alerts.targets import TARGETS, test_message
 from relay.appkeys import OUTBOX
 from relay.config.settings import Settings
-from relay.config.values import ServerConfig, base_url
+from relay.config.values import ServerConfig
 from relay.console import overview
 from relay.proof import Proof, prove
 from relay.store.contract_records import LedgerEntry, Records
@@ -31,6 +31,7 @@ REGISTERED = (
     '{"event":"registered","token":"mmref-abc","referee_identity":"player-7842",'
     '"server_event_id":"reg-7842"}'
 )
+QUALIFIED = '{"event":"qualified","token":"mmref-abc","server_event_id":"qual-7842"}'
 
 
 def _proof_marks(server_id: str) -> tuple[str, str]:
@@ -85,11 +86,12 @@ async def getting_started(request: web.Request) -> tuple[Step, ...] | None:
     if await records.mark(DONE_MARK) is not None:
         return None
     settings = overview.settings(request)
+    post = _curl(request, settings)
     steps = (
         _secret(settings.servers),
         await _test_event(records, settings.servers),
-        _delivered("registered", await records.first_delivered("registered"), settings),
-        _delivered("qualified", await records.first_delivered("qualified"), settings),
+        _delivered("registered", await records.first_delivered("registered"), post),
+        _delivered("qualified", await records.first_delivered("qualified"), post),
         await _alert(request, records, len(settings.alerts)),
     )
     if all(step.done for step in steps):
@@ -134,7 +136,7 @@ async def _test_event(records: Records, servers: Sequence[ServerConfig]) -> Step
     )
 
 
-def _delivered(event: str, first: LedgerEntry | None, settings: Settings) -> Step:
+def _delivered(event: str, first: LedgerEntry | None, post: str) -> Step:
     title = f"First {event} delivered"
     if first is not None:
         player = f" for player {first.referee_identity}" if first.referee_identity else ""
@@ -144,28 +146,36 @@ def _delivered(event: str, first: LedgerEntry | None, settings: Settings) -> Ste
             f"{_utc(first.finished_at)}{player} (server {first.server_id}, "
             f"server_event_id {first.server_event_id})",
         )
-    if event == "registered":
-        listen = settings.listen
-        url = (
-            f"--unix-socket {listen.path} http://localhost/v1/events"
-            if listen.path
-            else f"{base_url(listen.host, listen.port)}/v1/events"
-        )
-        return Step(
-            title,
-            False,
-            "MMOLove has not taken a registered from this relay yet",
-            "When a player signs up through a referral link, the game posts:",
-            f"curl -sS -X POST {url} -H 'Content-Type: application/json' -d '{REGISTERED}'",
-        )
+    when = (
+        "When a player signs up through a referral link, the game posts"
+        if event == "registered"
+        else "When that player reaches the referral's goal, the game posts"
+    )
+    body = REGISTERED if event == "registered" else QUALIFIED
     return Step(
         title,
         False,
-        "MMOLove has not taken a qualified from this relay yet",
-        "When a referred player reaches the goal, the game posts the same with "
-        '"event":"qualified" and the token of their registered, for example:',
-        "qualified for token mmref-abc, server_event_id qual-7842",
+        f"MMOLove has not taken a {event} from this relay yet",
+        f"{when} (the project's examples/ folder has it in your game's language):",
+        f"{post} -d '{body}'",
     )
+
+
+def _curl(request: web.Request, settings: Settings) -> str:
+    """The POST that sends an event to this relay, as the page's reader can run it here."""
+    listen = settings.listen
+    url = (
+        f"--unix-socket {listen.path} http://localhost/v1/events"
+        if listen.path
+        else f"http://{request.host}/v1/events"  # the listener this page came through
+    )
+    # The token's name, never its value: the page may be on a shared screen.
+    auth = (
+        " -H 'Authorization: Bearer <MMOLOVE_RELAY_INGEST_TOKEN>'"
+        if settings.ingest_token is not None
+        else ""
+    )
+    return f"curl -sS -X POST {url} -H 'Content-Type: application/json'{auth}"
 
 
 async def _alert(request: web.Request, records: Records, configured: int) -> Step:
