@@ -47,7 +47,7 @@ async def test_send_test_event_shows_mmoloves_answer_and_ticks_the_checklist(
     await page.get_by_role("button", name="Send test event").click()
     answer = page.locator(".proof")
     await expect(answer).to_have_class("proof ok")
-    await expect(answer).to_contain_text("Verified HTTP 200")
+    await expect(answer).to_contain_text('Verified 200 {"ok":true,"test":true}')
     await expect(answer).to_contain_text("MMOLove verified the signature")
     await expect(test_step).to_have_class("step done")
     await expect(test_step).to_contain_text(f"{SERVER} at 20")
@@ -69,6 +69,7 @@ async def test_a_refused_secret_shows_mmoloves_answer_and_the_fix(
     answer = page.locator(".proof")
     await expect(answer).to_have_class("proof failed")
     await expect(answer).to_contain_text("Failed HTTP 401")
+    await expect(answer).to_contain_text("MMOLove rejected the signature (401 bad_signature)")
     await expect(answer.locator(".fix")).to_contain_text(
         f"MMOLove refused the signature of server {SERVER}: copy the secret"
     )
