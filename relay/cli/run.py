@@ -56,12 +56,18 @@ async def _serve_until_signalled(settings: Settings, config: Path | None, enviro
     handles: list[RunningRelay] = []
     systemd = Notifier.from_environ(environ, pid=os.getpid())
 
+    starting = asyncio.current_task()
+
     def stop(name: str) -> None:
         if shutdown.is_set():
             log.warning("relay.forced_exit", signal=name)
             os._exit(1)  # a second signal: the operator wants out now; the outbox is durable
         log.info("relay.signal", signal=name)
         shutdown.set()
+        if not handles and starting is not None:
+            # Still starting: nothing is taken yet, so stop now rather than after a start-up
+            # that may wait seconds (a locked outbox, an unreachable database).
+            starting.cancel()
 
     def reload() -> None:
         try:
@@ -80,13 +86,24 @@ async def _serve_until_signalled(settings: Settings, config: Path | None, enviro
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    async with systemd.watchdog(alive=lambda: all(r.dispatching for r in handles)):
-        await run(
-            settings,
-            shutdown=shutdown,
-            on_ready=ready,
-            on_stopping=lambda: systemd.notify("STOPPING=1"),
-        )
+    try:
+        async with systemd.watchdog(alive=lambda: all(r.dispatching for r in handles)):
+            await run(
+                settings,
+                shutdown=shutdown,
+                on_ready=ready,
+                on_stopping=lambda: systemd.notify("STOPPING=1"),
+            )
+    except asyncio.CancelledError:
+        if handles or not shutdown.is_set() or starting is None:
+            raise
+        starting.uncancel()
+        log.info("relay.stopped", before_ready=True)
+    finally:
+        # The loop's handlers only set a flag it no longer reads: whatever still runs after
+        # this (a thread that keeps the process alive) must die of the next SIGTERM.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
 
 
 def _redact(settings: Settings) -> None:

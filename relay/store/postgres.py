@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from relay.errors import OutboxError, OutboxUnavailable
+from relay.errors import OutboxDown, OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.store import postgres_console as console
 from relay.store import postgres_sql as sql
@@ -42,6 +42,7 @@ from relay.store.contract import (
     Outcome,
     Retried,
 )
+from relay.store.outage import Outage
 from relay.store.postgres_records import PostgresRecords
 from relay.store.postgres_schema import migrate
 
@@ -87,6 +88,7 @@ class PostgresOutbox:
         self.closing = False
         self.new_events = asyncio.Event()
         self.lost: str | None = None  # nothing to lose: the database is not a file we hold
+        self._outage = Outage(where)
         self._records = PostgresRecords(self._tx, self._read)
         self._size = 0
         self._announcer: asyncio.Task[None] | None = None
@@ -108,20 +110,23 @@ class PostgresOutbox:
                 "idle_in_transaction_session_timeout": _IDLE_IN_TX_MS,
             },
         }
+        # No floor of idle connections: asyncpg would log a traceback for every failed
+        # attempt to restore it while the database is away, which ``Outage`` reports once.
+        pool = asyncpg.create_pool(
+            url, min_size=0, max_size=10, command_timeout=_COMMAND_TIMEOUT_S, **options
+        )
         try:
-            pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=10, command_timeout=_COMMAND_TIMEOUT_S, **options
-            )
-        except (*_DOWN, asyncpg.PostgresError) as exc:
-            raise OutboxError(
-                f"cannot connect to the outbox database {where}: {exc}; check that PostgreSQL "
-                "is up, and the URL, user and password (MMOLOVE_RELAY_DB_PASSWORD_FILE)."
-            ) from exc
-        try:
+            await pool
             async with pool.acquire() as db:
                 await migrate(db)
-        except BaseException:
+        except BaseException as exc:
             await pool.close()
+            if isinstance(exc, (*_DOWN, asyncpg.PostgresError)):
+                raise OutboxError(
+                    f"cannot connect to the outbox database {where}: {exc}; check that "
+                    "PostgreSQL is up, and the URL, user and password "
+                    "(MMOLOVE_RELAY_DB_PASSWORD_FILE)."
+                ) from exc
             raise
 
         async def connect() -> Any:
@@ -413,25 +418,37 @@ class PostgresOutbox:
             try:
                 async with self._pool.acquire() as db:
                     if single:
-                        return await job(db)
-                    async with db.transaction():
-                        return await job(db)
+                        done = await job(db)
+                    else:
+                        async with db.transaction():
+                            done = await job(db)
+                self._outage.up()
+                return done
             except asyncpg.exceptions.TransactionRollbackError as exc:
                 if attempt == _TRIES:
                     raise _unavailable(exc) from exc
-            except (*_DOWN, asyncpg.PostgresError) as exc:
+            except _DOWN as exc:
+                self._outage.down(exc)
+                raise _unavailable(exc, OutboxDown) from exc
+            except asyncpg.PostgresError as exc:
                 raise _unavailable(exc) from exc
         raise AssertionError("unreachable: the last try returns or raises")
 
     async def _read(self, query: str, *params: Any) -> list[Any]:
         try:
             async with self._pool.acquire() as db:
-                return list(await db.fetch(query, *params))
+                rows = list(await db.fetch(query, *params))
         except (*_DOWN, asyncpg.PostgresError) as exc:
-            raise OutboxError(
+            message = (
                 f"reading the outbox database failed ({exc}); check that PostgreSQL is up "
                 "and reachable."
-            ) from exc
+            )
+            if isinstance(exc, _DOWN):
+                self._outage.down(exc)
+                raise OutboxDown(message) from exc
+            raise OutboxError(message) from exc
+        self._outage.up()
+        return rows
 
     def _announce(self) -> None:
         """Wake this replica now and the others soon: one NOTIFY at a time, after the commit.
@@ -450,7 +467,10 @@ class PostgresOutbox:
             try:
                 async with self._pool.acquire() as db:
                     await db.execute("SELECT pg_notify($1, '')", CHANNEL)
-            except (*_DOWN, asyncpg.PostgresError) as exc:
+            except _DOWN as exc:
+                self._outage.down(exc)  # the others still look every few seconds
+                return
+            except asyncpg.PostgresError as exc:
                 # The others still look every few seconds (next_due, the idle wait).
                 log.warning("outbox.notify_failed", error=str(exc))
                 return
@@ -460,13 +480,16 @@ class PostgresOutbox:
         while True:
             try:
                 await self._listen_once()
-            except (*_DOWN, asyncpg.PostgresError) as exc:
+            except _DOWN as exc:
+                self._outage.down(exc)  # reconnects below, every second, quietly
+            except asyncpg.PostgresError as exc:
                 log.warning("outbox.listener_lost", error=str(exc), retry_in_s=1)
             await asyncio.sleep(1)
 
     async def _listen_once(self) -> None:
         lost = asyncio.Event()
         db = await self._connect()
+        self._outage.up()
         try:
             db.add_termination_listener(lambda *_: lost.set())
             await db.add_listener(CHANNEL, lambda *_: self.new_events.set())
@@ -487,9 +510,11 @@ def _where(where: EventFilter) -> tuple[str, list[Any]]:
     return console.numbered(clause), params
 
 
-def _unavailable(exc: BaseException) -> OutboxUnavailable:
+def _unavailable(
+    exc: BaseException, kind: type[OutboxUnavailable] = OutboxUnavailable
+) -> OutboxUnavailable:
     """A write that did not commit: ingest answers 503 and the client sends again."""
-    return OutboxUnavailable(
+    return kind(
         f"the outbox database could not store the change ({type(exc).__name__}: {exc}); "
         "nothing was stored. Retry in a few seconds.",
         retry_after_s=5,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -79,9 +81,10 @@ class SqliteOutbox:
         self._disk_lock = asyncio.Lock()  # one check at a time; the others read its result
         self.reserve = reserve
         self._identities = identities(lock_fd, path)
-        self._file_checked_at = 0.0
         # Why the file this relay writes is no longer the one at its path; None while it is.
         self.lost: str | None = None
+        self._losing = threading.Lock()  # the writer's thread and a check thread may both see it
+        writer.verify = self._refusal_after_commit
         # Set after every commit that added events, so the dispatcher sends them at once.
         self.new_events = asyncio.Event()
 
@@ -98,13 +101,13 @@ class SqliteOutbox:
         """Open (creating, 0600) and migrate the outbox; only one relay may hold a file."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            new = not await asyncio.to_thread(path.exists)  # removed if this start fails
             lock_fd = _lock(path)
         except OSError as exc:
             raise _unopenable(path, exc) from exc
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
-            await asyncio.to_thread(reserve.ensure)
+            await asyncio.to_thread(reserve.make_at_start)
             reader = await _connect(path)
             try:
                 await migrate(reader)
@@ -115,11 +118,13 @@ class SqliteOutbox:
             except BaseException:
                 await reader.close()
                 raise
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:
+            if new:  # what this start made goes with it; an outbox that was there stays
+                for made in ("", "-wal", "-shm", ".reserve"):
+                    path.with_name(path.name + made).unlink(missing_ok=True)
             os.close(lock_fd)
-            raise _unopenable(path, exc) from exc
-        except BaseException:
-            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise _unopenable(path, exc) from exc
             raise
         return cls(
             path,
@@ -146,7 +151,8 @@ class SqliteOutbox:
     async def add(self, events: Sequence[Event], now: float) -> list[Added]:
         """Store events durably in one transaction; an existing key is reported, not stored."""
         await self._check_disk()
-        await self._check_file()
+        if (refused := self._refusal()) is not None:
+            raise refused
 
         results: list[Added] = await self.writer.run(Batched(insert_events, (events, now)))
         if any(r.created for r in results):
@@ -519,30 +525,39 @@ class SqliteOutbox:
         Once lost it stays lost: the relay's descriptors still reach the old, unlinked file,
         so nothing stored from then on would survive a restart.
         """
-        self._file_checked_at = time.monotonic()
         if self.lost is None:
-            problem = await asyncio.to_thread(vanished, self._lock_fd, self._identities)
-            if problem is not None:
-                self.lost = problem
-                log.critical(
-                    "outbox.file_lost",
-                    path=str(self.path),
-                    problem=problem,
-                    action="ingest refused; restart the relay, and restore the outbox from a "
-                    "backup if you have one: undelivered events in it are gone",
-                )
+            self._lose(await asyncio.to_thread(vanished, self._lock_fd, self._identities))
         return self.lost
 
-    async def _check_file(self) -> None:
-        if time.monotonic() - self._file_checked_at >= _DISK_CHECK_EVERY_S:
-            await self.check_file()
-        if self.lost is not None:
-            raise OutboxUnavailable(
-                f"the outbox file is gone ({self.lost}): events stored now would be lost at "
-                "the next restart, so none are taken; the operator must restart the relay. "
-                "Retry later.",
-                retry_after_s=30,
-            )
+    def _refusal_after_commit(self) -> OutboxUnavailable | None:
+        """On the writer's thread, after ingest's commit and before its 202s: whether the
+        file it went to is still the outbox. Three stat calls: the latest, cheapest check."""
+        if self.lost is None:
+            self._lose(vanished(self._lock_fd, self._identities))
+        return self._refusal()
+
+    def _lose(self, problem: str | None) -> None:
+        with self._losing:
+            if problem is None or self.lost is not None:
+                return
+            self.lost = problem
+        log.critical(
+            "outbox.file_lost",
+            path=str(self.path),
+            problem=problem,
+            action="ingest refused; restart the relay, and restore the outbox from a "
+            "backup if you have one: undelivered events in it are gone",
+        )
+
+    def _refusal(self) -> OutboxUnavailable | None:
+        if self.lost is None:
+            return None
+        return OutboxUnavailable(
+            f"the outbox file is gone ({self.lost}): events stored now would be lost at "
+            "the next restart, so none are taken; the operator must restart the relay. "
+            "Retry later.",
+            retry_after_s=30,
+        )
 
     async def disk_free_bytes(self) -> int | None:
         return (await asyncio.to_thread(shutil.disk_usage, self.path.parent)).free
@@ -661,8 +676,13 @@ _PRAGMAS = ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 5000")
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row  # columns are read by name, wherever they sit in a SELECT
-    for pragma in _PRAGMAS:
-        await db.execute(f"PRAGMA {pragma}")
+    try:
+        for pragma in _PRAGMAS:
+            await db.execute(f"PRAGMA {pragma}")
+    except BaseException:
+        # Its thread is not a daemon: left open, it would keep the process from exiting.
+        await db.close()
+        raise
     return db
 
 
@@ -686,6 +706,12 @@ def _connect_writer(path: Path, lock_timeout_s: float) -> sqlite3.Connection:
 
 def _unopenable(path: Path, exc: sqlite3.Error | OSError) -> OutboxError:
     cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in cause:
+        free = shutil.disk_usage(path.parent).free
+        return OutboxError(
+            f"cannot open the outbox {path}: {cause}; its disk has {free} bytes free. Free "
+            "space on that disk, then start the relay again."
+        )
     return OutboxError(
         f"cannot open the outbox {path}: {cause}; point MMOLOVE_RELAY_DB (or [outbox] path) "
         "at a file in a writable directory the relay's user owns."
