@@ -105,3 +105,11 @@ class DiskReserve:
             self.full = False
             log.info("outbox.disk_recovered", free_bytes=free, reserve_bytes=self.size_bytes)
         return free
+
+
+def short_of_space(free_bytes: int, min_free_bytes: int) -> str | None:
+    """Why ingest refuses events for want of disk space, or None: the one rule ``/readyz``
+    and ``doctor`` apply."""
+    if free_bytes < min_free_bytes:
+        return f"disk nearly full: {free_bytes} bytes free, {min_free_bytes} needed for ingest"
+    return None

@@ -152,6 +152,13 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         default=[],
         help=f"a server and its secret (default {DEMO_SERVER_ID}={DEMO_SECRET})",
     )
+    sandbox.add_argument(
+        "--kid",
+        action="append",
+        metavar="ID=KID",
+        default=[],
+        help="the server's current key id: a signature naming another kid is refused (401)",
+    )
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument(
         "--error-rate", type=float, default=0.0, help="fraction of requests answered --error-status"
@@ -314,6 +321,17 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "alert-test", "send a test message to every alert target", checks.alert_test
     )
     alert_test.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    doctor = command(
+        "doctor",
+        "check everything an operator can get wrong, in order, and name the fix for each; "
+        "works with the daemon down; exit 1 when any check fails",
+        _later("doctor", "doctor"),
+    )
+    doctor.add_argument(
+        "--send-alert", action="store_true", help="send a test message to every alert target"
+    )
+    _daemon_options(doctor)
 
 
 def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:

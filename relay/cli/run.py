@@ -137,7 +137,8 @@ def migrate_outbox(args: argparse.Namespace, environ: Environ) -> int:
 
 
 def sandbox(args: argparse.Namespace, environ: Environ) -> int:
-    servers = dict(_server_arg(text) for text in args.server) or {DEMO_SERVER_ID: DEMO_SECRET}
+    servers = dict(_pair("--server", text) for text in args.server) or {DEMO_SERVER_ID: DEMO_SECRET}
+    kids = dict(_pair("--kid", text) for text in args.kid)
     listen = _listen_arg(args.listen)
     faults = Faults(
         latency_ms=args.latency_ms,
@@ -165,6 +166,7 @@ def sandbox(args: argparse.Namespace, environ: Environ) -> int:
             host=listen.host,
             port=listen.port,
             faults=faults,
+            kids=kids,
             shutdown=shutdown,
             on_ready=ready,
         )
@@ -173,11 +175,13 @@ def sandbox(args: argparse.Namespace, environ: Environ) -> int:
     return EXIT_OK
 
 
-def _server_arg(text: str) -> tuple[str, str]:
-    server_id, sep, secret = text.partition("=")
-    if not sep or not server_id or not secret:
-        raise ConfigError(f"--server {text!r} is not ID=SECRET.")
-    return server_id, secret
+def _pair(flag: str, text: str) -> tuple[str, str]:
+    """``--server ID=SECRET`` or ``--kid ID=KID``: the server id and its value."""
+    server_id, sep, value = text.partition("=")
+    if not sep or not server_id or not value:
+        what = "SECRET" if flag == "--server" else "KID"
+        raise ConfigError(f"{flag} {text!r} is not ID={what}.")
+    return server_id, value
 
 
 def _listen_arg(text: str) -> Listen:

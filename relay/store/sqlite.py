@@ -26,7 +26,7 @@ import structlog
 from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.fileguard import identities, vanished
-from relay.reserve import DiskReserve
+from relay.reserve import DiskReserve, short_of_space
 from relay.store import sqlite_console as console
 from relay.store.contract import (
     STATUSES,
@@ -508,10 +508,8 @@ class SqliteOutbox:
         except OutboxError as exc:
             problems.append(f"outbox not writable: {exc}")
         free = await asyncio.to_thread(self.reserve.refresh)
-        if free < self._min_free_bytes:
-            problems.append(
-                f"disk nearly full: {free} bytes free, {self._min_free_bytes} needed for ingest"
-            )
+        if (short := short_of_space(free, self._min_free_bytes)) is not None:
+            problems.append(short)
         cap = self._max_outbox_bytes
         if cap and self.size_bytes() >= cap:
             problems.append(f"outbox full: {self.size_bytes()} bytes, max_outbox_bytes is {cap}")
