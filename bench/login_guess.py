@@ -17,7 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
-from relay.config import Listen, Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig
 from relay.daemon import RunningRelay, run
 
 CONCURRENCY = 8

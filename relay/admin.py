@@ -13,15 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import __version__, visibility
+from relay import __version__, lookup
 from relay.alerts.rules import RULES
 from relay.alerts.targets import TARGETS
-from relay.api import DELIVERY_STATE, METRICS, OUTBOX, error_response
+from relay.api import error_response
+from relay.appkeys import DELIVERY_STATE, METRICS, OUTBOX
 from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
 from relay.origins import local_peer
-from relay.state import HELD, PAUSED, ServerSnapshot
-from relay.store.contract import STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
+from relay.snapshot import HELD, PAUSED, ServerSnapshot
+from relay.store.contract import FINISHED, STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
 STARTED = web.AppKey("started", float)
@@ -80,7 +81,7 @@ async def status(request: web.Request) -> web.Response:
             EventFilter(status="pending", outcome=WAITING_FOR_REGISTERED)
         ),
         "outbox": {"path": outbox.location, "bytes": summary["outbox_bytes"]},
-        "rejected": await visibility.rejected_summary(outbox, now),
+        "rejected": await lookup.rejected_summary(outbox, now),
         "alerts": _alerts(request),
     }
     return web.json_response(body)
@@ -123,7 +124,7 @@ async def purge(request: web.Request) -> web.Response:
     body = await _json_object(request)
     status_ = body.get("status")
     before = body.get("before")
-    if status_ not in ("dead", "delivered"):
+    if status_ not in FINISHED:
         raise InvalidEvent(422, "invalid_status", "purge takes status dead or delivered.", "status")
     if not isinstance(before, int | float) or isinstance(before, bool):
         raise InvalidEvent(422, "invalid_before", "before is a Unix time in seconds.", "before")

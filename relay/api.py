@@ -16,23 +16,18 @@ import structlog
 from aiohttp import web
 
 from relay import openapi, origins
+from relay.appkeys import DELIVERY_STATE, INGEST, METRICS, OUTBOX, StateProvider
 from relay.errors import InvalidEvent, OutboxError, OutboxUnavailable
 from relay.events import Event, parse_json, validate
 from relay.metrics import Metrics
 from relay.rejected import BATCH_REJECTS, DISCONNECTED, RAW_BODY
 from relay.rejected import middleware as _rejections
-from relay.state import DeliverySnapshot, Live
+from relay.snapshot import Live
 from relay.store.contract import Added, Outbox
 
 log = structlog.get_logger("relay.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OUTBOX = web.AppKey("outbox", Outbox)
-StateProvider = Callable[[], DeliverySnapshot]
-DELIVERY_STATE: web.AppKey[StateProvider] = web.AppKey("delivery_state")
-METRICS = web.AppKey("metrics", Metrics)
-# The live settings and draining flag, shared with the dispatcher and the daemon.
-INGEST = web.AppKey("ingest", Live)
 _PUBLIC_PATHS = ("/healthz", "/readyz")  # probes; they show no event data
 _ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's 64-bit integer
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}

@@ -7,16 +7,33 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 
 log = structlog.get_logger("relay.dispatcher")
 
+# closed: send freely; open: send nothing until the cool-down ends; half_open: one probe is out.
+BreakerState = Literal["closed", "open", "half_open"]
+TRIPPED: tuple[BreakerState, ...] = ("open", "half_open")  # MMOLove is failing
 
-def backoff_s(attempts: int, *, base_s: float, cap_s: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base·2^(attempts-1))]."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** max(0, attempts - 1)))
+
+def full_jitter(ceiling_s: float) -> float:
+    """A delay uniform in [0, ceiling]: retries of many events spread instead of bunching."""
+    return random.uniform(0, ceiling_s)
+
+
+def backoff_s(
+    attempts: int,
+    *,
+    base_s: float,
+    cap_s: float,
+    jitter: Callable[[float], float] = full_jitter,
+) -> float:
+    """Exponential backoff with jitter: by default uniform in [0, min(cap, base·2^(attempts-1))]."""
+    return jitter(min(cap_s, base_s * 2 ** max(0, attempts - 1)))
 
 
 class Breaker:
@@ -42,7 +59,7 @@ class Breaker:
         self._probing = False
 
     @property
-    def state(self) -> str:
+    def state(self) -> BreakerState:
         if self.open_until is None:
             return "closed"
         return "half_open" if self._probing else "open"

@@ -16,19 +16,21 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import structlog
 from aiohttp import web
 
-from relay import __version__, admin, guard, visibility
+from relay import __version__, admin, guard, lookup
 from relay.alerts.rules import RULES, Rules
 from relay.alerts.targets import TARGETS, Targets
 from relay.api import make_app
-from relay.config import Settings, describe, host_port, mask_url
+from relay.config.report import describe
+from relay.config.settings import Settings
+from relay.config.values import host_port, mask_url
 from relay.console import add_console
 from relay.dispatcher import Dispatcher
-from relay.errors import ConfigError
+from relay.errors import ConfigError, OutboxDown
 from relay.fleet import FleetSync
 from relay.metrics import Metrics
 from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
-from relay.state import Live
+from relay.snapshot import Live
 from relay.store.backends import open_outbox
 from relay.store.contract import Outbox
 
@@ -137,7 +139,7 @@ async def run(
         app = make_app(outbox, live, dispatcher.snapshot, metrics)
         admin.add_routes(app)
         app.middlewares.append(guard.body_guard(settings))
-        visibility.add_routes(app)
+        lookup.add_routes(app)
         rejections = Rejections(outbox.records, metrics, keep=settings.rejected_keep)
         app[REJECTIONS] = rejections
         recorder = asyncio.create_task(rejections.run(), name="rejections")
@@ -257,7 +259,8 @@ async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
                 now - settings.retention_s, now - settings.ledger_retention_s
             )
         except Exception as exc:  # the next round may succeed; never kill the daemon
-            log.error("outbox.housekeeping_failed", error=str(exc))
+            if not isinstance(exc, OutboxDown):  # logged once by the outbox
+                log.error("outbox.housekeeping_failed", error=str(exc))
             continue
         if events or attempts:
             log.info(

@@ -1,8 +1,9 @@
 """Claim → sign → send → record: the delivery loop, its circuit breaker and per-server pauses.
 
 Retries live in the outbox (``next_attempt_at``), not in memory, so a restart resumes the
-same schedule; this module decides when to claim, how many at once and what each answer
-means for the event and for the server it belongs to.
+same schedule; this module decides when to claim and how many at once. What each answer
+means is ``policy``'s verdict, which the dispatcher applies to the breaker, the server
+(``servers``) and the event.
 """
 
 from __future__ import annotations
@@ -10,59 +11,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 
 import structlog
 
-from relay.breaker import Breaker, Pacer, backoff_s
-from relay.config import ServerConfig, Settings, reread_secret
-from relay.errors import (
-    ConfigError,
-    DeliveryError,
-    OutboxError,
-    PermanentDelivery,
-    RetryableDelivery,
-    SenderPaused,
-)
+from relay import policy
+from relay.breaker import Breaker, Pacer, full_jitter
+from relay.config.settings import Settings
+from relay.config.values import ServerConfig
+from relay.errors import DeliveryError, OutboxDown, OutboxError, RetryableDelivery
 from relay.metrics import Metrics
 from relay.sender import Delivered, Sender
+from relay.servers import ServerState
 from relay.signing import signature_header
-from relay.state import CIRCUIT_OPEN, DELIVERING, PAUSED, DeliverySnapshot, Live, ServerSnapshot
-from relay.store.contract import WAITING_FOR_REGISTERED, Attempt, EventRecord, Outbox, Outcome
+from relay.snapshot import DeliverySnapshot, Live
+from relay.store.contract import Attempt, EventRecord, Outbox, Outcome
 
 log = structlog.get_logger("relay.dispatcher")
 
-# A measured skew above this is corrected when signing; MMOLove's window is ±300 s.
-SKEW_CORRECTION_S = 30.0
 _IDLE_WAIT_S = 30.0  # re-check the outbox at least this often, in case a wake-up was missed
 _OUTBOX_RETRY_S = 2.0
-
-
-@dataclass
-class ServerState:
-    """What the dispatcher knows about one MMOLove server beyond its configuration."""
-
-    config: ServerConfig
-    paused_reason: str | None = None
-    probe_at: float = 0.0
-    probing: bool = False
-    clock_offset_s: float = 0.0
-    last_error: str | None = None
-    last_error_at: float | None = None
-    removed: bool = False  # dropped by a reload: its events are held until it comes back
-
-    def snapshot(self, circuit: str, circuit_open_until: float | None) -> ServerSnapshot:
-        server_id = self.config.server_id
-        if self.removed:
-            return ServerSnapshot.held(server_id)
-        state, reason, next_at = DELIVERING, None, None
-        if self.paused_reason is not None:
-            state, reason, next_at = PAUSED, self.paused_reason, self.probe_at
-        elif circuit != "closed":
-            state, next_at = CIRCUIT_OPEN, circuit_open_until
-            reason = "MMOLove is failing; the circuit holds every server's deliveries back"
-        last = (self.clock_offset_s, self.last_error, self.last_error_at)
-        return ServerSnapshot(server_id, state, reason, next_at, *last)
 
 
 class Dispatcher:
@@ -76,12 +43,14 @@ class Dispatcher:
         *,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[float], float] = full_jitter,
     ) -> None:
         self._outbox = outbox
         self._metrics = metrics
         self._sender = sender
         self._live = live
         self._clock = clock
+        self._jitter = jitter
         settings = live.settings
         self.servers = {s.server_id: ServerState(s) for s in settings.servers}
         self.breaker = Breaker(
@@ -144,7 +113,10 @@ class Dispatcher:
                     timeout = await self._dispatch_once()
                 except OutboxError as exc:
                     # Disk full or locked for a moment: keep the daemon, try again shortly.
-                    log.error("dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S)
+                    if not isinstance(exc, OutboxDown):  # logged once by the outbox
+                        log.error(
+                            "dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S
+                        )
                     timeout = _OUTBOX_RETRY_S
                 await self._sleep(timeout, stop_wait)
         finally:
@@ -303,9 +275,27 @@ class Dispatcher:
             raise
         latency_ms = (time.monotonic() - t0) * 1000
         # Backoff counts from the end of the attempt: a 15 s timeout must not eat it.
-        outcome = await self._decide(record, state, result, self._clock())
-        if outcome.outcome == "illegal_transition":
-            outcome = await self._hold_for_registered(record, outcome, started)
+        now = self._clock()
+        timing = policy.Timing.of(self._settings)
+        verdict = policy.verdict(result, record, state.facts, timing, now, jitter=self._jitter)
+        if verdict.breaker == "success":
+            self.breaker.success()
+        else:
+            self.breaker.failure(now, verdict.breaker_hold_s)
+        await state.apply(verdict, now)
+        outcome = verdict.outcome
+        if policy.may_have_overtaken(record, outcome):
+            delivered_at = await self._outbox.registered_delivered_at(
+                record.server_id, record.token
+            )
+            outcome = policy.hold_for_registered(
+                record,
+                outcome,
+                registered_delivered_at=delivered_at,
+                started=started,
+                now=self._clock(),
+                max_age_s=timing.max_age_s,
+            )
         label = outcome.outcome or outcome.status
         detail = result.response if isinstance(result, Delivered) else str(result)
         attempt = Attempt(
@@ -388,127 +378,3 @@ class Dispatcher:
             # A bug must cost one retry, not the dispatcher (and never leave a probe stuck).
             log.exception("delivery.crashed", outbox_id=record.id)
             return RetryableDelivery("internal", f"the relay failed to send: {exc!r}")
-
-    async def _decide(
-        self,
-        record: EventRecord,
-        state: ServerState,
-        result: Delivered | DeliveryError,
-        now: float,
-    ) -> Outcome:
-        """Turn one attempt's result into the event's next status; update breaker and pauses."""
-        s = self._settings
-        was_probe = state.probing
-        state.probing = False
-        if not isinstance(result, Delivered):
-            state.last_error, state.last_error_at = str(result), now
-        if isinstance(result, Delivered | PermanentDelivery):
-            self.breaker.success()  # MMOLove answered
-            if was_probe and state.paused_reason:
-                # Any verdict on the event means the signature and endpoint work again.
-                log.info("sender.resumed", server_id=state.config.server_id)
-                state.paused_reason = None
-        if isinstance(result, Delivered):
-            return Outcome(
-                status="delivered",
-                outcome=result.outcome,
-                http_status=result.http_status,
-                response=result.response,
-                referral_id=result.referral_id,
-                state=result.state,
-            )
-        if isinstance(result, PermanentDelivery):
-            return Outcome(
-                status="dead",
-                outcome=result.reason,
-                error=str(result),
-                http_status=result.http_status,
-                response=result.response or None,
-            )
-        if isinstance(result, SenderPaused):
-            self.breaker.success()
-            await self._pause(state, result, now)
-            retry_at = now  # the pause holds it back; a probe or a reload may take it any time
-        else:
-            retry_after = result.retry_after_s if isinstance(result, RetryableDelivery) else None
-            if retry_after is not None:
-                # Honoured, but a Retry-After of days must not stall the relay for days.
-                retry_after = min(retry_after, s.retry_after_cap_s)
-            self.breaker.failure(now, retry_after)
-            if was_probe:
-                state.probe_at = now + s.pause_probe_s
-            delay = backoff_s(record.attempts, base_s=s.backoff_base_s, cap_s=s.backoff_cap_s)
-            retry_at = now + max(delay, retry_after or 0.0)
-        return Outcome(
-            status="pending",
-            outcome=result.reason,
-            error=str(result),
-            next_attempt_at=min(retry_at, record.age_from + s.max_age_s),
-            http_status=result.http_status,
-            response=result.response or None,
-        )
-
-    async def _hold_for_registered(
-        self, record: EventRecord, outcome: Outcome, started: float
-    ) -> Outcome:
-        """A qualified or reversed refused as illegal may only have overtaken its registered
-        (two code paths in the game server race): keep it until a registered for its token
-        is delivered, and dead-letter it as orphaned only when max_age_s runs out."""
-        if record.event == "registered" or record.test:
-            return outcome
-        delivered_at = await self._outbox.registered_delivered_at(record.server_id, record.token)
-        if delivered_at is not None and delivered_at < started:
-            return outcome  # MMOLove had the registered already: really illegal
-        expires_at = record.age_from + self._settings.max_age_s
-        error = (
-            f"MMOLove refused this {record.event} as an illegal transition ({outcome.error}), "
-            f"and no registered for token {record.token} had been delivered: waiting for one; "
-            "it is sent again as soon as one is, and dead-lettered as orphaned at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(expires_at))} UTC (max_age_s)"
-        )
-        return replace(
-            outcome,
-            status="pending",
-            outcome=WAITING_FOR_REGISTERED,
-            error=error,
-            # A registered delivered while this one was on its way: try again at once.
-            next_attempt_at=self._clock() if delivered_at is not None else expires_at,
-        )
-
-    async def _pause(self, state: ServerState, error: SenderPaused, now: float) -> None:
-        """Stop sending for this server, say why loudly, and plan the probe that may resume it."""
-        s = self._settings
-        server_id = state.config.server_id
-        state.probe_at = now + s.pause_probe_s
-        reason = str(error)
-        skew = error.clock_skew_s
-        if skew is not None and abs(skew - state.clock_offset_s) >= SKEW_CORRECTION_S:
-            # A wrong clock is the one 401 cause the relay can fix by itself: sign with
-            # MMOLove's time from now on, and probe straight away.
-            log.warning("sender.clock_skew", server_id=server_id, skew_s=round(skew, 1))
-            state.clock_offset_s = round(skew)
-            state.probe_at = now
-            reason += f"; MMOLove's clock is {skew:+.0f} s from ours, now signing with its time"
-        elif error.reason == "unauthorized":
-            try:
-                fresh = await asyncio.to_thread(reread_secret, state.config)
-            except ConfigError as exc:
-                reason += f"; re-reading the secret failed: {exc}"
-            else:
-                if fresh.secret != state.config.secret:
-                    state.config = fresh
-                    state.probe_at = now
-                    reason += "; the secret file changed, probing with the new secret"
-                else:
-                    reason += (
-                        "; check the secret (and kid) for this server on MMOLove's "
-                        "dashboard, fix it and send SIGHUP"
-                    )
-        if state.paused_reason is None:
-            log.error(
-                "sender.paused",
-                server_id=server_id,
-                reason=reason,
-                next_probe_in_s=round(state.probe_at - now, 1),
-            )
-        state.paused_reason = reason

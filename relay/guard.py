@@ -30,7 +30,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from relay.api import error_response
-from relay.config import Settings
+from relay.config.settings import Settings
 
 log = structlog.get_logger("relay.guard")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from relay.config import MIN_SECRET_CHARS
+from relay.config.values import MIN_SECRET_CHARS
 
 REDACTED = "***"
 _secrets: set[str] = set()

@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from relay.state import HELD, PAUSED, DeliverySnapshot
+from relay.snapshot import HELD, PAUSED, DeliverySnapshot
 
 # The *_created series (when each counter was born) only double the output here.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay import admin, visibility
+from relay import admin, lookup
 from relay.api import make_app
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import OutboxError
 from relay.metrics import Metrics
-from relay.state import STOPPED, DeliverySnapshot, Live, ServerSnapshot
+from relay.snapshot import CIRCUIT_UNKNOWN, STOPPED, DeliverySnapshot, Live, ServerSnapshot
 from relay.store.sqlite_readonly import ReadOnlyOutbox
 
 
@@ -32,7 +32,7 @@ def stopped(server_ids: Iterable[str]) -> DeliverySnapshot:
     """Delivery as the file alone tells it: nothing in flight, pauses and circuit unknown."""
     reason = "the daemon is not running: nothing is sent, and pauses are not known"
     return DeliverySnapshot(
-        circuit="unknown (daemon not running)",
+        circuit=CIRCUIT_UNKNOWN,
         circuit_open_until=None,
         in_flight=0,
         draining=False,
@@ -61,7 +61,7 @@ async def _read(
         live = Live(replace(settings, ingest_token=None))
         app = make_app(outbox, live, lambda: snapshot, Metrics())
         admin.add_routes(app)
-        visibility.add_routes(app)
+        lookup.add_routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:

@@ -25,7 +25,7 @@ import ipaddress
 
 from aiohttp import web
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.errors import InvalidEvent
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -10,8 +10,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from relay.state import DeliverySnapshot
-from relay.store.contract import WAITING_FOR_REGISTERED, EventFilter, EventRecord, Outbox
+from relay import utc
+from relay.snapshot import DeliverySnapshot
+from relay.store.contract import WAITING_FOR_REGISTERED, EventFilter, EventRecord, Outbox, Status
 from relay.store.contract_records import LedgerEntry, RejectedFilter, Rejection
 
 _MAX_EVENTS = 200  # one referral has a handful; this bounds a pathological token
@@ -25,7 +26,7 @@ class StoryEntry:
     event: str
     server_event_id: str
     test: bool
-    status: str
+    status: Status
     outcome: str | None
     referral_id: str | None
     state: str | None
@@ -223,9 +224,9 @@ def _pending(
         )
     if e.status == "in_flight":
         return Verdict(None, f"Pending: {what} is being sent to MMOLove now.")
-    if view.circuit in ("open", "half_open"):
+    if view.mmolove_failing:
         until = view.circuit_open_until
-        when = f" until {_clock(until)}" if until else ""
+        when = f" until {utc.stamp(until)}" if until else ""
         return Verdict(
             None,
             f"Pending: MMOLove is failing, so the circuit is open{when}; {what} is sent when "
@@ -238,7 +239,7 @@ def _pending(
         return Verdict(
             None,
             f"Pending: {what} is backing off after {e.outcome or 'a failure'} "
-            f"({e.error or 'no answer'}); next attempt at {_clock(due)}.",
+            f"({e.error or 'no answer'}); next attempt at {utc.stamp(due)}.",
             f"mmolove-relay retry {e.id}",
         )
     return Verdict(None, f"Pending: {what} is due now and will be sent shortly.")
@@ -268,22 +269,18 @@ def _noted(
             note = ""
         elif server_id in view.paused:
             note = f"held: server {server_id} is paused"
-        elif view.circuit in ("open", "half_open"):
+        elif view.mmolove_failing:
             until = view.circuit_open_until
             note = "held: the circuit to MMOLove is open" + (
-                f" until {_clock(until)}" if until else ""
+                f" until {utc.stamp(until)}" if until else ""
             )
         elif earlier and not e.test:
             note = f"waits behind #{earlier[0].id}"
         elif e.outcome == WAITING_FOR_REGISTERED:
             note = "waits for a registered of its token to be delivered"
         elif e.next_attempt_at and e.next_attempt_at > now:
-            note = f"next attempt at {_clock(e.next_attempt_at)}"
+            note = f"next attempt at {utc.stamp(e.next_attempt_at)}"
         else:
             note = "due now"
         out.append(replace(e, note=note))
     return tuple(out)
-
-
-def _clock(timestamp: float) -> str:
-    return time.strftime("%H:%M:%S UTC", time.gmtime(timestamp))

@@ -21,6 +21,7 @@ import aiohttp
 from relay import __version__
 from relay.errors import PermanentDelivery, RetryableDelivery, SenderPaused
 from relay.signing import HEADER
+from relay.store.contract import DeliveredOutcome
 
 SNIPPET_CHARS = 500  # how much of MMOLove's answer the outbox and logs keep
 _DETAIL_CHARS = 200  # how much of an answer an error message quotes
@@ -31,7 +32,7 @@ _READ_LIMIT = 16 * 1024
 class Delivered:
     """MMOLove took the event: ``outcome`` is accepted, duplicate, ignored or test."""
 
-    outcome: str
+    outcome: DeliveredOutcome
     http_status: int
     response: str
     referral_id: str | None = None
@@ -126,6 +127,7 @@ def classify(
             response=text,
         )
     if status == 200:
+        outcome: DeliveredOutcome
         if answer.get("duplicate"):
             outcome = "duplicate"
         elif answer.get("ignored"):

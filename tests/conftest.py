@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.config import Listen, Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
 from relay.store.contract import Outbox
 from relay.store.postgres import PostgresOutbox

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.daemon import RunningRelay, run
 from relay.store.contract import Outbox
 

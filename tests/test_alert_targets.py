@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from relay.alerts.targets import Message, TargetFailed, post
-from relay.config import AlertTarget, Secret, Settings
+from relay.config.settings import Settings
+from relay.config.values import AlertTarget, Secret
 from relay.sandbox import RunningSandbox
 from tests.support import SECRET, SERVER, StartRelay, cli, eventually, registered
 from tests.test_alerts import URL_TOKEN, Receiver, alerting, receiving

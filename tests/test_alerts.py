@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from relay.config import AlertTarget, Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import AlertTarget, Secret, ServerConfig
 from relay.sandbox import RunningSandbox
 from relay.signing import parse_header, verify
 from tests.support import SECRET, SERVER, StartRelay, cli, registered, running_relay

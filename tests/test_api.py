@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import Secret
+from relay.config.values import Secret
 from tests.support import SERVER, Relay, StartRelay, qualified, registered
 
 pytestmark = pytest.mark.timeout(30)
@@ -321,7 +321,7 @@ async def test_ingest_token_is_required_when_configured(start_relay: StartRelay)
 
 
 async def test_several_servers_need_server_id(start_relay: StartRelay, settings: Any) -> None:
-    from relay.config import ServerConfig
+    from relay.config.values import ServerConfig
 
     two = (*settings.servers, ServerConfig("srv-2", Secret("s2")))
     relay = await start_relay(servers=two)
@@ -415,7 +415,7 @@ async def test_non_utf8_bearer_token_is_401(start_relay: StartRelay) -> None:
 async def test_reload_adds_a_server_to_ingest(start_relay: StartRelay, settings: Any) -> None:
     from dataclasses import replace
 
-    from relay.config import ServerConfig
+    from relay.config.values import ServerConfig
 
     relay = await start_relay()
     body = {**qualified("tok-new", "p"), "server_id": "srv-2", "test": True}
@@ -429,7 +429,7 @@ async def test_unix_socket_listener(start_relay: StartRelay, tmp_path: Any) -> N
     """A sidecar or a same-host game server can use a Unix socket instead of a port."""
     import aiohttp
 
-    from relay.config import Listen
+    from relay.config.values import Listen
 
     path = tmp_path / "relay.sock"
     relay = await start_relay(listen=Listen(path=path))

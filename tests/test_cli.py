@@ -14,7 +14,8 @@ import pytest
 
 from relay.cli import main
 from relay.cli.client import EXIT_BROKEN_PIPE
-from relay.config import ENVIRONMENT, Settings
+from relay.config.keys import ENVIRONMENT
+from relay.config.settings import Settings
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, RunningSandbox
 from tests.support import SECRET, SERVER, StartRelay, assert_demo_landed, cli
 
@@ -87,7 +88,7 @@ async def test_unreachable_relay_exits_4() -> None:
 async def test_send_can_wait_for_a_relay_that_is_still_starting(start_relay: StartRelay) -> None:
     import socket
 
-    from relay.config import Listen
+    from relay.config.values import Listen
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

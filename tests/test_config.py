@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import (
-    KNOWN_VARIABLES,
-    Listen,
-    Settings,
-    base_url,
-    describe,
-    load_settings,
-    mask_url,
-    parse_listen,
-)
+from relay.config.keys import KNOWN_VARIABLES
+from relay.config.loading import load_settings
+from relay.config.report import describe
+from relay.config.settings import Settings
+from relay.config.values import Listen, base_url, mask_url, parse_listen
 from relay.errors import ConfigError
 from relay.sandbox import RunningSandbox
 from tests.harness import Spawn, relay_env

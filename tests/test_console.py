@@ -24,7 +24,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from relay.config import Listen, Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig
 from relay.console.views import PAGE
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.support import (

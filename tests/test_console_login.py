@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from relay.config import Listen, Secret, Settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret
 from relay.console import login, security
 from relay.console.login import LOCK_CAP_S, LOCK_S, Throttle
 from tests.support import Relay, StartRelay, running_relay

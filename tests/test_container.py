@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.harness import accepted_keys, in_progress, key_of, post
 from tests.support import eventually, free_port, registered, require_tools, unavailable

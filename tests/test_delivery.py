@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from relay import signing
-from relay.config import Secret, Settings
+from relay.config.settings import Settings
+from relay.config.values import Secret
 from relay.sandbox import RunningSandbox
 from tests.support import (
     SECRET,

@@ -22,7 +22,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from relay.config import Secret, load_settings
+from relay.config.loading import load_settings
+from relay.config.values import Secret
 from relay.errors import OutboxError
 from relay.events import Event, validate
 from relay.sandbox import RunningSandbox

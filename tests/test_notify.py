@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from relay.config import CREDENTIAL_NAME
+from relay.config.values import CREDENTIAL_NAME
 from relay.notify import Notifier
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import jsonschema_rs
 import pytest
 
-from relay.config import Secret
+from relay.config.values import Secret
 from relay.openapi import document
 from tests.support import Relay, StartRelay, registered
 

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.config import Listen, Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import Listen, Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
 from relay.signing import signature_header
 from tests.support import (
@@ -190,6 +191,7 @@ async def test_test_command_proves_secret_and_reports_a_wrong_one(
     [result] = json.loads(out)["servers"]
     assert (result["ok"], result["http_status"], result["reason"]) == (False, 401, "unauthorized")
     assert 590 < result["clock_skew_s"] < 610
+    assert "time sync" in result["fix"]  # 10 minutes off: the clock is named before the secret
     assert "wrong-secret" not in out + err
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config import Listen, Secret
+from relay.config.values import Listen, Secret
 from relay.sandbox import RunningSandbox
 from tests.support import Relay, StartRelay, qualified, registered
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import Secret, ServerConfig
+from relay.config.values import Secret, ServerConfig
 from relay.offline import stopped
 from relay.player import story as player_story
 from relay.sandbox import RunningSandbox

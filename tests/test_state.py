@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from relay.config import Secret, ServerConfig, Settings
+from relay.config.settings import Settings
+from relay.config.values import Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.harness import Spawn, get_json, ingest, relay_env, tuning, wait_delivered
 from tests.support import SECRET, SERVER, Relay, StartRelay, cli, eventually, registered

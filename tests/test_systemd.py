@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config import CREDENTIAL_NAME, Settings
+from relay.config.settings import Settings
+from relay.config.values import CREDENTIAL_NAME
 from relay.guard import FD_RESERVE
 from relay.packaged import SYSTEMD_UNIT
 from relay.sandbox import running_sandbox

@@ -17,10 +17,11 @@ from dataclasses import dataclass, replace
 import structlog
 from aiohttp import web
 
+from relay import utc
 from relay.alerts.targets import Message, quoted
-from relay.config import Settings
-from relay.errors import OutboxError
-from relay.state import DeliverySnapshot, Live
+from relay.config.settings import Settings
+from relay.errors import OutboxDown, OutboxError
+from relay.snapshot import DeliverySnapshot, Live
 from relay.store.contract import Outbox
 from relay.store.contract_records import AlertState
 
@@ -81,6 +82,8 @@ class Rules:
         while True:
             try:
                 await self.evaluate()
+            except OutboxDown:
+                pass  # logged once by the outbox; the next round may read fine
             except OutboxError as exc:  # the next round may read fine
                 log.error("alert.rules_failed", error=str(exc))
             await asyncio.sleep(self._s.alert_every_s)
@@ -115,7 +118,7 @@ class Rules:
         found.append(
             Observation(
                 "circuit",
-                view.circuit in ("open", "half_open"),
+                view.mmolove_failing,
                 f"the circuit to MMOLove has been open for over {_span(s.alert_after_s)}: "
                 "MMOLove is failing or unreachable, events wait in the outbox",
                 after_s=s.alert_after_s,
@@ -177,7 +180,7 @@ class Rules:
             self._clear_since.pop(o.key, None)
             since = self._active_since.setdefault(o.key, now)
             if state is None and now - since >= o.after_s:
-                text = f"{o.cause}. Since {_clock(since)}. Run: `{o.command}`"
+                text = f"{o.cause}. Since {utc.stamp(since)}. Run: `{o.command}`"
                 state = AlertState(o.key, since, now, text)
                 await self._outbox.records.save_alert(state)
                 self.firing[o.key] = state
@@ -230,10 +233,6 @@ class Rules:
 
 
 RULES = web.AppKey("alert_rules", Rules)
-
-
-def _clock(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _span(seconds: float) -> str:

@@ -11,47 +11,63 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
-from importlib import resources
-from typing import Any
 
 from relay.cli.client import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandFailed, Environ
 from relay.cli.tables import print_json
-from relay.config import ServerConfig, Settings, describe, load_settings, mask_url, sources
-from relay.errors import DeliveryError, SenderPaused
-from relay.events import validate
+from relay.config.example import example
+from relay.config.loading import DEFAULT, load, load_settings
+from relay.config.report import describe
+from relay.config.settings import Settings
+from relay.config.values import ServerConfig, mask_url
 from relay.signing import HEADER, signature_header
-
-
-def example() -> str:
-    """The example configuration shipped with the package: every key, with its default."""
-    return resources.files("relay").joinpath("relay.example.toml").read_text(encoding="utf-8")
 
 
 def check_config(args: argparse.Namespace, environ: Environ) -> int:
     if args.example:
         print(example(), end="")
         return EXIT_OK
-    settings = load_settings(environ, args.config)
+    loaded = load(environ, args.config)
+    settings, source = loaded.settings, loaded.sources
     described = describe(settings)
-    source = sources(environ, args.config)
     if args.json:
         print_json({**described, "sources": source})
         return EXIT_OK
+    # Shown even at their defaults: where events go, where they come in, where they are kept.
+    always = {"endpoint", "listen", "db_path" if settings.db_url is None else "db_url"}
+    hidden = 0
     print("the configuration is valid; in force (environment over file over defaults):")
-    for name, value in described.items():
-        if name == "servers":
+    for name, where in source.items():
+        value = described[name]
+        if where == DEFAULT and name not in always and not args.all:
+            hidden += 1
+        elif name == "servers":
+            print(f"  servers = {', '.join(s['id'] for s in value)}   [{where}]")
             for server in value:
                 kid = f", kid {server['kid']}" if server["kid"] else ""
                 path = f" ({server['secret_file']})" if server["secret_file"] else ""
                 print(
                     f"  server {server['id']}: secret *** from {server['secret_from']}{path}{kid}"
                 )
+        elif name == "alerts":
+            labels = ", ".join(f"{a['kind']} {a['name'] or a['url']}" for a in value)
+            print(f"  alerts = {labels or 'none'}   [{where}]")
         else:
-            print(f"  {name} = {value}   [{source[name]}]")
+            print(f"  {name} = {_shown(value)}   [{where}]")
+    if hidden:
+        print(f"  ({hidden} more at their defaults; --all prints every setting)")
+    for note in settings.notes:
+        print(f"note: {note.message}")
     if not settings.listen.is_loopback:
         print("ingest is not on loopback: clients must send the bearer token")
     return EXIT_OK
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as the file writes it
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
 
 
 def sign(args: argparse.Namespace, environ: Environ) -> int:
@@ -76,100 +92,27 @@ def sign(args: argparse.Namespace, environ: Environ) -> int:
 def test(args: argparse.Namespace, environ: Environ) -> int:
     import asyncio
 
+    from relay.proof import prove
+
     settings = load_settings(environ, args.config)
     servers = [_server(settings, args.server_id)] if args.server_id else settings.servers
-    results = asyncio.run(_test_servers(settings, [s.server_id for s in servers]))
+    proofs = asyncio.run(prove(settings, servers))
     if args.json:
+        results = [
+            {**p.as_json(), "message": _with_skew(p.message, p.clock_skew_s)} for p in proofs
+        ]
         print_json({"endpoint": mask_url(settings.endpoint), "servers": results})
     else:
-        for r in results:
-            print(f"server {r['server_id']} -> {mask_url(settings.endpoint)}: {r['message']}")
-    return EXIT_OK if all(r["ok"] for r in results) else EXIT_REFUSED
+        for p in proofs:
+            line = _with_skew(p.message, p.clock_skew_s)
+            print(f"server {p.server_id} -> {mask_url(settings.endpoint)}: {line}")
+            if p.fix:
+                print(f"  fix: {p.fix}")
+    return EXIT_OK if all(p.ok for p in proofs) else EXIT_REFUSED
 
 
-async def _test_servers(settings: Settings, server_ids: Sequence[str]) -> list[dict[str, Any]]:
-    from relay.sender import Sender
-
-    sender = Sender(
-        settings.endpoint,
-        concurrency=1,
-        connect_timeout_s=settings.connect_timeout_s,
-        send_timeout_s=settings.send_timeout_s,
-        ca_file=settings.ca_file,
-    )
-    results = []
-    try:
-        for server in (_server(settings, server_id) for server_id in server_ids):
-            now = time.time()
-            event = validate(
-                {
-                    "event": "registered",
-                    "token": "relay-test",
-                    "referee_identity": "relay-test",
-                    "server_event_id": f"relay-test-{int(now)}",
-                    "server_id": server.server_id,
-                    "test": True,
-                },
-                server_ids=[server.server_id],
-                allow_extra_fields=False,
-                now=now,
-            )
-            header = signature_header(event.body, server.secret.reveal(), int(now), server.kid)
-            try:
-                delivered = await sender.deliver(event.body, header)
-            except SenderPaused as exc:
-                skew = exc.clock_skew_s
-                results.append(_failed(server.server_id, exc, skew))
-            except DeliveryError as exc:
-                results.append(_failed(server.server_id, exc, None))
-            else:
-                skew = delivered.clock_skew_s
-                message = (
-                    f"{delivered.http_status} {delivered.response.strip()}: MMOLove verified "
-                    "the signature; the secret, header format and clock are right"
-                )
-                if delivered.outcome != "test":
-                    message = f"{delivered.http_status} but not a test answer: {delivered.response}"
-                results.append(
-                    _test_result(
-                        server.server_id,
-                        delivered.outcome == "test",
-                        message,
-                        http_status=delivered.http_status,
-                        reason=None,
-                        skew=skew,
-                    )
-                )
-    finally:
-        await sender.close()
-    return results
-
-
-def _test_result(
-    server_id: str,
-    ok: bool,
-    message: str,
-    *,
-    http_status: int | None,
-    reason: str | None,
-    skew: float | None,
-) -> dict[str, Any]:
-    if skew is not None:
-        message += f" (MMOLove's clock is {skew:+.1f} s from ours)"
-    return {
-        "server_id": server_id,
-        "ok": ok,
-        "http_status": http_status,
-        "reason": reason,
-        "clock_skew_s": skew,
-        "message": message,
-    }
-
-
-def _failed(server_id: str, error: DeliveryError, skew: float | None) -> dict[str, Any]:
-    return _test_result(
-        server_id, False, str(error), http_status=error.http_status, reason=error.reason, skew=skew
-    )
+def _with_skew(message: str, skew: float | None) -> str:
+    return message if skew is None else f"{message} (MMOLove's clock is {skew:+.1f} s from ours)"
 
 
 def _server(settings: Settings, server_id: str | None) -> ServerConfig:

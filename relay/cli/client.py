@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relay.config import Listen, base_url, load_settings
+from relay.config.loading import load_settings
+from relay.config.values import Listen, base_url
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
@@ -34,7 +35,7 @@ class CommandFailed(Exception):
         self.code = code
 
 
-class Daemon:
+class DaemonClient:
     """The running relay's HTTP API, found from the configuration's listen setting."""
 
     def __init__(self, args: argparse.Namespace, environ: Environ) -> None:
@@ -57,14 +58,25 @@ class Daemon:
         except OSError as exc:
             if self._reads_file and method == "GET" and self._settings.db_path.is_file():
                 return self._from_file(self._settings.db_path, path)
-            raise CommandFailed(
-                EXIT_UNAVAILABLE,
-                f"cannot reach the relay at {self.base} ({exc}); is `mmolove-relay serve` "
-                "running (systemctl status mmolove-relay), and is --url or "
-                "MMOLOVE_RELAY_LISTEN right? (retry and purge need the daemon; read "
-                "commands also work with --db PATH)",
-            ) from exc
+            raise self._unreachable(exc) from exc
         return _answer(status, answer)
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        """``GET path`` once: the status and answer as they came, a 503 too (``/readyz`` says
+        in it why the relay is not ready); ``CommandFailed`` when nothing answers."""
+        try:
+            return http_json("GET", self.base + path, None, self._token)
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: OSError) -> CommandFailed:
+        return CommandFailed(
+            EXIT_UNAVAILABLE,
+            f"cannot reach the relay at {self.base} ({exc}); is `mmolove-relay serve` "
+            "running (systemctl status mmolove-relay), and is --url or "
+            "MMOLOVE_RELAY_LISTEN right? (retry and purge need the daemon; read "
+            "commands also work with --db PATH)",
+        )
 
     def _from_file(self, db: Path, path: str) -> Any:
         from relay import offline  # the daemon's API on the file: aiohttp and the store

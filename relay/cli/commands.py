@@ -21,16 +21,16 @@ from relay.cli.client import (
     EXIT_REFUSED,
     EXIT_USAGE,
     CommandFailed,
-    Daemon,
+    DaemonClient,
     Environ,
 )
-from relay.state import CIRCUIT_OPEN, HELD, PAUSED, ServerSnapshot
+from relay.snapshot import CIRCUIT_OPEN, HELD, PAUSED, ServerSnapshot
 
 # -- readers -------------------------------------------------------------------------------
 
 
 def status(args: argparse.Namespace, environ: Environ) -> int:
-    data = Daemon(args, environ).call("GET", "/v1/status")
+    data = DaemonClient(args, environ).call("GET", "/v1/status")
     if args.json:
         tables.print_json(data)
         return EXIT_OK
@@ -152,7 +152,7 @@ def events_list(args: argparse.Namespace, environ: Environ) -> int:
         "since": time.time() - args.since if args.since is not None else None,
         "limit": args.limit,
     }
-    data = Daemon(args, environ).call("GET", "/v1/events?" + client.query(params))
+    data = DaemonClient(args, environ).call("GET", "/v1/events?" + client.query(params))
     if args.json:
         tables.print_json(data)
         return EXIT_OK
@@ -179,7 +179,7 @@ def events_list(args: argparse.Namespace, environ: Environ) -> int:
 
 
 def events_show(args: argparse.Namespace, environ: Environ) -> int:
-    e = Daemon(args, environ).call("GET", f"/v1/events/{args.id}")
+    e = DaemonClient(args, environ).call("GET", f"/v1/events/{args.id}")
     if args.json:
         tables.print_json(e)
         return EXIT_OK
@@ -225,7 +225,7 @@ def player(args: argparse.Namespace, environ: Environ) -> int:
     path = "/v1/players/" + urllib.parse.quote(args.account_id, safe="")
     if args.server_id:
         path += "?" + client.query({"server_id": args.server_id})
-    story = Daemon(args, environ).call("GET", path)
+    story = DaemonClient(args, environ).call("GET", path)
     if args.json:
         tables.print_json(story)
         return EXIT_OK
@@ -274,7 +274,7 @@ def rejected(args: argparse.Namespace, environ: Environ) -> int:
         "code": args.code,
         "limit": args.limit,
     }
-    data = Daemon(args, environ).call("GET", "/v1/rejected?" + client.query(params))
+    data = DaemonClient(args, environ).call("GET", "/v1/rejected?" + client.query(params))
     if args.json:
         tables.print_json(data)
         return EXIT_OK
@@ -301,7 +301,7 @@ def send(args: argparse.Namespace, environ: Environ) -> int:
             body[key] = value
     if args.test:
         body["test"] = True
-    answer = Daemon(args, environ).call("POST", "/v1/events", body, wait_s=args.wait_s)
+    answer = DaemonClient(args, environ).call("POST", "/v1/events", body, wait_s=args.wait_s)
     tables.print_json(answer)
     return EXIT_OK
 
@@ -311,7 +311,7 @@ def retry(args: argparse.Namespace, environ: Environ) -> int:
         raise CommandFailed(EXIT_USAGE, "give outbox ids to retry, or --dead (not both).")
     if (args.reason or args.server_id) and not args.dead:
         raise CommandFailed(EXIT_USAGE, "--reason and --server-id go with --dead.")
-    daemon = Daemon(args, environ)
+    daemon = DaemonClient(args, environ)
     if args.ids:
         ids = sorted(set(args.ids))
         tables.confirm(args, f"re-queue event{'s' if len(ids) > 1 else ''} {tables.id_list(ids)}")
@@ -358,7 +358,7 @@ def retry(args: argparse.Namespace, environ: Environ) -> int:
 def purge(args: argparse.Namespace, environ: Environ) -> int:
     status = "dead" if args.dead else "delivered"
     before = time.time() - args.older_than
-    daemon = Daemon(args, environ)
+    daemon = DaemonClient(args, environ)
     params = {"status": status, "finished_before": before, "limit": 1}
     total = daemon.call("GET", "/v1/events?" + client.query(params))["total"]
     if total == 0:

@@ -15,12 +15,13 @@ import importlib
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import checks, commands, tables
+from relay.cli import checks, commands, install_options, tables
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -28,9 +29,10 @@ from relay.cli.client import (
     CommandFailed,
     Environ,
 )
-from relay.config import ENVIRONMENT
+from relay.config.keys import VARIABLES
 from relay.demo import DEMO_SECRET, DEMO_SERVER_ID, EVENT_PATH
 from relay.errors import ConfigError, OutboxError
+from relay.store.contract import STATUSES
 
 Handler = Callable[[argparse.Namespace, Environ], int]
 EVENTS = ["registered", "qualified", "reversed"]
@@ -99,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _reader_commands(command, sub)
     _writer_commands(command)
     _check_commands(command)
+    install_options.add(command, sub_config=_config_option, usage=_usage, later=_later)
     return parser
 
 
@@ -112,10 +115,13 @@ def _config_option(parser: argparse.ArgumentParser, *, default: Any) -> None:
 
 
 def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    width = max(map(len, ENVIRONMENT))
+    indent = " " * 6
+    fill = textwrap.TextWrapper(
+        88, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+    ).fill
     variables = "\n".join(
-        f"  {name:<{width}}  {what}; default {default}"
-        for name, (what, default) in ENVIRONMENT.items()
+        "".join(f"  {name}\n" for name in names) + fill(f"{what}; default {default}")
+        for names, (what, default) in VARIABLES.items()
     )
     command(
         "serve",
@@ -146,6 +152,13 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="ID=SECRET",
         default=[],
         help=f"a server and its secret (default {DEMO_SERVER_ID}={DEMO_SECRET})",
+    )
+    sandbox.add_argument(
+        "--kid",
+        action="append",
+        metavar="ID=KID",
+        default=[],
+        help="the server's current key id: a signature naming another kid is refused (401)",
     )
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument(
@@ -190,7 +203,7 @@ def _reader_commands(command: Callable[..., argparse.ArgumentParser], sub: Any) 
         description="events matching filters, newest first",
     )
     listing.set_defaults(handler=commands.events_list)
-    listing.add_argument("--status", choices=["pending", "in_flight", "delivered", "dead"])
+    listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--event", choices=EVENTS)
     listing.add_argument("--token")
     listing.add_argument("--server-id")
@@ -286,6 +299,11 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
     check.add_argument(
+        "--all",
+        action="store_true",
+        help="print every setting, not only those set somewhere other than their defaults",
+    )
+    check.add_argument(
         "--example",
         action="store_true",
         help="print an example config file with every key and its default, and exit",
@@ -304,6 +322,17 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "alert-test", "send a test message to every alert target", checks.alert_test
     )
     alert_test.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    doctor = command(
+        "doctor",
+        "check everything an operator can get wrong, in order, and name the fix for each; "
+        "works with the daemon down; exit 1 when any check fails",
+        _later("doctor", "doctor"),
+    )
+    doctor.add_argument(
+        "--send-alert", action="store_true", help="send a test message to every alert target"
+    )
+    _daemon_options(doctor)
 
 
 def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
-from relay.api import OUTBOX
-from relay.console import login, security, state, views, visibility
+from relay.appkeys import OUTBOX
+from relay.console import login, lookup, overview, security, views
 from relay.console.jobs import JOBS, RetryJobs
 
 _HERE = Path(__file__).parent
@@ -31,7 +31,9 @@ def add_console(app: web.Application) -> None:
     console.on_response_prepare.append(security.add_headers)
     console.on_cleanup.append(_close_jobs)
     r = console.router
-    r.add_get("/", views.overview)
+    r.add_get("/", views.overview_page)
+    r.add_post("/test-event", views.send_test_event)
+    r.add_post("/test-alert", views.send_test_alert)
     r.add_get("/events", views.events)
     r.add_get("/events.json", views.events_json)
     r.add_get(r"/events/{id:\d{1,18}}", views.event)
@@ -40,8 +42,8 @@ def add_console(app: web.Application) -> None:
     r.add_get("/dead", views.dead)
     r.add_post("/dead/retry", views.retry_reason)
     r.add_get("/dead/progress.json", views.dead_progress)
-    r.add_get("/rejected", visibility.rejected)
-    r.add_get("/players", visibility.players)
+    r.add_get("/rejected", lookup.rejected)
+    r.add_get("/players", lookup.players)
     r.add_get("/config", views.config)
     r.add_get("/login", login.login_form)
     r.add_post("/login", login.login)
@@ -68,7 +70,7 @@ def _templates() -> jinja2.Environment:
         "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
     )
     env.filters["age"] = _age
-    env.filters["count"] = state.count
+    env.filters["count"] = overview.count
     return env
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
-from relay.api import METRICS
+from relay.appkeys import METRICS
 from relay.console import security, views
-from relay.console.state import settings
+from relay.console.overview import settings
 
 log = structlog.get_logger("relay.console")
 

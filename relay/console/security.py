@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay.console.state import settings
+from relay.console.overview import settings
 from relay.origins import CONSOLE_PREFIX, hostname, local_peer, loopback_name
 from relay.store.contract_records import Records
 

@@ -13,11 +13,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 from jinja2 import Environment
 
-from relay.api import OUTBOX
-from relay.config import describe
-from relay.console import chart, security, state
+from relay.appkeys import OUTBOX
+from relay.config.report import describe
+from relay.console import chart, overview, quickstart, security
 from relay.console.jobs import JOBS
 from relay.player import waits_for
+from relay.proof import Proof
 from relay.store.contract import STATUSES, EventFilter, EventRecord
 
 TEMPLATES = web.AppKey("console_templates", Environment)
@@ -37,6 +38,7 @@ class Row:
     token: str
     player: str | None
     server_id: str
+    server_event_id: str
     status: str
     outcome: str | None
     state: str | None
@@ -54,7 +56,10 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     return web.Response(text=html, status=status, content_type="text/html")
 
 
-async def overview(request: web.Request) -> web.Response:
+async def overview_page(
+    request: web.Request, *, proofs: list[Proof] | None = None, alert_sent: bool = False
+) -> web.Response:
+    """The overview; after "Send test event", with MMOLove's answers in place."""
     outbox = request.config_dict[OUTBOX]
     now = time.time()
     since = (now // 3600 - 23) * 3600  # 24 whole hours, the current one last
@@ -63,12 +68,38 @@ async def overview(request: web.Request) -> web.Response:
     return render(
         request,
         "overview.html",
-        overview=await state.overview(request),
+        overview=await overview.overview(request),
         chart=chart.draw(hours, rejected),
-        alerts=state.firing_alerts(request),
+        alerts=overview.firing_alerts(request),
         dead=await outbox.dead_by_reason(),
         now=now,
+        steps=await quickstart.getting_started(request),
+        proofs=proofs,
+        alert_sent=alert_sent,
     )
+
+
+async def send_test_event(request: web.Request) -> web.Response:
+    """Prove every server's secret to MMOLove and show its answers on the overview.
+
+    The answers are rendered in this POST's response, not kept for a redirect: they are
+    this operator's, need no store or expiry, and a reload that sends again is harmless.
+    """
+    form = await request.post()
+    if (refused := security.refuse_action(request, _text(form.get("csrf")))) is not None:
+        return render(request, "error.html", status=403, message=refused)
+    servers = overview.settings(request).servers
+    return await overview_page(request, proofs=await quickstart.send_test_events(request, servers))
+
+
+async def send_test_alert(request: web.Request) -> web.Response:
+    """Queue a test alert for every target; the checklist ticks once one has taken it."""
+    form = await request.post()
+    if (refused := security.refuse_action(request, _text(form.get("csrf")))) is not None:
+        return render(request, "error.html", status=403, message=refused)
+    if not quickstart.send_test_alert(request):
+        return render(request, "error.html", status=409, message=quickstart.NO_ALERTS)
+    return await overview_page(request, alert_sent=True)
 
 
 async def events(request: web.Request) -> web.Response:
@@ -110,7 +141,7 @@ async def events(request: web.Request) -> web.Response:
         live=None if search or "before" in query else f"{security.PREFIX}/events.json{live}",
         statuses=STATUSES,
         event_types=EVENTS,
-        servers=[s.server_id for s in state.settings(request).servers],
+        servers=[s.server_id for s in overview.settings(request).servers],
     )
 
 
@@ -139,7 +170,7 @@ async def event(request: web.Request) -> web.Response:
         body=body,
         attempts=await outbox.attempts(record.id),
         retried=request.query.get("retried"),
-        waits_for=await waits_for(outbox, state.delivery_view(request), record, time.time()),
+        waits_for=await waits_for(outbox, overview.delivery_view(request), record, time.time()),
         now=time.time(),
     )
 
@@ -202,7 +233,7 @@ async def dead_progress(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    settings = describe(state.settings(request))
+    settings = describe(overview.settings(request))
     return render(request, "config.html", settings=settings)
 
 
@@ -283,6 +314,7 @@ def _row(record: EventRecord) -> Row:
         record.token,
         record.referee_identity,
         record.server_id,
+        record.server_event_id,
         record.status,
         record.outcome,
         record.state,

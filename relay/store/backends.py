@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from relay.config import Settings, mask_url
+from relay.config.settings import Settings
+from relay.config.values import mask_url
 from relay.store.contract import Outbox
 from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox

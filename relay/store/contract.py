@@ -22,17 +22,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from relay.events import Event
 from relay.store.contract_records import Records
 
-STATUSES = ("pending", "in_flight", "delivered", "dead")
+Status = Literal["pending", "in_flight", "delivered", "dead"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+FINISHED: tuple[Status, ...] = ("delivered", "dead")  # no attempt follows, unless replayed
 # A qualified or reversed that MMOLove refused as illegal before any registered for its
 # token was delivered: pending until one is, dead as "orphaned" at max_age_s.
 WAITING_FOR_REGISTERED = "waiting_for_registered"
 # Outcomes of an attempt MMOLove took; any other outcome is a failed attempt.
-DELIVERED_OUTCOMES = ("accepted", "duplicate", "ignored", "test")
+# A failed attempt's outcome is open-ended (``http_<status>``, ``timeout``...): a ``str``.
+DeliveredOutcome = Literal["accepted", "duplicate", "ignored", "test"]
+DELIVERED_OUTCOMES: tuple[DeliveredOutcome, ...] = get_args(DeliveredOutcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,7 @@ class EventRecord:
     event: str
     server_event_id: str
     test: bool
-    status: str
+    status: Status
     outcome: str | None
     attempts: int
     created_at: float
@@ -76,7 +80,7 @@ class EventRecord:
 
     def as_json(self) -> dict[str, Any]:
         out = {n: getattr(self, n) for n in self.__slots__ if n not in ("body", "lease")}
-        if self.status in ("delivered", "dead"):
+        if self.status in FINISHED:
             out["next_attempt_at"] = None
         out["body"] = self.body.decode("utf-8")
         return out
@@ -122,7 +126,7 @@ class Attempt:
 class Outcome:
     """What one attempt decided for its event; written by ``Outbox.finish``."""
 
-    status: str  # pending (retry), delivered or dead
+    status: Status  # pending (retry), delivered or dead
     outcome: str | None = None
     next_attempt_at: float = 0.0
     error: str | None = None
@@ -293,11 +297,32 @@ class Outbox(Protocol):
 
     async def claim(
         self, now: float, limit: int, *, servers: Sequence[str], lease_s: float, max_age_s: float
-    ) -> list[EventRecord]: ...
+    ) -> list[EventRecord]:
+        """Lease up to ``limit`` due events of these servers for ``lease_s``, oldest due first.
 
-    async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None: ...
+        In-flight rows whose lease ran out (an attempt that died without recording its
+        outcome) become pending again first. Then ``claim_rule`` decides each due event: an
+        expired one is dead-lettered; one whose (server, token) still has an undelivered
+        event of a lower rank is not claimed but deferred until that one is due (finishing
+        it wakes this one sooner); one whose predecessor is dead is dead-lettered too,
+        naming it. Test events take no part in ordering. A paused server's backlog is never
+        walked; on PostgreSQL, rows another replica is claiming are skipped, not waited for,
+        and each claim carries a fresh fencing ``lease``.
+        """
 
-    async def release(self, records: Iterable[EventRecord], now: float) -> None: ...
+    async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None:
+        """Log ``attempt`` and write its ``outcome`` in one transaction.
+
+        The outcome is written only while the claim ``record`` came from still holds its
+        lease (PostgreSQL; on SQLite one process holds the file, so always): a replica back
+        after its lease ran out cannot overwrite the new owner's result. A delivered or dead
+        event makes its referral's untried followers due now, and a registered one the
+        events that waited for it (``WAITING_FOR_REGISTERED``); ``new_events`` is set.
+        """
+
+    async def release(self, records: Iterable[EventRecord], now: float) -> None:
+        """Hand leased events back as pending, due at ``now`` (shutdown cancelled their
+        attempt); on PostgreSQL only those this claim still holds."""
 
     async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
         """Delete delivered events and attempts before ``before``, each delivered event
@@ -305,9 +330,19 @@ class Outbox(Protocol):
 
     async def retry(
         self, ids: Sequence[int] | EventFilter, now: float, *, limit: int = 500
-    ) -> list[Retried]: ...
+    ) -> list[Retried]:
+        """Re-queue dead events to be sent now, in one transaction.
 
-    async def purge(self, status: str, before: float, *, limit: int = 1000) -> int: ...
+        ``ids`` names events, or a filter picks up to ``limit`` of them, lowest id first. A
+        dead event becomes pending with its ``max_age_s`` clock restarted (``replayed_at``),
+        and so do the followers that died with it (``predecessor_dead``), listed in its
+        ``Retried``; they are not retried again on their own. A pending event is made due
+        now; delivered and in-flight ones are left alone, and reported as such.
+        """
+
+    async def purge(self, status: str, before: float, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` dead or delivered events finished before ``before``, and
+        their attempts; how many events. Any other status is a ``ValueError``."""
 
     async def select(self, where: EventFilter, limit: int = 50) -> list[EventRecord]: ...
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import Settings
+from relay.config.settings import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.reliability.checker import Tally
 from tests.support import (

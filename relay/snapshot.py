@@ -7,16 +7,21 @@ The dispatcher makes snapshots; nobody reads its internals. JSON is made at the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, Literal
 
-from relay.config import Settings
+from relay.breaker import TRIPPED, BreakerState
+from relay.config.settings import Settings
 from relay.errors import OutboxUnavailable
 
-# A server's state as an operator needs to know it.
-DELIVERING = "delivering"  # its due events are sent
-CIRCUIT_OPEN = "circuit_open"  # MMOLove is failing: nothing is sent until the circuit reopens
-PAUSED = "paused"  # its credentials or endpoint are wrong: only a probe is sent now and then
-HELD = "held"  # not in the configuration: its events wait until it is added back
-STOPPED = "stopped"  # read from the outbox file alone: the daemon is not running
+# A server's delivery state as an operator needs to know it.
+Sending = Literal["delivering", "circuit_open", "paused", "held", "stopped"]
+DELIVERING: Final = "delivering"  # its due events are sent
+CIRCUIT_OPEN: Final = "circuit_open"  # MMOLove is failing: nothing is sent until it reopens
+PAUSED: Final = "paused"  # its credentials or endpoint are wrong: only a probe now and then
+HELD: Final = "held"  # not in the configuration: its events wait until it is added back
+STOPPED: Final = "stopped"  # read from the outbox file alone: the daemon is not running
+# The circuit as the outbox file alone tells it.
+CIRCUIT_UNKNOWN: Final = "unknown (daemon not running)"
 NOT_CONFIGURED = (
     "not in the configuration; its events are held, not sent. Add it back (and send SIGHUP) "
     "to deliver them, or purge them."
@@ -53,7 +58,7 @@ class ServerSnapshot:
     """
 
     server_id: str
-    state: str
+    state: Sending
     reason: str | None = None
     next_attempt_at: float | None = None
     clock_offset_s: float = 0.0
@@ -69,7 +74,7 @@ class ServerSnapshot:
 class DeliverySnapshot:
     """The circuit to MMOLove, the attempts in flight and every server the relay knows."""
 
-    circuit: str  # closed, open or half_open
+    circuit: BreakerState | Literal["unknown (daemon not running)"]
     circuit_open_until: float | None
     in_flight: int
     draining: bool
@@ -79,6 +84,11 @@ class DeliverySnapshot:
     def circuit_reopens_at(self) -> float | None:
         """When the open circuit lets its probe through; None unless it is open."""
         return self.circuit_open_until if self.circuit == "open" else None
+
+    @property
+    def mmolove_failing(self) -> bool:
+        """The circuit is open or its probe is out: nothing but a probe is sent."""
+        return self.circuit in TRIPPED
 
     @property
     def sending(self) -> list[str]:

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from relay.api import OUTBOX
-from relay.console import state
+from relay.appkeys import OUTBOX
+from relay.console import overview
 from relay.console.views import ID, PAGE, render, utc_time, with_query
 from relay.player import story
 from relay.rejected import CODES
@@ -39,14 +39,17 @@ async def players(request: web.Request) -> web.Response:
     told = None
     if player:
         told = await story(
-            request.config_dict[OUTBOX], state.delivery_view(request), player, server_id=server_id
+            request.config_dict[OUTBOX],
+            overview.delivery_view(request),
+            player,
+            server_id=server_id,
         )
     return render(
         request,
         "players.html",
         player=player,
         story=told,
-        servers=[s.server_id for s in state.settings(request).servers],
+        servers=[s.server_id for s in overview.settings(request).servers],
         server_id=server_id,
     )
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from relay import utc
 from relay.alerts.rules import RULES
-from relay.api import DELIVERY_STATE, INGEST, OUTBOX
-from relay.config import Settings
-from relay.state import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
+from relay.appkeys import DELIVERY_STATE, INGEST, OUTBOX
+from relay.config.settings import Settings
+from relay.snapshot import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
 from relay.store.contract import STATUSES
 from relay.store.contract_records import AlertState
 
@@ -80,7 +81,7 @@ async def overview(request: web.Request) -> Overview:
         state, detail = _STATES.get(server.state, server.state), server.reason
         if server.state == CIRCUIT_OPEN:
             until = server.next_attempt_at
-            detail = None if until is None else f"until {_clock(until)}"
+            detail = None if until is None else f"until {utc.stamp(until)}"
         elif server.state == DELIVERING:
             detail = None
         servers.append(
@@ -102,7 +103,7 @@ async def overview(request: web.Request) -> Overview:
             servers.append(
                 ServerView(server_id, "not configured", None, by_status, age, None, None)
             )
-    totals = {status: sum(s.counts[status] for s in servers) for status in STATUSES}
+    totals: dict[str, int] = {status: sum(s.counts[status] for s in servers) for status in STATUSES}
     return Overview(snapshot.in_flight, snapshot.circuit, tuple(servers), totals)
 
 
@@ -112,7 +113,3 @@ _STATES = {PAUSED: "paused", CIRCUIT_OPEN: "circuit open", HELD: "not configured
 
 def count(n: int) -> str:
     return f"{COUNT_CAP:,}+" if n > COUNT_CAP else f"{n:,}"
-
-
-def _clock(when: float) -> str:
-    return time.strftime("%H:%M:%S UTC", time.gmtime(when))

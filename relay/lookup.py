@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.api import DELIVERY_STATE, OUTBOX
+from relay.appkeys import DELIVERY_STATE, OUTBOX
 from relay.errors import InvalidEvent
 from relay.player import story
 from relay.store.contract import Outbox
