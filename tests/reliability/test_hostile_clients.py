@@ -194,21 +194,29 @@ async def test_stalled_large_bodies_keep_memory_bounded(
 ) -> None:
     """1,000 connections each send just under 1 MiB and stall, as in the attack run: without
     a bound on bodies in flight the relay holds them all; with it, its peak RSS stays below
-    256 MiB, it keeps taking events, and the memory comes back once the attack ends."""
+    256 MiB, it keeps taking events, and a second attack reuses what the first left resident
+    instead of adding to it.
+
+    How much glibc hands back after a burst varies from run to run (after one attack, 68 to
+    123 MiB of a 56 MiB start, on this code and on the code before issue 22 alike), so the
+    test asserts what holds: no growth from one attack to the next."""
     room_for(STALLED_BODIES)
     env = relay_env(sandbox.url, tmp_path / "outbox.db")
     relay = await spawn(env, config=ingest_config(body_timeout_s=3.0)).ready()
     pid = relay.proc.pid
     before = rss(pid)
     host, port = address(relay)
-    attack = [stall_a_body(host, port, MIB - 1024, hold_s=6.0) for _ in range(STALLED_BODIES)]
-    await asyncio.gather(*attack)
+    kept = []
+    for round_ in range(2):
+        attack = [stall_a_body(host, port, MIB - 1024, hold_s=6.0) for _ in range(STALLED_BODIES)]
+        await asyncio.gather(*attack)
+        await ingest(http, relay.url, registered(f"after-the-flood-{round_}"))
+        kept.append(rss(pid))
     peak = rss(pid, "VmHWM")
-    await ingest(http, relay.url, registered("after-the-flood"))
-    after = rss(pid)
-    print(f"RSS before {before // MIB} MiB, peak {peak // MIB} MiB, after {after // MIB} MiB")
+    print(f"RSS before {before // MIB} MiB, after each attack {[k // MIB for k in kept]} MiB, "
+          f"peak {peak // MIB} MiB")  # fmt: skip
     assert peak < RSS_BOUND
-    assert after < before + (peak - before) / 2
+    assert kept[1] < kept[0] + (peak - before) / 2, "the second attack added to what was kept"
     assert relay.find_logs("api.body_budget_full")
 
 
