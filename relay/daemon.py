@@ -31,6 +31,8 @@ from relay.metrics import Metrics
 from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
 from relay.snapshot import Live
+from relay.sources.state import SOURCES
+from relay.sources.watch import Watcher
 from relay.store.backends import open_outbox
 from relay.store.contract import Outbox
 
@@ -152,6 +154,22 @@ async def run(
             app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send)
             for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
                 stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
+        # Each source its own task and database connection: a slow or failing game database
+        # waits alone, and ingest and delivery never wait for a poll.
+        watchers = [
+            Watcher(
+                source,
+                outbox,
+                metrics,
+                note=rejections.note,
+                server_ids=[s.server_id for s in settings.servers],
+            )
+            for source in settings.game_sources
+        ]
+        app[SOURCES] = [watcher.state for watcher in watchers]
+        for watcher in watchers:
+            task = asyncio.create_task(watcher.run(), name=f"source-{watcher.config.name}")
+            stack.push_async_callback(_cancel, task)
         add_console(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.

@@ -292,6 +292,17 @@ class Outbox(Protocol):
 
     async def add(self, events: Sequence[Event], now: float) -> list[Added]: ...
 
+    async def add_polled(
+        self, events: Sequence[Event], now: float, *, source: str, cursor: str
+    ) -> list[Added]:
+        """``add``, and the source's cursor (JSON text) in the same transaction."""
+
+    async def source_cursor(self, source: str) -> str | None:
+        """The cursor a source's last stored poll reached (JSON text); None before its first."""
+
+    async def watched_players(self, server_id: str, since: float) -> list[tuple[str, str]]:
+        """(referee_identity, token) of players registered since ``since``, not yet qualified."""
+
     async def requeue_in_flight(self, now: float) -> int:
         """Start-up: hand back what this relay held when it stopped; how many."""
 
