@@ -359,6 +359,7 @@ class _MySql(_Database):
 
     async def _drop(self, conn: Any) -> None:
         conn.close()
+        await asyncio.sleep(0)  # the transport lets its socket go on the loop's next turn
 
     def _reason(self, exc: Exception) -> SourceFailure:
         if isinstance(exc, aiomysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
