@@ -179,6 +179,22 @@ async def test_a_statement_is_stopped_by_the_database_at_the_timeout(backend: Ba
         await db.close()
 
 
+async def test_a_timestamp_cursor_handed_back_as_text_still_pages(backend: Backend):
+    """A cursor may be a timestamp; the relay keeps it as text (str() of what was read)."""
+    await backend.admin("CREATE TABLE signups (id INTEGER PRIMARY KEY, at TIMESTAMP NOT NULL)")
+    times = ", ".join(f"({n}, '2026-01-0{n} 10:00:00')" for n in range(1, 5))
+    await backend.admin(f"INSERT INTO signups VALUES {times}")
+    query = "SELECT id, at AS cursor_at FROM signups WHERE at > :cursor ORDER BY at LIMIT :limit"
+    db = await backend.connect()
+    try:
+        first = await db.fetch(query, {"cursor": "2026-01-01 10:00:00", "limit": 2})
+        assert [row["id"] for row in first] == [2, 3]
+        rest = await db.fetch(query, {"cursor": str(first[-1]["cursor_at"]), "limit": 2})
+        assert [row["id"] for row in rest] == [4]
+    finally:
+        await db.close()
+
+
 async def test_two_columns_with_one_name_are_refused(backend: Backend):
     db = await backend.connect()
     try:
