@@ -25,7 +25,7 @@ from relay.config.settings import Settings
 from relay.config.values import host_port, mask_url
 from relay.console import add_console
 from relay.dispatcher import Dispatcher
-from relay.errors import ConfigError
+from relay.errors import ConfigError, OutboxDown
 from relay.fleet import FleetSync
 from relay.metrics import Metrics
 from relay.rejected import REJECTIONS, Rejections
@@ -259,7 +259,8 @@ async def _housekeeping(outbox: Outbox, settings: Settings) -> None:
                 now - settings.retention_s, now - settings.ledger_retention_s
             )
         except Exception as exc:  # the next round may succeed; never kill the daemon
-            log.error("outbox.housekeeping_failed", error=str(exc))
+            if not isinstance(exc, OutboxDown):  # logged once by the outbox
+                log.error("outbox.housekeeping_failed", error=str(exc))
             continue
         if events or attempts:
             log.info(

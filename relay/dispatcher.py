@@ -18,7 +18,7 @@ from relay import policy
 from relay.breaker import Breaker, Pacer, full_jitter
 from relay.config.settings import Settings
 from relay.config.values import ServerConfig
-from relay.errors import DeliveryError, OutboxError, RetryableDelivery
+from relay.errors import DeliveryError, OutboxDown, OutboxError, RetryableDelivery
 from relay.metrics import Metrics
 from relay.sender import Delivered, Sender
 from relay.servers import ServerState
@@ -113,7 +113,10 @@ class Dispatcher:
                     timeout = await self._dispatch_once()
                 except OutboxError as exc:
                     # Disk full or locked for a moment: keep the daemon, try again shortly.
-                    log.error("dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S)
+                    if not isinstance(exc, OutboxDown):  # logged once by the outbox
+                        log.error(
+                            "dispatcher.outbox_error", error=str(exc), retry_in_s=_OUTBOX_RETRY_S
+                        )
                     timeout = _OUTBOX_RETRY_S
                 await self._sleep(timeout, stop_wait)
         finally:

@@ -4,7 +4,9 @@
     ├── ConfigError            fix the configuration; the daemon refuses to start (exit 3)
     ├── OutboxError            the outbox could not do what was asked
     │   └── OutboxUnavailable  cannot take writes now (disk full, locked, shutting down):
-    │                          answer 503 with Retry-After, keep everything already stored
+    │       │                  answer 503 with Retry-After, keep everything already stored
+    │       └── OutboxDown     its database is unreachable: the store logs the outage once
+    │                          (outbox.lost, outbox.back), so callers retry without a word
     ├── InvalidEvent           bad input from a client: answer 4xx, store nothing
     ├── SourceError            a game database a source watches failed or refused its query:
     │                          mark the source failing (``reason`` says how), back off, poll again
@@ -44,6 +46,10 @@ class OutboxUnavailable(OutboxError):
     def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class OutboxDown(OutboxUnavailable):
+    """The outbox's database cannot be reached; the store has logged it (``outbox.lost``)."""
 
 
 class InvalidEvent(RelayError):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from relay.dispatcher import Dispatcher
-from relay.errors import OutboxError
+from relay.errors import OutboxDown, OutboxError
 from relay.store.contract import FleetState, Outbox
 
 log = structlog.get_logger("relay.fleet")
@@ -50,7 +50,9 @@ class FleetSync:
         while True:
             try:
                 await self.sync_once()
-            except OutboxError as exc:  # the database is away: keep our own decisions
+            except OutboxDown:
+                pass  # the database is away, logged once by the outbox: keep our own decisions
+            except OutboxError as exc:
                 log.warning("fleet.sync_failed", error=str(exc))
             await asyncio.sleep(SYNC_S)
 

@@ -19,6 +19,12 @@ from relay.events import validate
 from relay.signing import signature_header
 
 TEST_TOKEN = "relay-test"  # noqa: S105 - the test event's token, not a secret
+# MMOLove refuses a signature more than 5 minutes off its clock: past 60 s of skew the clock
+# is drifting and worth a warning, past 240 s the next minute of drift fails every event.
+CLOCK_WARN_S = 60.0
+CLOCK_FAIL_S = 240.0
+# The sender's reasons for no answer at all: the endpoint cannot be reached from here.
+UNREACHABLE = ("dns", "connect", "network", "timeout", "tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +118,8 @@ def fix(
     server: ServerConfig, http_status: int | None, reason: str | None, skew: float | None
 ) -> str:
     """The one thing to change for a failed proof, from MMOLove's answer (mmolove-api.md)."""
-    if skew is not None and abs(skew) > 240:
-        return (
-            f"this machine's clock is {abs(skew):.0f} s off MMOLove's, beyond the signature's "
-            "5-minute window: enable time sync (timedatectl set-ntp true) and try again."
-        )
+    if skew is not None and abs(skew) > CLOCK_FAIL_S:
+        return clock_fix(skew)
     if http_status == 401:
         kid = f" and the kid {server.kid!r}" if server.kid else ""
         return (
@@ -133,9 +136,17 @@ def fix(
             "the endpoint redirects, and signed events are never sent on: set MMOLOVE_ENDPOINT "
             "to the final URL, https://mmolove.com/api/referral/events."
         )
-    if reason in ("dns", "connect", "network", "timeout", "tls"):
+    if reason in UNREACHABLE:
         return (
             "MMOLove is unreachable from this machine: check DNS, the firewall or proxy, "
             "the CA bundle (ca_file) and MMOLOVE_ENDPOINT."
         )
     return "read MMOLove's answer above; if it persists, contact MMOLove with it."
+
+
+def clock_fix(skew: float) -> str:
+    """What to do about a clock ``skew`` seconds off MMOLove's."""
+    return (
+        f"this machine's clock is {abs(skew):.0f} s off MMOLove's, and signatures more than "
+        "5 minutes off are refused: enable time sync (timedatectl set-ntp true) and try again."
+    )

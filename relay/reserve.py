@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from relay.errors import OutboxError
+
 log = structlog.get_logger("relay.outbox")
 
 
@@ -32,7 +34,30 @@ class DiskReserve:
         self.full = False
 
     def ensure(self) -> bool:
-        """Make the reserve (at start-up, or when space returned); False if it does not fit."""
+        """Make the reserve again once space returned; False if it does not fit yet."""
+        if self._allocate():
+            return True
+        self.full = True
+        log.error(
+            "outbox.reserve_unavailable",
+            reserve=str(self.path),
+            reserve_bytes=self.size_bytes,
+            error="the disk has no room for the reserve; ingest and delivery wait for space",
+        )
+        return False
+
+    def make_at_start(self) -> None:
+        """Make the reserve at start-up, or refuse to start: a relay that began without it
+        could not record the outcome of a delivery once the disk filled."""
+        if not self._allocate():
+            free = shutil.disk_usage(self.path.parent).free
+            raise OutboxError(
+                f"the disk holding the outbox has {free} bytes free, and the relay needs "
+                f"{self.size_bytes} (reserve_bytes) for its reserve {self.path}: free space "
+                "on that disk, or lower [outbox] reserve_bytes, then start the relay again."
+            )
+
+    def _allocate(self) -> bool:
         if self.path.exists() and self.path.stat().st_blocks * 512 >= self.size_bytes:
             return True
         fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
@@ -42,17 +67,10 @@ class DiskReserve:
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            os.close(fd)
             self.path.unlink(missing_ok=True)
-            self.full = True
-            log.error(
-                "outbox.reserve_unavailable",
-                reserve=str(self.path),
-                reserve_bytes=self.size_bytes,
-                error="the disk has no room for the reserve; ingest and delivery wait for space",
-            )
             return False
-        os.close(fd)
+        finally:
+            os.close(fd)
         return True
 
     def release(self, db: sqlite3.Connection) -> None:
@@ -87,3 +105,11 @@ class DiskReserve:
             self.full = False
             log.info("outbox.disk_recovered", free_bytes=free, reserve_bytes=self.size_bytes)
         return free
+
+
+def short_of_space(free_bytes: int, min_free_bytes: int) -> str | None:
+    """Why ingest refuses events for want of disk space, or None: the one rule ``/readyz``
+    and ``doctor`` apply."""
+    if free_bytes < min_free_bytes:
+        return f"disk nearly full: {free_bytes} bytes free, {min_free_bytes} needed for ingest"
+    return None

@@ -168,8 +168,16 @@ _CLOSING = web.AppKey("sandbox_closing", asyncio.Event)
 class Sandbox:
     """MMOLove's ingest endpoint as the contract describes it, plus records for tests."""
 
-    def __init__(self, servers: Mapping[str, str], faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        servers: Mapping[str, str],
+        faults: Faults | None = None,
+        kids: Mapping[str, str] | None = None,
+    ) -> None:
         self._servers = dict(servers)
+        # A server's current key id: a header naming another kid signs with a key MMOLove
+        # no longer (or never) had, so it is refused like a wrong secret. No kid is the current.
+        self.kids = dict(kids or {})
         self.faults = faults if faults is not None else Faults()
         self._ledger = _Ledger()
 
@@ -283,6 +291,8 @@ class Sandbox:
             raise _Refusal(404, "unknown server")
         if not verify(body, secret, signature):
             raise _Refusal(401, "bad_signature")
+        if signature.kid is not None and signature.kid != self.kids.get(server_id, signature.kid):
+            raise _Refusal(401, "bad_signature")
         event = _parse_event(data, server_id)
         ledger = self._ledger
         if event.test:
@@ -365,13 +375,14 @@ async def running_sandbox(
     faults: Faults | None = None,
     ssl_context: ssl.SSLContext | None = None,
     sock: socket.socket | None = None,
+    kids: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve a fresh sandbox on ``host:port`` (0 picks a free port) for the block's duration.
 
     With ``ssl_context`` it speaks HTTPS, e.g. with a self-signed certificate. With ``sock``
     (bound, e.g. in another network namespace) it serves there instead of ``host:port``.
     """
-    sandbox = Sandbox(servers, faults)
+    sandbox = Sandbox(servers, faults, kids)
     runner = web.AppRunner(sandbox.app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
@@ -397,9 +408,10 @@ async def serve_sandbox(
     faults: Faults,
     shutdown: asyncio.Event,
     on_ready: Callable[[str], None] | None = None,
+    kids: Mapping[str, str] | None = None,
 ) -> None:
     """Serve until ``shutdown`` is set; ``on_ready`` gets the event URL once listening."""
-    async with running_sandbox(servers, host=host, port=port, faults=faults) as running:
+    async with running_sandbox(servers, host=host, port=port, faults=faults, kids=kids) as running:
         if on_ready is not None:
             on_ready(running.url)
         await shutdown.wait()

@@ -12,9 +12,16 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.config.settings import Settings
+from relay.errors import OutboxError
+from relay.events import validate
 from relay.sandbox import RunningSandbox
+from relay.store.contract import Attempt, Outcome
+from relay.store.contract_records import AlertState
+from relay.store.sqlite import SqliteOutbox
+from relay.store.sqlite_readonly import ReadOnlyOutbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.harness import Spawn, ingest, relay_env, tuning, wait_delivered
 from tests.support import SECRET, SERVER, StartRelay, cli, qualified, registered, running_relay
@@ -108,6 +115,46 @@ async def test_reads_fall_back_to_the_configured_file_and_writes_say_they_need_t
         assert code == 4
         assert "cannot reach the relay" in err
         assert "retry and purge need the daemon" in err
+
+
+async def test_the_read_only_outbox_answers_its_checks_and_refuses_every_write(
+    tmp_path: Path,
+) -> None:
+    """Opened read-only, the outbox reads; its health, file and delivery checks answer
+    instead of failing on what only a writer holds; every write says it needs the daemon."""
+    db, now = tmp_path / "outbox.db", 1_800_000_000.0
+    event = validate(
+        registered("tok-ro", "ro-1"), server_ids=[SERVER], allow_extra_fields=False, now=now
+    )
+    writable = await SqliteOutbox.open(db)
+    [added] = await writable.add([event], now)
+    await writable.close()
+    assert not db.with_name("outbox.db-wal").exists()  # closing merged the log: immutable
+    outbox = await ReadOnlyOutbox.open_file(db, immutable=True)
+    try:
+        record = await outbox.get(added.id)
+        assert record is not None
+        assert record.token == "tok-ro"
+        assert await outbox.check_file() is None
+        assert await outbox.can_deliver() is False
+        assert "opened read-only" in (await outbox.health()).problems[0]
+        assert outbox.size_bytes() > 0
+        finished = Outcome(status="delivered", outcome="accepted")
+        for write in (
+            lambda: outbox.add([event], now),
+            lambda: outbox.claim(now, 1, servers=[SERVER], lease_s=30, max_age_s=60),
+            lambda: outbox.finish(record, finished, Attempt(record.id, now, 1.0, 200, "ok", None)),
+            lambda: outbox.release([record], now),
+            lambda: outbox.retry([added.id], now),
+            lambda: outbox.prune(now),
+            lambda: outbox.purge("dead", now),
+            lambda: outbox.requeue_in_flight(now),
+            lambda: outbox.records.save_alert(AlertState("k", now, now, "s")),
+        ):
+            with pytest.raises(OutboxError, match=r"opened read-only.*mmolove-relay serve"):
+                await write()
+    finally:
+        await outbox.close()
 
 
 async def test_after_kill_9_the_wal_is_read_and_left_as_it_was(

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from relay.errors import OutboxError, OutboxUnavailable
@@ -403,6 +404,28 @@ async def test_records_are_decoded_by_column_name_not_position(
     assert EventRecord.from_row(row) == stored
 
 
+async def test_records_are_decoded_by_column_name_on_postgresql(
+    pg_url: str, pg_password: str | None
+) -> None:
+    """As on SQLite: a row whose columns come in another order (the lease first) yields the
+    record the outbox reads, leased by a claim."""
+    box = await PostgresOutbox.open(pg_url, where=pg_url, password=pg_password)
+    try:
+        [added] = await box.add([event(registered("t", "p"))], NOW)
+        [claimed] = await box.claim(NOW, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
+        assert claimed.lease > 0
+        assert await box.get(added.id) == claimed
+        names = [f.name for f in fields(EventRecord)]
+        db = await asyncpg.connect(pg_url, password=pg_password)
+        try:
+            row = await db.fetchrow(f"SELECT {', '.join(reversed(names))} FROM events")
+        finally:
+            await db.close()
+        assert EventRecord.from_row(row) == claimed
+    finally:
+        await box.close()
+
+
 # -- integrated promises, on both backends ------------------------------------------------
 
 
@@ -463,6 +486,48 @@ async def test_player_lookup_and_the_ledger_outlive_pruning(outbox: Outbox) -> N
     assert await outbox.records.ledger(token="t") == [entry]
     await outbox.prune(NOW + 1, ledger_before=NOW + 1)  # the ledger's own retention
     assert await outbox.records.ledger(token="t") == []
+
+
+async def test_the_first_delivered_of_a_type_is_found_before_and_after_pruning(
+    outbox: Outbox,
+) -> None:
+    """The console's "Getting started" reads it: a test event or an undelivered one does not
+    count, and the first stays found once its body is pruned to the ledger."""
+    assert await outbox.records.first_delivered("registered") is None
+    probe, first, second, qual = await outbox.add(
+        [
+            event(registered("t0", "tester", test=True)),
+            event(registered("t1", "alice")),
+            event(registered("t2", "bob")),
+            event(qualified("t1", "alice")),
+        ],
+        NOW,
+    )
+    claimed = {
+        r.id: r for r in await outbox.claim(NOW, 10, servers=[SERVER], lease_s=30, max_age_s=3600)
+    }
+    assert qual.id not in claimed  # behind its registered
+
+    async def deliver(event_id: int, at: float, outcome: str = "accepted") -> None:
+        attempt = Attempt(event_id, at, 1.0, 200, outcome, None)
+        await outbox.finish(claimed[event_id], Outcome("delivered", outcome=outcome), attempt)
+
+    await deliver(probe.id, NOW, "test")
+    await deliver(second.id, NOW + 2)
+    assert await outbox.records.first_delivered("qualified") is None  # pending
+    found = await outbox.records.first_delivered("registered")
+    assert found is not None
+    assert (found.event_id, found.referee_identity) == (second.id, "bob")
+    test = await outbox.records.first_delivered("registered", test=True)
+    assert test is not None
+    assert test.event_id == probe.id
+
+    await deliver(first.id, NOW + 1)
+    await outbox.prune(NOW + 1.5, ledger_before=0.0)  # first to the ledger, second stays
+    assert await outbox.get(first.id) is None
+    found = await outbox.records.first_delivered("registered")
+    assert found is not None
+    assert (found.event_id, found.referee_identity) == (first.id, "alice")
 
 
 async def test_rejections_are_kept_newest_first_and_bounded(outbox: Outbox) -> None:

@@ -20,7 +20,7 @@ from aiohttp import web
 from relay import utc
 from relay.alerts.targets import Message, quoted
 from relay.config.settings import Settings
-from relay.errors import OutboxError
+from relay.errors import OutboxDown, OutboxError
 from relay.snapshot import DeliverySnapshot, Live
 from relay.store.contract import Outbox
 from relay.store.contract_records import AlertState
@@ -82,6 +82,8 @@ class Rules:
         while True:
             try:
                 await self.evaluate()
+            except OutboxDown:
+                pass  # logged once by the outbox; the next round may read fine
             except OutboxError as exc:  # the next round may read fine
                 log.error("alert.rules_failed", error=str(exc))
             await asyncio.sleep(self._s.alert_every_s)

@@ -58,14 +58,25 @@ class DaemonClient:
         except OSError as exc:
             if self._reads_file and method == "GET" and self._settings.db_path.is_file():
                 return self._from_file(self._settings.db_path, path)
-            raise CommandFailed(
-                EXIT_UNAVAILABLE,
-                f"cannot reach the relay at {self.base} ({exc}); is `mmolove-relay serve` "
-                "running (systemctl status mmolove-relay), and is --url or "
-                "MMOLOVE_RELAY_LISTEN right? (retry and purge need the daemon; read "
-                "commands also work with --db PATH)",
-            ) from exc
+            raise self._unreachable(exc) from exc
         return _answer(status, answer)
+
+    def probe(self, path: str) -> tuple[int, dict[str, Any]]:
+        """``GET path`` once: the status and answer as they came, a 503 too (``/readyz`` says
+        in it why the relay is not ready); ``CommandFailed`` when nothing answers."""
+        try:
+            return http_json("GET", self.base + path, None, self._token)
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: OSError) -> CommandFailed:
+        return CommandFailed(
+            EXIT_UNAVAILABLE,
+            f"cannot reach the relay at {self.base} ({exc}); is `mmolove-relay serve` "
+            "running (systemctl status mmolove-relay), and is --url or "
+            "MMOLOVE_RELAY_LISTEN right? (retry and purge need the daemon; read "
+            "commands also work with --db PATH)",
+        )
 
     def _from_file(self, db: Path, path: str) -> Any:
         from relay import offline  # the daemon's API on the file: aiohttp and the store

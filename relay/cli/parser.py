@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import checks, commands, tables
+from relay.cli import checks, commands, install_options, tables
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _reader_commands(command, sub)
     _writer_commands(command)
     _check_commands(command)
+    install_options.add(command, sub_config=_config_option, usage=_usage, later=_later)
     return parser
 
 
@@ -151,6 +152,13 @@ def _run_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="ID=SECRET",
         default=[],
         help=f"a server and its secret (default {DEMO_SERVER_ID}={DEMO_SECRET})",
+    )
+    sandbox.add_argument(
+        "--kid",
+        action="append",
+        metavar="ID=KID",
+        default=[],
+        help="the server's current key id: a signature naming another kid is refused (401)",
     )
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument(
@@ -314,6 +322,17 @@ def _check_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "alert-test", "send a test message to every alert target", checks.alert_test
     )
     alert_test.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    doctor = command(
+        "doctor",
+        "check everything an operator can get wrong, in order, and name the fix for each; "
+        "works with the daemon down; exit 1 when any check fails",
+        _later("doctor", "doctor"),
+    )
+    doctor.add_argument(
+        "--send-alert", action="store_true", help="send a test message to every alert target"
+    )
+    _daemon_options(doctor)
 
 
 def _daemon_options(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:

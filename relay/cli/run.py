@@ -28,7 +28,7 @@ from relay.errors import ConfigError
 from relay.notify import Notifier
 from relay.sandbox import DEMO_SECRET, DEMO_SERVER_ID, Faults, running_sandbox, serve_sandbox
 from relay.store.contract import FINISHED
-from relay.store.copy import copy_outbox
+from relay.store.migrate_outbox import copy_outbox
 
 log = structlog.get_logger("relay.cli")
 
@@ -56,12 +56,18 @@ async def _serve_until_signalled(settings: Settings, config: Path | None, enviro
     handles: list[RunningRelay] = []
     systemd = Notifier.from_environ(environ, pid=os.getpid())
 
+    starting = asyncio.current_task()
+
     def stop(name: str) -> None:
         if shutdown.is_set():
             log.warning("relay.forced_exit", signal=name)
             os._exit(1)  # a second signal: the operator wants out now; the outbox is durable
         log.info("relay.signal", signal=name)
         shutdown.set()
+        if not handles and starting is not None:
+            # Still starting: nothing is taken yet, so stop now rather than after a start-up
+            # that may wait seconds (a locked outbox, an unreachable database).
+            starting.cancel()
 
     def reload() -> None:
         try:
@@ -80,13 +86,24 @@ async def _serve_until_signalled(settings: Settings, config: Path | None, enviro
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    async with systemd.watchdog(alive=lambda: all(r.dispatching for r in handles)):
-        await run(
-            settings,
-            shutdown=shutdown,
-            on_ready=ready,
-            on_stopping=lambda: systemd.notify("STOPPING=1"),
-        )
+    try:
+        async with systemd.watchdog(alive=lambda: all(r.dispatching for r in handles)):
+            await run(
+                settings,
+                shutdown=shutdown,
+                on_ready=ready,
+                on_stopping=lambda: systemd.notify("STOPPING=1"),
+            )
+    except asyncio.CancelledError:
+        if handles or not shutdown.is_set() or starting is None:
+            raise
+        starting.uncancel()
+        log.info("relay.stopped", before_ready=True)
+    finally:
+        # The loop's handlers only set a flag it no longer reads: whatever still runs after
+        # this (a thread that keeps the process alive) must die of the next SIGTERM.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
 
 
 def _redact(settings: Settings) -> None:
@@ -120,7 +137,8 @@ def migrate_outbox(args: argparse.Namespace, environ: Environ) -> int:
 
 
 def sandbox(args: argparse.Namespace, environ: Environ) -> int:
-    servers = dict(_server_arg(text) for text in args.server) or {DEMO_SERVER_ID: DEMO_SECRET}
+    servers = dict(_pair("--server", text) for text in args.server) or {DEMO_SERVER_ID: DEMO_SECRET}
+    kids = dict(_pair("--kid", text) for text in args.kid)
     listen = _listen_arg(args.listen)
     faults = Faults(
         latency_ms=args.latency_ms,
@@ -148,6 +166,7 @@ def sandbox(args: argparse.Namespace, environ: Environ) -> int:
             host=listen.host,
             port=listen.port,
             faults=faults,
+            kids=kids,
             shutdown=shutdown,
             on_ready=ready,
         )
@@ -156,11 +175,13 @@ def sandbox(args: argparse.Namespace, environ: Environ) -> int:
     return EXIT_OK
 
 
-def _server_arg(text: str) -> tuple[str, str]:
-    server_id, sep, secret = text.partition("=")
-    if not sep or not server_id or not secret:
-        raise ConfigError(f"--server {text!r} is not ID=SECRET.")
-    return server_id, secret
+def _pair(flag: str, text: str) -> tuple[str, str]:
+    """``--server ID=SECRET`` or ``--kid ID=KID``: the server id and its value."""
+    server_id, sep, value = text.partition("=")
+    if not sep or not server_id or not value:
+        what = "SECRET" if flag == "--server" else "KID"
+        raise ConfigError(f"{flag} {text!r} is not ID={what}.")
+    return server_id, value
 
 
 def _listen_arg(text: str) -> Listen:

@@ -297,11 +297,32 @@ class Outbox(Protocol):
 
     async def claim(
         self, now: float, limit: int, *, servers: Sequence[str], lease_s: float, max_age_s: float
-    ) -> list[EventRecord]: ...
+    ) -> list[EventRecord]:
+        """Lease up to ``limit`` due events of these servers for ``lease_s``, oldest due first.
 
-    async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None: ...
+        In-flight rows whose lease ran out (an attempt that died without recording its
+        outcome) become pending again first. Then ``claim_rule`` decides each due event: an
+        expired one is dead-lettered; one whose (server, token) still has an undelivered
+        event of a lower rank is not claimed but deferred until that one is due (finishing
+        it wakes this one sooner); one whose predecessor is dead is dead-lettered too,
+        naming it. Test events take no part in ordering. A paused server's backlog is never
+        walked; on PostgreSQL, rows another replica is claiming are skipped, not waited for,
+        and each claim carries a fresh fencing ``lease``.
+        """
 
-    async def release(self, records: Iterable[EventRecord], now: float) -> None: ...
+    async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None:
+        """Log ``attempt`` and write its ``outcome`` in one transaction.
+
+        The outcome is written only while the claim ``record`` came from still holds its
+        lease (PostgreSQL; on SQLite one process holds the file, so always): a replica back
+        after its lease ran out cannot overwrite the new owner's result. A delivered or dead
+        event makes its referral's untried followers due now, and a registered one the
+        events that waited for it (``WAITING_FOR_REGISTERED``); ``new_events`` is set.
+        """
+
+    async def release(self, records: Iterable[EventRecord], now: float) -> None:
+        """Hand leased events back as pending, due at ``now`` (shutdown cancelled their
+        attempt); on PostgreSQL only those this claim still holds."""
 
     async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
         """Delete delivered events and attempts before ``before``, each delivered event
@@ -309,9 +330,19 @@ class Outbox(Protocol):
 
     async def retry(
         self, ids: Sequence[int] | EventFilter, now: float, *, limit: int = 500
-    ) -> list[Retried]: ...
+    ) -> list[Retried]:
+        """Re-queue dead events to be sent now, in one transaction.
 
-    async def purge(self, status: str, before: float, *, limit: int = 1000) -> int: ...
+        ``ids`` names events, or a filter picks up to ``limit`` of them, lowest id first. A
+        dead event becomes pending with its ``max_age_s`` clock restarted (``replayed_at``),
+        and so do the followers that died with it (``predecessor_dead``), listed in its
+        ``Retried``; they are not retried again on their own. A pending event is made due
+        now; delivered and in-flight ones are left alone, and reported as such.
+        """
+
+    async def purge(self, status: str, before: float, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` dead or delivered events finished before ``before``, and
+        their attempts; how many events. Any other status is a ``ValueError``."""
 
     async def select(self, where: EventFilter, limit: int = 50) -> list[EventRecord]: ...
 

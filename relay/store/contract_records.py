@@ -1,25 +1,30 @@
 """The records contract: rejected inputs, the ledger and alert state, beside the events.
 
-Each backend keeps them in its own database (``sqlite_records``, ``postgres_records``);
-callers reach them as ``outbox.records`` and see only these dataclasses.
+Each backend keeps them in its own database; both read them alike (``reads.RecordReads``)
+and write them their own way (``sqlite_records``, ``postgres_records``). Callers reach them
+as ``outbox.records`` and see only these dataclasses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import Any, Protocol
 
 BODY_KEPT_BYTES = 512
-# The column order both backends read the records tables in (the dataclasses' field order).
+# The columns both backends read of the records tables (decoded by name).
 REJECTED_COLUMNS = (
     "at, http_status, code, message, field, server_event_id, token, referee_identity, peer, "
     "body, id"
 )
+# What a backend stores of a rejection (``Rejection.stored``): the database assigns the id.
+REJECTED_STORED = REJECTED_COLUMNS.removesuffix(", id")
 LEDGER_COLUMNS = (
     "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
     "referral_id, state, attempts, created_at, finished_at"
 )
+# The events table's columns read as a ledger entry: a delivered event not yet pruned.
+EVENT_AS_LEDGER = LEDGER_COLUMNS.replace("event_id", "id", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,11 @@ class Rejection:
         out = asdict(self)
         out["body"] = self.body.decode("utf-8", "replace")
         return out
+
+    def stored(self) -> tuple[Any, ...]:
+        """The values of ``REJECTED_STORED``, the body cut to its first ``BODY_KEPT_BYTES``."""
+        *kept, _body, _id = astuple(self)  # the fields in column order: body, then id, last
+        return (*kept, self.body[:BODY_KEPT_BYTES])
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +98,10 @@ class LedgerEntry:
     finished_at: float
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> LedgerEntry:
-        values = list(row)
-        values[6] = bool(values[6])  # an integer on SQLite
-        return cls(*values)
+    def from_row(cls, row: Any) -> LedgerEntry:
+        """The entry from a row with named columns (``sqlite3.Row``, ``asyncpg.Record``)."""
+        values = {name: row[name] for name in row.keys()}  # noqa: SIM118 - a row, not a dict
+        return cls(**values | {"test": bool(values["test"])})  # an integer on SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,10 @@ class Records(Protocol):
         self, *, token: str | None = None, referee_identity: str | None = None
     ) -> list[LedgerEntry]:
         """Ledger entries of a token, or of the ``registered`` naming a player; oldest first."""
+
+    async def first_delivered(self, event: str, *, test: bool = False) -> LedgerEntry | None:
+        """The lowest-id delivered event of a type, from the ledger or, not yet pruned, the
+        outbox (for the console's "Getting started"); None if none was delivered."""
 
     async def dead_since(self, finished_after: float) -> list[DeadCount]:
         """Events that died after a time, counted by why."""

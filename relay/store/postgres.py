@@ -1,4 +1,4 @@
-"""The PostgreSQL outbox: one database shared by a fleet of relays. All its SQL lives here.
+"""The PostgreSQL outbox: one database shared by a fleet of relays.
 
 Claims take rows with ``FOR UPDATE SKIP LOCKED``, so replicas never wait on each other's
 claims nor take the same row. Every claim stamps its rows with the claiming replica and a
@@ -8,7 +8,8 @@ A replica that dies keeps nothing: its rows fall due again when their lease runs
 
 Each write is one transaction on a pooled connection; the server does its own group commit.
 After a commit that adds or frees events a NOTIFY, sent outside the transaction, wakes every
-replica, not only the one that took the request.
+replica, not only the one that took the request. The reads and state changes it shares with
+SQLite are in ``base``; its own SQL is in ``postgres_sql``.
 """
 
 from __future__ import annotations
@@ -25,25 +26,15 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from relay.errors import OutboxError, OutboxUnavailable
+from relay.errors import OutboxDown, OutboxError, OutboxUnavailable
 from relay.events import Event
-from relay.store import postgres_console as console
 from relay.store import postgres_sql as sql
-from relay.store.contract import (
-    STATUSES,
-    Added,
-    Attempt,
-    EventFilter,
-    EventRecord,
-    FleetState,
-    Health,
-    HourCounts,
-    LogPage,
-    Outcome,
-    Retried,
-)
+from relay.store.base import OutboxBase
+from relay.store.contract import Added, EventRecord, FleetState, Health
+from relay.store.outage import Outage
 from relay.store.postgres_records import PostgresRecords
 from relay.store.postgres_schema import migrate
+from relay.store.transitions import Step, Steps
 
 log = structlog.get_logger("relay.outbox")
 T = TypeVar("T")
@@ -74,10 +65,13 @@ FLEET_STALE_S = 10.0
 _TRIES = 3  # a deadlock between two replicas' transactions is retried, then reported
 
 
-class PostgresOutbox:
+class PostgresOutbox(OutboxBase):
     """A pool of connections to the shared database, and a listener for the fleet's wake-ups."""
 
     def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[Any]], where: str):
+        # In-flight rows count for ``next_due``: a replica that died holding one leaves it to
+        # fall due when its lease runs out.
+        super().__init__(self._read, sql.TRANSITIONS, due=("pending", "in_flight"))
         self._pool = pool
         self._connect = connect
         self.location = where
@@ -87,6 +81,7 @@ class PostgresOutbox:
         self.closing = False
         self.new_events = asyncio.Event()
         self.lost: str | None = None  # nothing to lose: the database is not a file we hold
+        self._outage = Outage(where)
         self._records = PostgresRecords(self._tx, self._read)
         self._size = 0
         self._announcer: asyncio.Task[None] | None = None
@@ -108,20 +103,23 @@ class PostgresOutbox:
                 "idle_in_transaction_session_timeout": _IDLE_IN_TX_MS,
             },
         }
+        # No floor of idle connections: asyncpg would log a traceback for every failed
+        # attempt to restore it while the database is away, which ``Outage`` reports once.
+        pool = asyncpg.create_pool(
+            url, min_size=0, max_size=10, command_timeout=_COMMAND_TIMEOUT_S, **options
+        )
         try:
-            pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=10, command_timeout=_COMMAND_TIMEOUT_S, **options
-            )
-        except (*_DOWN, asyncpg.PostgresError) as exc:
-            raise OutboxError(
-                f"cannot connect to the outbox database {where}: {exc}; check that PostgreSQL "
-                "is up, and the URL, user and password (MMOLOVE_RELAY_DB_PASSWORD_FILE)."
-            ) from exc
-        try:
+            await pool
             async with pool.acquire() as db:
                 await migrate(db)
-        except BaseException:
+        except BaseException as exc:
             await pool.close()
+            if isinstance(exc, (*_DOWN, asyncpg.PostgresError)):
+                raise OutboxError(
+                    f"cannot connect to the outbox database {where}: {exc}; check that "
+                    "PostgreSQL is up, and the URL, user and password "
+                    "(MMOLOVE_RELAY_DB_PASSWORD_FILE)."
+                ) from exc
             raise
 
         async def connect() -> Any:
@@ -183,38 +181,17 @@ class PostgresOutbox:
         may be in another replica's hands now; unfinished rows return when their lease ends."""
         return 0
 
-    async def claim(
-        self, now: float, limit: int, *, servers: Sequence[str], lease_s: float, max_age_s: float
-    ) -> list[EventRecord]:
-        """Lease up to ``limit`` due events of these servers, oldest due first.
-
-        The rules are the SQLite backend's (see ``SqliteOutbox.claim``); rows another replica
-        is claiming at this moment are skipped, not waited for.
-        """
-        if not servers:
-            return []
-
-        async def claim(db: sql.Db) -> list[EventRecord]:
-            return await sql.claim(
-                db,
-                now,
-                limit,
-                servers=list(servers),
-                lease_until=now + lease_s,
-                max_age_s=max_age_s,
-                owner=self.owner,
-            )
-
-        return await self._tx(claim)
-
-    async def finish(self, record: EventRecord, outcome: Outcome, attempt: Attempt) -> None:
-        """Record one attempt and, if this claim still holds its lease, what it decided."""
-        held: bool = await self._tx(lambda db: sql.finish(db, record, outcome, attempt))
-        if held and outcome.status in ("delivered", "dead"):
-            self._announce()  # its followers may go now
-        if not held:
-            # Our lease ran out and the row moved on; the new owner's result stands.
-            log.warning("outbox.lease_lost", outbox_id=record.id, lease=record.lease)
+    def _claim_steps(
+        self, now: float, limit: int, servers: Sequence[str], lease_s: float, max_age_s: float
+    ) -> Steps[list[EventRecord]]:
+        """Rows another replica is claiming at this moment are skipped, not waited for."""
+        return self.transitions.claim(
+            Step(sql.REQUEUE_EXPIRED, (now,)),
+            Step(sql.CANDIDATES, (list(servers), now, limit), fetch=True),
+            lambda ready: Step(sql.TAKE, (now + lease_s, self.owner, ready), fetch=True),
+            now,
+            max_age_s,
+        )
 
     async def release(self, records: Iterable[EventRecord], now: float) -> None:
         """Hand leased events back as pending (shutdown cancelled their attempt)."""
@@ -222,142 +199,21 @@ class PostgresOutbox:
         if held:
             await self._tx(lambda db: sql.release(db, held, now))
 
-    async def prune(self, before: float, ledger_before: float = 0.0) -> tuple[int, int]:
-        pruned: tuple[int, int] = await self._tx(lambda db: sql.prune(db, before, ledger_before))
-        return pruned
-
-    async def retry(
-        self, ids: Sequence[int] | EventFilter, now: float, *, limit: int = 500
-    ) -> list[Retried]:
-        """Re-queue dead events (and the followers that died with them) to be sent now."""
-
-        async def retry(db: sql.Db) -> list[Retried]:
-            if isinstance(ids, EventFilter):
-                where, params = _where(ids)
-                rows = await db.fetch(
-                    f"SELECT id FROM events WHERE {where} ORDER BY id LIMIT ${len(params) + 1}",
-                    *params,
-                    limit,
-                )
-                chosen = [row[0] for row in rows]
-            else:
-                chosen = list(ids)
-            results: list[Retried] = []
-            requeued_as_followers: set[int] = set()
-            for event_id in chosen:
-                if event_id not in requeued_as_followers:
-                    results.append(await sql.retry_one(db, event_id, now))
-                    requeued_as_followers.update(results[-1].followers)
-            return results
-
-        results: list[Retried] = await self._tx(retry)
-        if any(r.result in ("requeued", "due_now") for r in results):
-            self._announce()
-        return results
-
-    async def purge(self, status: str, before: float, *, limit: int = 1000) -> int:
-        """Delete up to ``limit`` dead or delivered events finished before ``before``."""
-        if status not in ("dead", "delivered"):
-            raise ValueError(f"only dead or delivered events can be purged, not {status}")
-        purged: int = await self._tx(lambda db: sql.purge(db, status, before, limit))
-        return purged
-
-    # -- reads -----------------------------------------------------------------------------
-
-    async def select(self, where: EventFilter, limit: int = 50) -> list[EventRecord]:
-        """Events matching ``where``, newest first."""
-        clause, params = _where(where)
-        rows = await self._read(
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {clause}"
-            f" ORDER BY id DESC LIMIT ${len(params) + 1}",
-            *params,
-            limit,
-        )
-        return [sql.record(r) for r in rows]
-
-    async def count(self, where: EventFilter) -> int:
-        clause, params = _where(where)
-        rows = await self._read(f"SELECT count(*) FROM events WHERE {clause}", *params)
-        return int(rows[0][0])
-
     async def counts_by_server(self) -> dict[str, dict[str, int]]:
-        """How many events each server has in each status."""
-        rows = await self._read(
-            "SELECT server_id, status, count(*) FROM events GROUP BY server_id, status"
-        )
-        out: dict[str, dict[str, int]] = {}
-        for server_id, status, count in rows:
-            by_status = out.setdefault(server_id, dict.fromkeys(STATUSES, 0))
-            by_status[status] = count
+        """``OutboxReads.counts_by_server``, measuring ``size_bytes`` on the way."""
+        counts = await super().counts_by_server()
         size = await self._read(
-            "SELECT pg_total_relation_size('events') + pg_total_relation_size('attempts')"
+            "SELECT pg_total_relation_size('events') + pg_total_relation_size('attempts')", ()
         )
         self._size = int(size[0][0])
-        return out
-
-    async def dead_by_reason(self) -> list[dict[str, Any]]:
-        """Dead events grouped by server and outcome, each with its latest error."""
-        rows = await self._read(
-            "SELECT server_id, outcome, count(*), max(id),"
-            " (array_agg(last_error ORDER BY id DESC))[1] FROM events WHERE status = 'dead'"
-            " GROUP BY server_id, outcome ORDER BY max(id) DESC"
-        )
-        keys = ("server_id", "reason", "count", "latest_id", "latest_error")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
-
-    async def get(self, event_id: int) -> EventRecord | None:
-        rows = await self._read(f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE id = $1", event_id)
-        return sql.record(rows[0]) if rows else None
-
-    async def attempts(self, event_id: int, limit: int = 50) -> list[Attempt]:
-        """The delivery log of one event, newest first."""
-        rows = await self._read(
-            "SELECT event_id, started_at, duration_ms, http_status, outcome, detail FROM attempts"
-            " WHERE event_id = $1 ORDER BY id DESC LIMIT $2",
-            event_id,
-            limit,
-        )
-        return [Attempt(*r) for r in rows]
-
-    async def next_due(self, servers: Sequence[str]) -> float | None:
-        """When the earliest pending event of these servers falls due, or the earliest lease
-        runs out (another replica may have died holding it); None if neither exists."""
-        if not servers:
-            return None
-        rows = await self._read(
-            "SELECT min(d.due) FROM unnest($1::text[]) AS s(server_id),"
-            " unnest(ARRAY['pending', 'in_flight']) AS st(status), LATERAL"
-            " (SELECT next_attempt_at AS due FROM events WHERE status = st.status"
-            " AND server_id = s.server_id ORDER BY next_attempt_at LIMIT 1) AS d",
-            list(servers),
-        )
-        value = rows[0][0] if rows else None
-        return float(value) if value is not None else None
-
-    async def registered_delivered_at(self, server_id: str, token: str) -> float | None:
-        """When this token's (non-test) registered was delivered; None if it was not."""
-        rows = await self._read(
-            "SELECT min(finished_at) FROM events WHERE token = $1 AND server_id = $2"
-            " AND event = 'registered' AND NOT test AND status = 'delivered'",
-            token,
-            server_id,
-        )
-        return float(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    async def oldest_pending_created(self) -> float | None:
-        """When the oldest undelivered event was ingested (ids grow with ingest time)."""
-        rows = await self._read(
-            "SELECT created_at FROM events WHERE status IN ('pending', 'in_flight')"
-            " ORDER BY id LIMIT 1"
-        )
-        return float(rows[0][0]) if rows else None
+        return counts
 
     async def share(self, mine: FleetState, now: float) -> FleetState:
         """Publish this replica's decisions, heartbeat included; merge the live others'."""
         theirs: list[Any] = await self._tx(
             lambda db: sql.share(db, self.owner, mine, now, stale_s=FLEET_STALE_S)
         )
-        ended = await self._read(sql.END_STALE_TRANSACTIONS, APPLICATION, STALE_TX_S)
+        ended = await self._read(sql.END_STALE_TRANSACTIONS, (APPLICATION, STALE_TX_S))
         if ended:
             log.warning("outbox.stale_transactions_ended", sessions=len(ended))
         opens = [r[0] for r in theirs if r[0] is not None]
@@ -367,39 +223,6 @@ class PostgresOutbox:
             paused=tuple(sorted(paused.items())),
             replicas=len(theirs) + 1,
         )
-
-    # -- the console's reads (relay/store/postgres_console.py) ------------------------------
-
-    async def first_ids_at(self, times: Sequence[float]) -> list[int]:
-        return await console.first_ids_at(self._read, times)
-
-    async def hourly(self, since: float, hours: int) -> list[HourCounts]:
-        return await console.hourly(self._read, since, hours)
-
-    async def log_page(
-        self,
-        where: EventFilter,
-        *,
-        older_than: int | None,
-        scan: int,
-        limit: int,
-    ) -> LogPage:
-        return await console.log_page(
-            self._read,
-            where,
-            older_than=older_than,
-            scan=scan,
-            limit=limit,
-        )
-
-    async def search(self, text: str, limit: int) -> list[EventRecord]:
-        return await console.search(self._read, text, limit)
-
-    async def counts_up_to(self, cap: int) -> dict[str, dict[str, int]]:
-        return await console.counts_up_to(self._read, cap)
-
-    async def oldest_pending_by_server(self, servers: Sequence[str]) -> dict[str, float]:
-        return await console.oldest_pending_by_server(self._read, servers)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -413,25 +236,44 @@ class PostgresOutbox:
             try:
                 async with self._pool.acquire() as db:
                     if single:
-                        return await job(db)
-                    async with db.transaction():
-                        return await job(db)
+                        done = await job(db)
+                    else:
+                        async with db.transaction():
+                            done = await job(db)
+                self._outage.up()
+                return done
             except asyncpg.exceptions.TransactionRollbackError as exc:
                 if attempt == _TRIES:
                     raise _unavailable(exc) from exc
-            except (*_DOWN, asyncpg.PostgresError) as exc:
+            except _DOWN as exc:
+                self._outage.down(exc)
+                raise _unavailable(exc, OutboxDown) from exc
+            except asyncpg.PostgresError as exc:
                 raise _unavailable(exc) from exc
         raise AssertionError("unreachable: the last try returns or raises")
 
-    async def _read(self, query: str, *params: Any) -> list[Any]:
+    async def _run(self, steps: Callable[[], Steps[T]]) -> T:
+        # A fresh run of the steps on each try: a deadlock's retry starts them over.
+        return await self._tx(lambda db: sql.run_steps(db, steps()))
+
+    def _wake(self) -> None:
+        self._announce()
+
+    async def _read(self, query: str, params: Sequence[Any]) -> list[Any]:
         try:
             async with self._pool.acquire() as db:
-                return list(await db.fetch(query, *params))
+                rows = list(await db.fetch(query, *params))
         except (*_DOWN, asyncpg.PostgresError) as exc:
-            raise OutboxError(
+            message = (
                 f"reading the outbox database failed ({exc}); check that PostgreSQL is up "
                 "and reachable."
-            ) from exc
+            )
+            if isinstance(exc, _DOWN):
+                self._outage.down(exc)
+                raise OutboxDown(message) from exc
+            raise OutboxError(message) from exc
+        self._outage.up()
+        return rows
 
     def _announce(self) -> None:
         """Wake this replica now and the others soon: one NOTIFY at a time, after the commit.
@@ -450,7 +292,10 @@ class PostgresOutbox:
             try:
                 async with self._pool.acquire() as db:
                     await db.execute("SELECT pg_notify($1, '')", CHANNEL)
-            except (*_DOWN, asyncpg.PostgresError) as exc:
+            except _DOWN as exc:
+                self._outage.down(exc)  # the others still look every few seconds
+                return
+            except asyncpg.PostgresError as exc:
                 # The others still look every few seconds (next_due, the idle wait).
                 log.warning("outbox.notify_failed", error=str(exc))
                 return
@@ -460,13 +305,16 @@ class PostgresOutbox:
         while True:
             try:
                 await self._listen_once()
-            except (*_DOWN, asyncpg.PostgresError) as exc:
+            except _DOWN as exc:
+                self._outage.down(exc)  # reconnects below, every second, quietly
+            except asyncpg.PostgresError as exc:
                 log.warning("outbox.listener_lost", error=str(exc), retry_in_s=1)
             await asyncio.sleep(1)
 
     async def _listen_once(self) -> None:
         lost = asyncio.Event()
         db = await self._connect()
+        self._outage.up()
         try:
             db.add_termination_listener(lambda *_: lost.set())
             await db.add_listener(CHANNEL, lambda *_: self.new_events.set())
@@ -481,15 +329,11 @@ class PostgresOutbox:
                 await db.close(timeout=1)
 
 
-def _where(where: EventFilter) -> tuple[str, list[Any]]:
-    """The filter's condition with PostgreSQL's numbered placeholders."""
-    clause, params = where.where()
-    return console.numbered(clause), params
-
-
-def _unavailable(exc: BaseException) -> OutboxUnavailable:
+def _unavailable(
+    exc: BaseException, kind: type[OutboxUnavailable] = OutboxUnavailable
+) -> OutboxUnavailable:
     """A write that did not commit: ingest answers 503 and the client sends again."""
-    return OutboxUnavailable(
+    return kind(
         f"the outbox database could not store the change ({type(exc).__name__}: {exc}); "
         "nothing was stored. Retry in a few seconds.",
         retry_after_s=5,

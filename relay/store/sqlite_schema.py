@@ -5,16 +5,9 @@ To change the schema, append a migration: never edit one that has shipped.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import aiosqlite
 
 from relay.errors import OutboxError
-from relay.store.contract import EventRecord
-
-# Columns of an event as the API and CLI show it: the record's fields, by name (a lease is
-# PostgreSQL's: one process holds a SQLite file).
-EVENT_COLUMNS = ", ".join(f.name for f in fields(EventRecord) if f.name != "lease")
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events with their canonical body bytes, and the delivery log of attempts.

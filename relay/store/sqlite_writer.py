@@ -9,6 +9,10 @@ The writer's thread takes jobs straight from a thread-safe queue: as soon as one
 done it starts the next with whatever arrived meanwhile, without waiting for the event
 loop, and hands each group's results back in one loop callback. Jobs are plain functions of
 the connection; ``Batched`` ones of the same kind run as one call (ingest's one INSERT).
+
+A ``Batched`` write is what a client is acknowledged for, so after its commit, and before
+anyone is answered, ``verify`` may refuse the acknowledgement: the outbox file deleted
+meanwhile holds the commit where no restart will find it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ Queued = tuple[Job | Batched, asyncio.Future[Any]]
 GROUP_MAX = 512  # queued jobs folded into one transaction at most
 
 
+# After a commit: the error the group's ``Batched`` callers get instead of their answer.
+Verify = Callable[[], Exception | None]
+
+
 @dataclass
 class _Outcome:
     """What one group's transaction came to, carried from the writer's thread to the loop."""
@@ -53,6 +61,7 @@ class _Outcome:
     results: list[Any] | None = None
     error: BaseException | None = None
     full_handler_error: BaseException | None = None
+    refused: Exception | None = None  # committed, but the Batched ones are not acknowledged
 
 
 class Writer:
@@ -61,9 +70,12 @@ class Writer:
     ``db`` is used only on the writer's own thread, which ``close`` stops.
     """
 
-    def __init__(self, db: sqlite3.Connection, on_full: Job | None = None) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, on_full: Job | None = None, verify: Verify | None = None
+    ) -> None:
         self.db = db
         self._on_full = on_full  # run on the writer's thread after a write met a full disk
+        self.verify = verify  # run on the writer's thread after a commit of Batched writes
         self.commits = 0  # transactions committed: with group commit, fewer than jobs
         self.jobs = 0
         self._loop = asyncio.get_running_loop()
@@ -152,7 +164,10 @@ class Writer:
             return outcome
         except Exception as exc:  # a bug in a job: fail its callers, keep the writer alive
             return _Outcome(error=exc)
-        return _Outcome(results=results)
+        refused = None
+        if self.verify is not None and any(isinstance(job, Batched) for job in jobs):
+            refused = self.verify()
+        return _Outcome(results=results, refused=refused)
 
     def _run_jobs(self, jobs: list[Job | Batched]) -> list[Any]:
         results: list[Any] = [None] * len(jobs)
@@ -176,8 +191,11 @@ class Writer:
         if outcome.results is not None:
             self.commits += 1
             self.jobs += len(group)
-            for (_, future), result in zip(group, outcome.results, strict=True):
-                _resolve(future, result)
+            for (job, future), result in zip(group, outcome.results, strict=True):
+                if outcome.refused is not None and isinstance(job, Batched):
+                    _fail([(job, future)], outcome.refused)
+                else:
+                    _resolve(future, result)
             return
         error = outcome.error
         if isinstance(error, sqlite3.Error):

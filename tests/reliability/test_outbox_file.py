@@ -4,7 +4,10 @@ relay through another name. Real ``serve`` subprocesses, the sandbox as MMOLove.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
+import time
 from pathlib import Path
 
 import aiohttp
@@ -87,3 +90,37 @@ async def test_a_second_relay_through_another_name_for_the_file_exits_3(
             return resp.status == 200
 
     await eventually(first_still_ready, timeout_s=5, what="the first relay to stay ready")
+
+
+async def test_an_outbox_deleted_under_load_acknowledges_nothing_after(
+    spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Eight clients post without pause; outbox.db, -wal and -shm are deleted under them.
+    Every POST sent after the deletion is answered 503: a 202 would be an event stored in
+    a file nobody can reach, gone at the next restart. The relay keeps serving 503s."""
+    db = tmp_path / "outbox.db"
+    relay = await spawn(relay_env(sandbox.url, db), config=tuning()).ready()
+    deleted_at: float | None = None
+    after: list[tuple[float, int]] = []  # (seconds after the deletion, status)
+    counter = itertools.count()
+
+    async def client() -> None:
+        while deleted_at is None or time.monotonic() - deleted_at < 1.5:
+            sent = time.monotonic()
+            status, _, _ = await post(http, relay.url, registered(f"load-{next(counter)}"))
+            if deleted_at is not None and sent > deleted_at:
+                after.append((sent - deleted_at, status))
+
+    clients = [asyncio.create_task(client()) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(f"{db}{suffix}")
+    deleted_at = time.monotonic()
+    await asyncio.gather(*clients)
+
+    acknowledged = [round(at, 3) for at, status in after if status == 202]
+    assert after, "no POST was sent after the deletion"
+    assert acknowledged == [], f"{len(acknowledged)} of {len(after)} acknowledged: {acknowledged}"
+    assert {status for _, status in after} == {503}
+    assert relay.find_logs("outbox.file_lost")
+    assert relay.proc.poll() is None

@@ -22,39 +22,19 @@ from typing import Any
 import asyncpg
 
 from relay.errors import OutboxError
-from relay.store.contract_records import LEDGER_COLUMNS
+from relay.store.contract_records import LEDGER_COLUMNS, REJECTED_COLUMNS
 from relay.store.postgres import PostgresOutbox
-from relay.store.sqlite import _lock
+from relay.store.reads import EVENT_COLUMNS
+from relay.store.sqlite_file import lock
 
 CHUNK = 1000
-_EVENT_COLUMNS = (
-    "id", "server_id", "token", "event", "server_event_id", "rank", "test", "body",
-    "fingerprint", "status", "outcome", "attempts", "created_at", "next_attempt_at",
-    "last_error", "last_http_status", "response", "referral_id", "state", "finished_at",
-    "replayed_at", "referee_identity",
-)  # fmt: skip
+# Every stored column of an event: what operators see, and what ordering and duplicates need.
+_EVENT_COLUMNS = (*EVENT_COLUMNS.split(", "), "rank", "fingerprint")
 # Kept beside the events: the ledger of pruned deliveries and the rejected inputs, each by
 # its key, with the column SQLite stores as an integer and PostgreSQL as a boolean.
 _RECORDS = (
     ("ledger", "event_id", LEDGER_COLUMNS.split(", "), "test"),
-    (
-        "rejected",
-        "id",
-        [
-            "id",
-            "at",
-            "http_status",
-            "code",
-            "field",
-            "message",
-            "server_event_id",
-            "token",
-            "referee_identity",
-            "peer",
-            "body",
-        ],
-        None,
-    ),
+    ("rejected", "id", REJECTED_COLUMNS.split(", "), None),
 )
 _ATTEMPT_COLUMNS = (
     "id",
@@ -89,14 +69,14 @@ async def copy_outbox(
     """Copy every event and attempt of the SQLite outbox at ``source`` into ``url``."""
     if not source.exists():  # noqa: ASYNC240 - once, before any work starts
         raise OutboxError(f"there is no outbox at {source}; name the SQLite file with --from.")
-    lock = _lock(source)  # refuses while a relay holds the file
+    held = lock(source)  # refuses while a relay holds the file
     try:
         with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as db:
             return await _copy(db, url, where=where, password=password, progress=progress)
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read the outbox {source}: {exc}.") from exc
     finally:
-        os.close(lock)
+        os.close(held)
 
 
 async def _copy(
