@@ -18,8 +18,9 @@ from relay.config.values import Listen, Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests.support import SECRET, SERVER, Relay, StartRelay, running_relay
 
-# The subprocess harness (`spawn`, `http`) and a real PostgreSQL (`pg_server`, `pg_url`).
-pytest_plugins = ("tests.harness", "tests.postgres")
+# The subprocess harness (`spawn`, `http`), a real PostgreSQL (`pg_server`, `pg_url`) and a
+# real MariaDB (`mariadb_server`, `game_db`).
+pytest_plugins = ("tests.harness", "tests.postgres", "tests.mariadb")
 
 
 @pytest.fixture

@@ -45,6 +45,8 @@ def refusing_url() -> Iterator[str]:
     [
         (["--help"], 0),
         (["status", "--help"], 0),
+        (["setup", "--help"], 0),
+        (["secret", "set", "--help"], 0),
         (["doctor", "--help"], 0),
         (["status", "--url", "{url}"], 4),
         (["events", "list", "--url", "{url}"], 4),

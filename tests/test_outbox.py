@@ -488,6 +488,48 @@ async def test_player_lookup_and_the_ledger_outlive_pruning(outbox: Outbox) -> N
     assert await outbox.records.ledger(token="t") == []
 
 
+async def test_the_first_delivered_of_a_type_is_found_before_and_after_pruning(
+    outbox: Outbox,
+) -> None:
+    """The console's "Getting started" reads it: a test event or an undelivered one does not
+    count, and the first stays found once its body is pruned to the ledger."""
+    assert await outbox.records.first_delivered("registered") is None
+    probe, first, second, qual = await outbox.add(
+        [
+            event(registered("t0", "tester", test=True)),
+            event(registered("t1", "alice")),
+            event(registered("t2", "bob")),
+            event(qualified("t1", "alice")),
+        ],
+        NOW,
+    )
+    claimed = {
+        r.id: r for r in await outbox.claim(NOW, 10, servers=[SERVER], lease_s=30, max_age_s=3600)
+    }
+    assert qual.id not in claimed  # behind its registered
+
+    async def deliver(event_id: int, at: float, outcome: str = "accepted") -> None:
+        attempt = Attempt(event_id, at, 1.0, 200, outcome, None)
+        await outbox.finish(claimed[event_id], Outcome("delivered", outcome=outcome), attempt)
+
+    await deliver(probe.id, NOW, "test")
+    await deliver(second.id, NOW + 2)
+    assert await outbox.records.first_delivered("qualified") is None  # pending
+    found = await outbox.records.first_delivered("registered")
+    assert found is not None
+    assert (found.event_id, found.referee_identity) == (second.id, "bob")
+    test = await outbox.records.first_delivered("registered", test=True)
+    assert test is not None
+    assert test.event_id == probe.id
+
+    await deliver(first.id, NOW + 1)
+    await outbox.prune(NOW + 1.5, ledger_before=0.0)  # first to the ledger, second stays
+    assert await outbox.get(first.id) is None
+    found = await outbox.records.first_delivered("registered")
+    assert found is not None
+    assert (found.event_id, found.referee_identity) == (first.id, "alice")
+
+
 async def test_rejections_are_kept_newest_first_and_bounded(outbox: Outbox) -> None:
     def rejected(n: int, token: str | None) -> Rejection:
         return Rejection(

@@ -263,16 +263,19 @@ class Targets:
 TARGETS = web.AppKey("alert_targets", Targets)
 
 
-async def send_test(targets: tuple[AlertTarget, ...]) -> list[Sent]:
-    """``alert-test``: one test message to each target, each answer reported."""
-    now = time.time()
-    message = Message(
+def test_message(now: float) -> Message:
+    return Message(
         key="test",
         status="test",
         text=f"✅ mmolove-relay on {socket.gethostname()}: a test alert. This target works.",
         since=None,
         at=now,
     )
+
+
+async def send_test(targets: tuple[AlertTarget, ...]) -> list[Sent]:
+    """``alert-test``: one test message to each target, each answer reported."""
+    message = test_message(time.time())
     results = []
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as http:
         for target in targets:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli import checks, commands, tables
+from relay.cli import checks, commands, install_options, tables
 from relay.cli.client import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _reader_commands(command, sub)
     _writer_commands(command)
     _check_commands(command)
+    install_options.add(command, sub_config=_config_option, usage=_usage, later=_later)
     return parser
 
 

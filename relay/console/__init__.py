@@ -32,6 +32,8 @@ def add_console(app: web.Application) -> None:
     console.on_cleanup.append(_close_jobs)
     r = console.router
     r.add_get("/", views.overview_page)
+    r.add_post("/test-event", views.send_test_event)
+    r.add_post("/test-alert", views.send_test_alert)
     r.add_get("/events", views.events)
     r.add_get("/events.json", views.events_json)
     r.add_get(r"/events/{id:\d{1,18}}", views.event)

@@ -15,9 +15,10 @@ from jinja2 import Environment
 
 from relay.appkeys import OUTBOX
 from relay.config.report import describe
-from relay.console import chart, overview, security
+from relay.console import chart, overview, quickstart, security
 from relay.console.jobs import JOBS
 from relay.player import waits_for
+from relay.proof import Proof
 from relay.store.contract import STATUSES, EventFilter, EventRecord
 
 TEMPLATES = web.AppKey("console_templates", Environment)
@@ -37,6 +38,7 @@ class Row:
     token: str
     player: str | None
     server_id: str
+    server_event_id: str
     status: str
     outcome: str | None
     state: str | None
@@ -54,7 +56,10 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     return web.Response(text=html, status=status, content_type="text/html")
 
 
-async def overview_page(request: web.Request) -> web.Response:
+async def overview_page(
+    request: web.Request, *, proofs: list[Proof] | None = None, alert_sent: bool = False
+) -> web.Response:
+    """The overview; after "Send test event", with MMOLove's answers in place."""
     outbox = request.config_dict[OUTBOX]
     now = time.time()
     since = (now // 3600 - 23) * 3600  # 24 whole hours, the current one last
@@ -68,7 +73,33 @@ async def overview_page(request: web.Request) -> web.Response:
         alerts=overview.firing_alerts(request),
         dead=await outbox.dead_by_reason(),
         now=now,
+        steps=await quickstart.getting_started(request),
+        proofs=proofs,
+        alert_sent=alert_sent,
     )
+
+
+async def send_test_event(request: web.Request) -> web.Response:
+    """Prove every server's secret to MMOLove and show its answers on the overview.
+
+    The answers are rendered in this POST's response, not kept for a redirect: they are
+    this operator's, need no store or expiry, and a reload that sends again is harmless.
+    """
+    form = await request.post()
+    if (refused := security.refuse_action(request, _text(form.get("csrf")))) is not None:
+        return render(request, "error.html", status=403, message=refused)
+    servers = overview.settings(request).servers
+    return await overview_page(request, proofs=await quickstart.send_test_events(request, servers))
+
+
+async def send_test_alert(request: web.Request) -> web.Response:
+    """Queue a test alert for every target; the checklist ticks once one has taken it."""
+    form = await request.post()
+    if (refused := security.refuse_action(request, _text(form.get("csrf")))) is not None:
+        return render(request, "error.html", status=403, message=refused)
+    if not quickstart.send_test_alert(request):
+        return render(request, "error.html", status=409, message=quickstart.NO_ALERTS)
+    return await overview_page(request, alert_sent=True)
 
 
 async def events(request: web.Request) -> web.Response:
@@ -283,6 +314,7 @@ def _row(record: EventRecord) -> Row:
         record.token,
         record.referee_identity,
         record.server_id,
+        record.server_event_id,
         record.status,
         record.outcome,
         record.state,

@@ -82,6 +82,9 @@ class _Database:
         self._url = url
         self._password = password
         self._timeout_s = timeout_s
+        # Zero means "no limit" to all three servers: the shortest timeout is 1 ms.
+        self._timeout_ms = max(1, round(timeout_s * 1000))
+        self._url_password = unquote(urlsplit(url).password or "")
         masked = url if self.dialect == "sqlite" else mask_url(url)  # a path holds no secret
         self._label = f"source {name} ({masked})" if name else f"source {masked}"
         self._lock = asyncio.Lock()  # one statement at a time on the one connection
@@ -136,8 +139,9 @@ class _Database:
 
     def _translate(self, exc: Exception) -> SourceError:
         said = self._said(exc)
-        if self._password is not None and self._password.reveal():
-            said = said.replace(self._password.reveal(), "***")
+        for secret in (self._password.reveal() if self._password else "", self._url_password):
+            if secret:
+                said = said.replace(secret, "***")
         reason = "timeout" if isinstance(exc, TimeoutError) else self._reason(exc)
         message = {
             "write": f"the query of {self._label} tried to write; a source's query must be a "
@@ -263,7 +267,7 @@ class _Postgres(_Database):
     async def _run(self, sql: str, args: list[object]) -> tuple[list[str], list[Any]]:
         conn: asyncpg.Connection = self._conn
         async with conn.transaction(readonly=True):
-            await conn.execute(f"SET LOCAL statement_timeout = {round(self._timeout_s * 1000)}")
+            await conn.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
             statement = await conn.prepare(sql)
             types = [parameter.name for parameter in statement.get_parameters()]
             records = await statement.fetch(*map(_pg_value, types, args))
@@ -339,10 +343,10 @@ class _MySql(_Database):
         try:
             async with conn.cursor() as cursor:
                 if "mariadb" in conn.get_server_info().lower():
-                    await cursor.execute(f"SET SESSION max_statement_time = {self._timeout_s:g}")
+                    seconds = self._timeout_ms / 1000
+                    await cursor.execute(f"SET SESSION max_statement_time = {seconds:.3f}")
                 else:
-                    ms = round(self._timeout_s * 1000)
-                    await cursor.execute(f"SET SESSION max_execution_time = {ms}")
+                    await cursor.execute(f"SET SESSION max_execution_time = {self._timeout_ms}")
         except BaseException:
             conn.close()
             raise
@@ -359,6 +363,7 @@ class _MySql(_Database):
 
     async def _drop(self, conn: Any) -> None:
         conn.close()
+        await asyncio.sleep(0)  # the transport lets its socket go on the loop's next turn
 
     def _reason(self, exc: Exception) -> SourceFailure:
         if isinstance(exc, aiomysql.MySQLError) and exc.args and isinstance(exc.args[0], int):

@@ -23,6 +23,8 @@ LEDGER_COLUMNS = (
     "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
     "referral_id, state, attempts, created_at, finished_at"
 )
+# The events table's columns read as a ledger entry: a delivered event not yet pruned.
+EVENT_AS_LEDGER = LEDGER_COLUMNS.replace("event_id", "id", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,10 @@ class Records(Protocol):
         self, *, token: str | None = None, referee_identity: str | None = None
     ) -> list[LedgerEntry]:
         """Ledger entries of a token, or of the ``registered`` naming a player; oldest first."""
+
+    async def first_delivered(self, event: str, *, test: bool = False) -> LedgerEntry | None:
+        """The lowest-id delivered event of a type, from the ledger or, not yet pruned, the
+        outbox (for the console's "Getting started"); None if none was delivered."""
 
     async def dead_since(self, finished_after: float) -> list[DeadCount]:
         """Events that died after a time, counted by why."""

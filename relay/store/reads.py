@@ -23,6 +23,7 @@ from relay.store.contract import (
     LogPage,
 )
 from relay.store.contract_records import (
+    EVENT_AS_LEDGER,
     LEDGER_COLUMNS,
     REJECTED_COLUMNS,
     AlertState,
@@ -347,6 +348,24 @@ class RecordReads:
             f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE {column} = ? ORDER BY event_id", value
         )
         return [LedgerEntry.from_row(row) for row in rows]
+
+    async def first_delivered(self, event: str, *, test: bool = False) -> LedgerEntry | None:
+        """The first delivered event of a type: from the ledger, or from the outbox before it
+        is copied there. Primary-key walks that stop at the first match (SQLite is kept off
+        events_due, which would sort every delivered event)."""
+        rows = await self._rows(
+            f"SELECT * FROM (SELECT {LEDGER_COLUMNS} FROM ledger WHERE event = ? AND test = ?"
+            " ORDER BY event_id LIMIT 1) AS l UNION ALL"
+            f" SELECT * FROM (SELECT {EVENT_AS_LEDGER} FROM events"
+            f" WHERE {self.dialect.hinted('event')} = ? AND {self.dialect.hinted('test')} = ?"
+            f" AND {self.dialect.hinted('status')} = 'delivered' ORDER BY id LIMIT 1) AS e"
+            " ORDER BY 1 LIMIT 1",
+            event,
+            test,
+            event,
+            test,
+        )
+        return LedgerEntry.from_row(rows[0]) if rows else None
 
     async def dead_since(self, finished_after: float) -> list[DeadCount]:
         """Events that died after a time, counted by why (the events_finished index)."""

@@ -36,6 +36,7 @@ function liveLog(table) {
       cell(row, r.event);
       cell(row, r.token);
       cell(row, r.player);
+      cell(row, r.server_event_id, "sid");
       const status = document.createElement("span");
       status.className = `status ${r.status}`;
       status.textContent = r.status;
