@@ -1,0 +1,90 @@
+"""The AzerothCore recipe in a running relay against a real MariaDB: 1,000 accounts, 300
+of them referred, 100,000 characters. Exactly the 300 registrations are delivered, once
+each; the level-20 milestone qualifies each referred player past it once, after its
+registered; and the database's own statement log shows each poll examined only the
+referred players' rows, through the account index."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from relay.config.loading import load_settings
+from relay.sandbox import RunningSandbox
+from relay.store.contract import EventFilter
+from tests.mariadb import GameDatabase
+from tests.support import SECRET, SERVER, StartRelay, eventually
+
+RECIPE = Path(__file__).parent.parent / "examples" / "sources" / "azerothcore.toml"
+REFERRALS = Path(__file__).parent.parent / "examples" / "sources" / "referrals.sql"
+CHARACTERS = 100_000  # two per account for accounts 1..50,000
+# azerothcore-wotlk data/sql/base/db_characters/characters.sql, trimmed to what it reads
+CREATE_CHARACTERS = (
+    "CREATE TABLE characters (guid INT UNSIGNED NOT NULL DEFAULT 0, "
+    "account INT UNSIGNED NOT NULL DEFAULT 0, level TINYINT UNSIGNED NOT NULL DEFAULT 0, "
+    "totaltime INT UNSIGNED NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (guid), KEY idx_account (account)) ENGINE=InnoDB"
+)
+# Character seq belongs to account (seq + 1) DIV 2; its level is (account * 7) % 80 + 1.
+FILL = (
+    "INSERT INTO characters SELECT seq, (seq + 1) DIV 2, ((seq + 1) DIV 2 * 7) % 80 + 1, 0 "
+    f"FROM seq_1_to_{CHARACTERS}"
+)
+
+
+def _referred(n: int) -> bool:
+    return n % 10 in (0, 3, 7)  # 300 of accounts 1..1000
+
+
+def _recipe(tmp_path: Path, game: GameDatabase) -> Path:
+    """The recipe as an operator would adapt it: their URL, password file and intervals;
+    the registration watcher and the level-20 milestone."""
+    (tmp_path / "game.password").write_text(game.password + "\n")
+    text = RECIPE.read_text()
+    text = re.sub(r'url = "mysql://[^"]*"', f'url = "{game.url}"', text)
+    text = re.sub(r'password_file = "[^"]*"', f'password_file = "{tmp_path}/game.password"', text)
+    text = re.sub(r"interval_s = \d+", "interval_s = 0.2", text)
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.timeout(120)
+async def test_the_azerothcore_recipe_in_a_relay(
+    tmp_path: Path, game_db: GameDatabase, start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    statements = [s for s in REFERRALS.read_text().split(";") if "CREATE TABLE" in s]
+    await game_db.run(*statements, CREATE_CHARACTERS, FILL)
+    referred = [n for n in range(1, 1001) if _referred(n)]
+    await game_db.load(
+        "INSERT INTO mmolove_referral (referee_identity, token) VALUES (%s, %s)",
+        [(str(n), f"tok-{n:05d}-mariadb") for n in referred],
+    )
+    loaded = load_settings(
+        {"MMOLOVE_SERVER_ID": SERVER, "MMOLOVE_SECRET": SECRET}, _recipe(tmp_path, game_db)
+    )
+    sources = tuple(s for s in loaded.game_sources if s.name != "acore-10-hours")
+    assert [s.name for s in sources] == ["acore-registrations", "acore-level-20"]
+    relay = await start_relay(game_sources=tuple(replace(s, interval_s=0.2) for s in sources))
+    level20 = {n for n in referred if (n * 7) % 80 + 1 >= 20}
+    total = len(referred) + len(level20)
+
+    def delivered() -> Counter[str]:
+        return Counter(r["server_event_id"] for r in sandbox.sandbox.snapshot()["accepted"])
+
+    await eventually(lambda: sum(delivered().values()) == total, timeout_s=60, what="delivered")
+    expected = {f"reg-{n}" for n in referred} | {f"qual-{n}-level-20" for n in level20}
+    assert set(delivered()) == expected
+    assert set(delivered().values()) == {1}
+    order = [r["server_event_id"] for r in sandbox.sandbox.snapshot()["accepted"]]
+    assert all(order.index(f"reg-{n}") < order.index(f"qual-{n}-level-20") for n in level20)
+    assert await relay.handle.outbox.count(EventFilter(event="qualified")) == len(level20)
+    # MariaDB's own log: each milestone poll examined the referred players' rows only
+    # (two characters each), never the 100,000-row table.
+    examined = await game_db.examined("FROM characters")
+    assert examined, "the statement log holds no milestone poll"
+    assert max(examined) <= 2 * len(referred), examined
