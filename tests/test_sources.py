@@ -372,3 +372,28 @@ async def test_try_prints_what_it_would_store_and_stores_nothing(
         assert await outbox.source_cursor("registrations") is None
     finally:
         await outbox.close()
+
+
+async def test_a_database_locked_marks_the_source_failing_then_it_resumes_missing_nothing(
+    tmp_path: Path, start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    game = tmp_path / "game.db"
+    make_game(game, accounts=20)
+    refer(game, [1, 2])
+    source = registrations(f"sqlite:///{game}", statement_timeout_s=0.3)
+    relay = await start_relay(game_sources=(source,))
+    await eventually(lambda: _stored_cursor(relay, 2), what="the first two rows")
+    with game_db(game) as holder:  # the game holds its database: no reader gets in
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.executemany(
+            "INSERT INTO mmolove_referrals (account, token) VALUES (?, ?)",
+            [(a, token_of(a)) for a in (3, 4, 5)],  # registered while the relay cannot read
+        )
+        state = await eventually(lambda: _failing(relay, "registrations"), what="failing")
+        assert state["reason"] in ("unavailable", "timeout")
+        assert "database is locked" in state["last_error"]
+        holder.execute("COMMIT")
+    state = await eventually(lambda: _stored_cursor(relay, 5), timeout_s=15, what="resumed")
+    assert state["state"] == "ok"
+    await eventually(lambda: len(delivered_keys(sandbox)) == 5, what="all five delivered")
+    assert delivered_keys(sandbox) == Counter({("registered", f"reg-{a}"): 1 for a in range(1, 6)})
