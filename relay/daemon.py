@@ -148,12 +148,6 @@ async def run(
         # Cancelled before the outbox closes; what it still holds is written on the way out.
         stack.push_async_callback(rejections.flush)
         stack.push_async_callback(_cancel, recorder)
-        if settings.alerts:
-            # Their own tasks and HTTP client: a slow or failing target never touches delivery.
-            app[TARGETS] = Targets(settings.alerts, metrics)
-            app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send)
-            for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
-                stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
         # Each source its own task and database connection: a slow or failing game database
         # waits alone, and ingest and delivery never wait for a poll.
         watchers = [
@@ -166,10 +160,17 @@ async def run(
             )
             for source in settings.game_sources
         ]
-        app[SOURCES] = [watcher.state for watcher in watchers]
+        states = [watcher.state for watcher in watchers]
+        app[SOURCES] = states
         for watcher in watchers:
             task = asyncio.create_task(watcher.run(), name=f"source-{watcher.config.name}")
             stack.push_async_callback(_cancel, task)
+        if settings.alerts:
+            # Their own tasks and HTTP client: a slow or failing target never touches delivery.
+            app[TARGETS] = Targets(settings.alerts, metrics)
+            app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send, sources=states)
+            for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
+                stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
         add_console(app)
         # Ingest handlers wait for one commit, so a short grace is enough for them; a client
         # still sending its body then is dropped unanswered and retries, nothing acknowledged.
