@@ -171,6 +171,8 @@ async def test_check_config_shows_sources_masked(tmp_path: Path) -> None:
     )
     code, out, err = await cli("--config", str(path), "check-config", env=BASE)
     assert code == 0, out + err
+    assert f"  game_sources = reg   [file {path}]" in out
+    assert "  source reg: registered from postgresql://***@db/game every 10 s" in out
     assert "reg" in out
     assert "postgresql://***@db/game" in out
     assert PASSWORD not in out + err

@@ -49,7 +49,7 @@ def check_config(args: argparse.Namespace, environ: Environ) -> int:
                     f"  server {server['id']}: secret *** from {server['secret_from']}{path}{kid}"
                 )
         elif name == "game_sources":
-            print(f"  sources = {', '.join(s['name'] for s in value)}   [{where}]")
+            print(f"  game_sources = {', '.join(s['name'] for s in value)}   [{where}]")
             for s in value:
                 what = s["produces"] + (f" ({s['milestone']})" if s["milestone"] else "")
                 print(f"  source {s['name']}: {what} from {s['url']} every {s['interval_s']:g} s")

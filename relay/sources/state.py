@@ -39,6 +39,7 @@ class SourceState:
     events_stored: int = 0  # new rows only: a row seen again is a duplicate, not counted
     rejected: int = 0
     players_watched: int | None = None  # milestone watchers only
+    standby: bool = False  # another replica of the fleet holds the lease and polls it
     failing_since: float | None = None
     reason: str | None = None  # a SourceFailure, or "outbox" when the outbox refused
     last_error: str | None = None
@@ -73,7 +74,13 @@ class SourceState:
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["state"] = "failing" if self.failing else ("ok" if self.last_ok else "starting")
+        out["state"] = (
+            "failing"
+            if self.failing
+            else "standby"
+            if self.standby
+            else ("ok" if self.last_ok else "starting")
+        )
         return out
 
 

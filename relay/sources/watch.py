@@ -116,10 +116,17 @@ class Watcher:
 
     async def _polls(self) -> None:
         failures = 0
+        # Long enough to outlast an interval and a slow poll; a replica killed mid-poll
+        # hands the source over when it runs out.
+        lease_s = 3 * self.config.interval_s + 2 * self.config.statement_timeout_s + 1
         while True:
             more = False
             try:
-                more = await self.poll()
+                self.state.standby = not await self._outbox.claim_source(
+                    self.config.name, lease_s, time.time()
+                )
+                if not self.state.standby:
+                    more = await self.poll()
                 failures = 0
             except (SourceError, OutboxError) as exc:
                 failures += 1
@@ -164,8 +171,8 @@ class Watcher:
         """Run the query once, read-only, and turn its rows into events; stores nothing."""
         db = await self._database()
         if self.config.produces == "registered":
-            if self.state.cursor is None:
-                self.state.cursor = await self._stored_cursor()
+            # Read each time: in a fleet, another replica may have polled it last.
+            self.state.cursor = await self._stored_cursor()
             cursor = json.loads(self.state.cursor)
             rows = await db.fetch(self.config.query, {"cursor": cursor, "limit": ROWS_PER_POLL})
             return self._registrations(rows, now)

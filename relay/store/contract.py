@@ -297,6 +297,10 @@ class Outbox(Protocol):
     ) -> list[Added]:
         """``add``, and the source's cursor (JSON text) in the same transaction."""
 
+    async def claim_source(self, source: str, lease_s: float, now: float) -> bool:
+        """Take or renew the lease to poll a source for ``lease_s``; False while another
+        replica of a fleet holds it (it hands over when its lease runs out)."""
+
     async def source_cursor(self, source: str) -> str | None:
         """The cursor a source's last stored poll reached (JSON text); None before its first."""
 

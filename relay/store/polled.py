@@ -31,6 +31,22 @@ WHERE r.event = 'registered' AND r.server_id = ? AND r.created_at >= ? AND NOT r
   AND r.referee_identity IS NOT NULL {_NOT_QUALIFIED}
 """
 
+# A fleet's one poller per source: the lease is taken when free or run out, renewed by its
+# holder; the row comes back only to the replica that holds it now (PostgreSQL only).
+CLAIM = (
+    "INSERT INTO source_leases (name, owner, until) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until"
+    " WHERE source_leases.owner = excluded.owner OR source_leases.until < ?"
+    " RETURNING owner"
+)
+LEASES_TABLE = """
+    CREATE TABLE source_leases (
+        name   TEXT PRIMARY KEY,           -- the source's name in [[sources]]
+        owner  TEXT NOT NULL,              -- the replica polling it
+        until  DOUBLE PRECISION NOT NULL   -- when another replica may take it over
+    );
+"""
+
 # The schema both backends add for it (SQLite's migration 5, PostgreSQL's 4).
 CURSORS_TABLE = """
     CREATE TABLE source_cursors (

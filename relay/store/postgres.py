@@ -195,6 +195,16 @@ class PostgresOutbox(OutboxBase):
             self._announce()
         return results
 
+    async def claim_source(self, source: str, lease_s: float, now: float) -> bool:
+        """The fleet's lease on a source: one replica polls it at a time."""
+        owner = await self._tx(
+            lambda db: db.fetchval(
+                POSTGRES.sql(polled.CLAIM), source, self.owner, now + lease_s, now
+            ),
+            single=True,
+        )
+        return owner is not None
+
     async def requeue_in_flight(self, now: float) -> int:
         """Nothing to hand back: a new process owns no lease, and what an earlier one held
         may be in another replica's hands now; unfinished rows return when their lease ends."""
