@@ -1,4 +1,5 @@
-"""Fixtures: the project's sandbox as the real upstream, and relays started in-process.
+"""Fixtures: the project's sandbox as the real upstream, relays started in-process, and the
+outbox on each backend.
 
 Every relay listens on a real loopback port with a real SQLite file under ``tmp_path``.
 """
@@ -6,21 +7,42 @@ Every relay listens on a real loopback port with a real SQLite file under ``tmp_
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from relay.config.settings import Settings
 from relay.config.values import Listen, Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.support import SECRET, SERVER, Relay, StartRelay, running_relay
+from relay.store.contract import Outbox
+from relay.store.postgres import PostgresOutbox
+from relay.store.sqlite import SqliteOutbox
+from tests.support import SECRET, SERVER, Backend, Relay, StartRelay, running_relay
 
 # The subprocess harness (`spawn`, `http`), a real PostgreSQL (`pg_server`, `pg_url`) and a
 # real MariaDB (`mariadb_server`, `game_db`).
 pytest_plugins = ("tests.harness", "tests.postgres", "tests.mariadb")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The unit tier runs where no PostgreSQL is installed: a test marked ``unit`` that asks
+    for a PostgreSQL server is a mistake in its marks, reported before anything runs."""
+    wrong = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("unit") and "pg_server" in getattr(item, "fixturenames", ())
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "tests marked unit must not need PostgreSQL; drop their unit mark: " + ", ".join(wrong)
+        )
 
 
 @pytest.fixture
@@ -60,3 +82,39 @@ async def start_relay(settings: Settings) -> AsyncIterator[StartRelay]:
             )
 
         yield start
+
+
+# The SQLite half needs no server, so it belongs to the unit tier.
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.unit), "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The outbox contract runs on both backends: a real SQLite file, a real PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "outbox.db"
+
+        async def raw_sqlite(query: str, *params: Any) -> list[Any]:
+            with sqlite3.connect(path) as db:
+                return db.execute(query, params).fetchall()
+
+        return Backend(functools.partial(SqliteOutbox.open, path), raw_sqlite)
+    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
+
+    async def raw_pg(query: str, *params: Any) -> list[Any]:
+        numbers = iter(range(1, query.count("?") + 1))
+        db = await asyncpg.connect(url, password=password)
+        try:
+            return list(
+                await db.fetch(re.sub(r"\?", lambda _: f"${next(numbers)}", query), *params)
+            )
+        finally:
+            await db.close()
+
+    return Backend(
+        functools.partial(PostgresOutbox.open, url, where=url, password=password), raw_pg
+    )
+
+
+@pytest.fixture
+async def outbox(backend: Backend) -> AsyncIterator[Outbox]:
+    box = await backend.open()
+    yield box
+    await box.close()

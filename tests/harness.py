@@ -27,15 +27,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.cli.client import EXIT_CONFIG  # noqa: F401 - for the test modules
 from relay.sandbox import EVENT_PATH, RunningSandbox
 from relay.signing import HEADER
-from tests.support import SECRET, SERVER, eventually, poll, qualified, registered  # noqa: F401
+from tests.support import SECRET, SERVER, eventually
 
 Key = tuple[str, str, str]  # (token, event, server_event_id): what MMOLove deduplicates on
 
-# The server and secret of the conftest sandbox; distinctive, so a leak is unambiguous.
-SERVER_ID = SERVER
+# How long a relay process may take to start, or to stop on its own: it imports aiohttp and
+# the daemon, traced by coverage; in the parallel run, beside three other workers on two
+# cores, that took more than 10 s. A bound on a hang, not a promise of speed.
+PROCESS_WAIT_S = 30.0
+
 INGEST_TOKEN = "ingest-tok-4f9e2d71"
 CONCURRENCY = 4
 DRAIN_TIMEOUT_S = 5.0
@@ -110,14 +112,14 @@ class RelayProcess:
         return record
 
     async def ready(self) -> RelayProcess:
-        record = await self.wait_log("relay.ready")
+        record = await self.wait_log("relay.ready", timeout_s=PROCESS_WAIT_S)
         self.url = str(record["listen"])
         return self
 
     def send(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
-    async def exited(self, *, timeout_s: float = 10.0) -> int:
+    async def exited(self, *, timeout_s: float = PROCESS_WAIT_S) -> int:
         """Wait for the process to end and its pipes to drain; returns the exit status."""
         await eventually(
             lambda: self.proc.poll() is not None, timeout_s=timeout_s, what="the relay to exit"
@@ -197,7 +199,7 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
 def relay_env(endpoint: str, db: Path, **overrides: str | None) -> dict[str, str | None]:
     """The environment a container would get; ``overrides`` set or (with None) remove."""
     env: dict[str, str | None] = {
-        "MMOLOVE_SERVER_ID": SERVER_ID,
+        "MMOLOVE_SERVER_ID": SERVER,
         "MMOLOVE_SECRET": SECRET,
         "MMOLOVE_ENDPOINT": endpoint,
         "MMOLOVE_RELAY_LISTEN": "127.0.0.1:0",

@@ -15,7 +15,6 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+
+from tests.support import free_port
 
 # Distinctive, so a leak into logs or output is unambiguous.
 PG_PASSWORD = "pg-pw-" + secrets.token_hex(6)
@@ -53,7 +54,7 @@ class Cluster:
                 "does), or set MMOLOVE_TEST_PG_URL to a server of your own."
             )
         root = Path(tempfile.mkdtemp(prefix="mmolove-pg-"))
-        cluster = cls(root, _free_port(), Path(found[-1]).parent)
+        cluster = cls(root, free_port(), Path(found[-1]).parent)
         (root / "pw").write_text(PG_PASSWORD + "\n")
         if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to postgres
             shutil.chown(root, "postgres")
@@ -134,10 +135,3 @@ async def admin(server: PgServer) -> AsyncIterator[asyncpg.Connection]:
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import pytest
 
 from relay.config.settings import Settings
 from relay.daemon import RunningRelay, run
+from relay.store.contract import Outbox
 
 SERVER = "srv-1"
 SECRET = "secret-1-for-tests"
@@ -64,6 +66,15 @@ class Relay:
 
 
 StartRelay = Callable[..., Awaitable[Relay]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One outbox backend under test (the ``backend`` fixture): ``open`` opens the same outbox
+    each time it is called; ``raw`` runs SQL (``?`` placeholders) straight on its database."""
+
+    open: Callable[[], Awaitable[Outbox]]
+    raw: Callable[..., Awaitable[list[Any]]]
 
 
 @asynccontextmanager
@@ -159,6 +170,14 @@ async def eventually(
     if not result:
         pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
     return result
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a server that cannot be told to bind port 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def require_tools(*names: str, why: str) -> None:

@@ -72,13 +72,6 @@ def require_root(what: str) -> None:
         unavailable(f"{what} needs root; run the tests as root (scripts/test does on CI).")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- cached roots ------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from relay.breaker import Breaker, backoff_s
 
+pytestmark = pytest.mark.unit
+
 
 def test_opens_after_consecutive_failures_then_lets_one_probe_through() -> None:
     breaker = Breaker(failures=3, cooldown_s=10, cap_s=100, retry_after_cap_s=300)

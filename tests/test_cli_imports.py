@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 HEAVY = ["aiohttp", "aiohttp.client", "relay.daemon", "relay.sandbox", "relay.console", "jinja2"]
 
 # Runs one command through the console script's entry point, in process, then prints its exit

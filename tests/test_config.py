@@ -17,8 +17,10 @@ from relay.config.settings import Settings
 from relay.config.values import Listen, base_url, mask_url, parse_listen
 from relay.errors import ConfigError
 from relay.sandbox import RunningSandbox
-from tests.harness import SECRET, Spawn, eventually, relay_env
-from tests.support import cli
+from tests.harness import Spawn, relay_env
+from tests.support import SECRET, cli, eventually
+
+pytestmark = pytest.mark.unit
 
 EXAMPLE = Path(__file__).parent.parent / "relay" / "relay.example.toml"
 BASE = {"MMOLOVE_SERVER_ID": "srv-9", "MMOLOVE_SECRET": "s3cr3t"}

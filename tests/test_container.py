@@ -31,9 +31,9 @@ import pytest
 
 from relay.config.settings import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.harness import accepted_keys, eventually, in_progress, key_of, post, registered
-from tests.support import require_tools, unavailable
-from tests.systems import cache_dir, cache_lock, debootstrap, free_port, sh, tail
+from tests.harness import accepted_keys, in_progress, key_of, post
+from tests.support import eventually, free_port, registered, require_tools, unavailable
+from tests.systems import cache_dir, cache_lock, debootstrap, sh, tail
 
 ROOT = Path(__file__).parent.parent
 BASE_TAG = "localhost/mmolove-relay-base:bookworm"
@@ -44,7 +44,10 @@ SERVER_ID = "srv-c1"
 SECRET = "s3cret-container-5e1d"
 INGEST_TOKEN = "ingest-tok-container-93ab"
 
-pytestmark = pytest.mark.timeout(1800)  # a cold run debootstraps a Debian root first
+# Serial: the module builds its image once (a module fixture), a build that takes both cores;
+# spread over parallel workers, each would build its own. A cold run debootstraps a Debian
+# root first, hence the timeout.
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(1800)]
 
 
 # -- the base image and the build --------------------------------------------------------

@@ -15,8 +15,7 @@ import pytest
 
 from relay.sandbox import RunningSandbox
 from tests.harness import Spawn, get_json, ingest, relay_env
-from tests.support import SECRET, SERVER, cli, eventually, registered
-from tests.systems import free_port
+from tests.support import SECRET, SERVER, cli, eventually, free_port, registered
 
 TEST_EVENT = f"test event {SERVER}"
 NO_DAEMON = {"daemon", "ingest"}  # what fails in every case run without a relay

@@ -11,6 +11,8 @@ from relay.errors import InvalidEvent
 from relay.events import parse_json, validate
 from tests.test_signing import VECTORS
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(("secret", "t", "body", "expected"), VECTORS)
 def test_validated_event_serialises_to_the_vector_bytes(

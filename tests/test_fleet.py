@@ -40,16 +40,14 @@ from tests.harness import (
     Spawn,
     get_json,
     in_progress,
-    poll,
     post,
-    qualified,
-    registered,
     relay_env,
     tuning,
     wait_outbox_settled,
 )
 from tests.postgres import PgServer
 from tests.reliability.checker import Tally
+from tests.support import poll, qualified, registered
 
 NOW = 1_800_000_000.0
 LEASE_S = 30.0

@@ -20,33 +20,28 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.cli.client import EXIT_CONFIG
 from relay.sandbox import RunningSandbox
 from tests.harness import (
     CONCURRENCY,
     DRAIN_TIMEOUT_S,
-    EXIT_CONFIG,
-    SECRET,
-    SERVER_ID,
     Key,
     Spawn,
     accepted_keys,
     cpu_seconds,
-    eventually,
     get_json,
     held_answers,
     in_progress,
     ingest,
     key_of,
     outbox_rows,
-    poll,
     post,
-    qualified,
-    registered,
     relay_env,
     tuning,
     wait_delivered,
     wait_outbox_settled,
 )
+from tests.support import SECRET, SERVER, eventually, poll, qualified, registered
 
 WRONG_SECRET = "s3cret-0b5d83aa-wrong"
 
@@ -178,6 +173,7 @@ async def test_sigkill_during_an_ingest_burst_keeps_every_acknowledged_event(
 # -- graceful shutdown ---------------------------------------------------------------------
 
 
+@pytest.mark.serial  # the drain is timed in wall-clock seconds
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_stop_signal_drains_in_flight_deliveries_and_exits_0(
     sig: signal.Signals,
@@ -226,6 +222,7 @@ async def test_stop_signal_drains_in_flight_deliveries_and_exits_0(
     assert sandbox.sandbox.snapshot()["duplicates"] == 0  # drained answers were recorded
 
 
+@pytest.mark.serial  # the drain is timed in wall-clock seconds
 async def test_sigterm_with_a_half_received_post_stops_claiming_and_keeps_the_drain_budget(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -285,6 +282,7 @@ async def test_sigterm_with_a_half_received_post_stops_claiming_and_keeps_the_dr
     assert len(pending) == 2
 
 
+@pytest.mark.serial  # the drain is timed in wall-clock seconds
 async def test_sigterm_with_a_hung_upstream_exits_0_at_the_drain_budget_and_keeps_events(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -314,6 +312,7 @@ async def test_sigterm_with_a_hung_upstream_exits_0_at_the_drain_budget_and_keep
     assert accepted_keys(sandbox) == Counter(dict.fromkeys(map(key_of, bodies), 1))
 
 
+@pytest.mark.serial  # the forced exit is timed in wall-clock seconds
 async def test_a_second_sigterm_during_the_drain_forces_exit_1_and_nothing_is_lost(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -444,7 +443,7 @@ async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
         return server if server["paused"] else None
 
     server = await eventually(paused, timeout_s=5, what="the server to pause on 401")
-    assert server["server_id"] == SERVER_ID
+    assert server["server_id"] == SERVER
     assert "401" in server["paused_reason"]
     await asyncio.sleep(0.3)  # time for a retry storm to show, were there one
     assert sandbox.sandbox.snapshot()["by_status"] == {"401": 1}
@@ -469,6 +468,7 @@ async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
     assert relay.proc.poll() is None, "SIGHUP must not stop the daemon"
 
 
+@pytest.mark.serial  # measures the daemon's CPU time
 async def test_sighup_with_nothing_left_to_probe_leaves_the_daemon_idle(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

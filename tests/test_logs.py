@@ -6,9 +6,12 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from relay import logs
+
+pytestmark = pytest.mark.unit
 
 
 def test_registered_secrets_never_reach_a_line() -> None:

@@ -5,11 +5,9 @@ versions; then what only SQLite has (file modes, group commit, the file lock).""
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import stat
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -31,32 +29,13 @@ from relay.store.contract_records import AlertState, RejectedFilter, Rejection
 from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_schema import MIGRATIONS
-from tests.support import SERVER, qualified, registered
+from tests.support import SERVER, Backend, qualified, registered
 
 NOW = 1_800_000_000.0
 
 
 def event(body: dict[str, object]) -> Event:
     return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
-
-
-Opener = Callable[[], Awaitable[Outbox]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens the same outbox each time it is called: the contract suite runs on both backends."""
-    if request.param == "sqlite":
-        return functools.partial(SqliteOutbox.open, tmp_path / "outbox.db")
-    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
-    return functools.partial(PostgresOutbox.open, url, where=url, password=password)
-
-
-@pytest.fixture
-async def outbox(open_outbox: Opener):  # type: ignore[no-untyped-def]
-    box = await open_outbox()
-    yield box
-    await box.close()
 
 
 @pytest.fixture
@@ -71,6 +50,7 @@ async def claim(box: Outbox, now: float = NOW, limit: int = 10) -> list[int]:
     return [r.id for r in records]
 
 
+@pytest.mark.unit
 async def test_file_is_private_and_durable_settings_hold(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
@@ -82,11 +62,11 @@ async def test_file_is_private_and_durable_settings_hold(sqlite_outbox: SqliteOu
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
-async def test_acknowledged_events_survive_reopen(open_outbox: Opener) -> None:
-    box = await open_outbox()
+async def test_acknowledged_events_survive_reopen(backend: Backend) -> None:
+    box = await backend.open()
     [added] = await box.add([event(registered("t", "p"))], NOW)
     await box.close()
-    box = await open_outbox()
+    box = await backend.open()
     try:
         record = await box.get(added.id)
         assert record is not None
@@ -95,12 +75,14 @@ async def test_acknowledged_events_survive_reopen(open_outbox: Opener) -> None:
         await box.close()
 
 
+@pytest.mark.unit
 async def test_second_relay_on_the_same_file_is_refused(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     with pytest.raises(OutboxError, match="another relay is already using"):
         await SqliteOutbox.open(outbox.path)
 
 
+@pytest.mark.unit
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     with sqlite3.connect(path) as db:
@@ -109,6 +91,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         await SqliteOutbox.open(path)
 
 
+@pytest.mark.unit
 async def test_concurrent_adds_share_transactions(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     """Group commit: 200 concurrent single-event adds take far fewer than 200 commits."""
@@ -192,6 +175,7 @@ async def test_claim_keeps_per_token_order(outbox: Outbox) -> None:
     assert await claim(outbox, now=time.time()) == [qual]
 
 
+@pytest.mark.unit
 async def test_requeue_in_flight_after_a_crash(sqlite_outbox: SqliteOutbox) -> None:
     outbox = sqlite_outbox
     await outbox.add([event(registered("t", "p"))], NOW)
@@ -367,6 +351,7 @@ async def _hot_path_work(tmp_path: Path, backlog: int) -> int:
         await box.close()
 
 
+@pytest.mark.unit
 async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> None:
     """Claim, finish and next_due use indexes: ten times the backlog is not ten times the
     work (a query that walked the pending backlog made delivery crawl at 1,000,000 rows)."""
@@ -375,6 +360,7 @@ async def test_hot_path_work_does_not_grow_with_the_backlog(tmp_path: Path) -> N
     assert large < small * 2, (small, large)
 
 
+@pytest.mark.unit
 async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Path) -> None:
     """/readyz's check is the outbox's own: a full disk it finds stops the next add at once."""
     box = await SqliteOutbox.open(tmp_path / "outbox.db", min_free_bytes=2**62)
@@ -389,6 +375,7 @@ async def test_health_measures_the_disk_that_ingest_then_refuses_on(tmp_path: Pa
         await box.close()
 
 
+@pytest.mark.unit
 async def test_records_are_decoded_by_column_name_not_position(
     sqlite_outbox: SqliteOutbox,
 ) -> None:
@@ -546,8 +533,8 @@ async def test_rejections_are_kept_newest_first_and_bounded(outbox: Outbox) -> N
     assert await outbox.records.count_rejections(NOW + 3) == 2
 
 
-async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> None:
-    box = await open_outbox()
+async def test_alert_state_and_marks_survive_a_reopen(backend: Backend) -> None:
+    box = await backend.open()
     try:
         await box.records.save_alert(AlertState("paused:srv", NOW, NOW, "paused"))
         await box.records.save_alert(AlertState("paused:srv", NOW, NOW + 60, "paused again"))
@@ -557,7 +544,7 @@ async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> No
         await box.records.set_mark("dead", 9.0)
     finally:
         await box.close()
-    box = await open_outbox()
+    box = await backend.open()
     try:
         assert await box.records.alert_states() == {
             "paused:srv": AlertState("paused:srv", NOW, NOW + 60, "paused again")
@@ -571,6 +558,7 @@ async def test_alert_state_and_marks_survive_a_reopen(open_outbox: Opener) -> No
         await box.close()
 
 
+@pytest.mark.unit
 async def test_a_failing_write_fails_its_group_and_the_writer_goes_on(
     sqlite_outbox: SqliteOutbox,
 ) -> None:

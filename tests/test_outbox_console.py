@@ -3,73 +3,15 @@ PostgreSQL): time to id, hourly counts, the id-window log page, capped counts an
 
 from __future__ import annotations
 
-import functools
-import re
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
-
-import asyncpg
-import pytest
-
 from relay.events import Event, validate
 from relay.store.contract import Attempt, EventFilter, Outbox, Outcome
-from relay.store.postgres import PostgresOutbox
-from relay.store.sqlite import SqliteOutbox
-from tests.support import SERVER, qualified, registered
+from tests.support import SERVER, Backend, qualified, registered
 
 NOW = 1_800_000_000.0
 
 
 def event(body: dict[str, object]) -> Event:
     return validate(body, server_ids=[SERVER], allow_extra_fields=False, now=NOW)
-
-
-# Runs SQL (``?`` placeholders) straight on the outbox's database; returns the rows.
-Raw = Callable[..., Awaitable[list[Any]]]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def opener(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> tuple[Callable[[], Awaitable[Outbox]], Raw]:
-    """How to open the outbox, and to reach its database directly, on either backend."""
-    if request.param == "sqlite":
-        path = tmp_path / "outbox.db"
-
-        async def raw_sqlite(query: str, *params: Any) -> list[Any]:
-            with sqlite3.connect(path) as db:
-                return db.execute(query, params).fetchall()
-
-        return functools.partial(SqliteOutbox.open, path), raw_sqlite
-    url, password = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_password")
-
-    async def raw_pg(query: str, *params: Any) -> list[Any]:
-        numbers = iter(range(1, query.count("?") + 1))
-        db = await asyncpg.connect(url, password=password)
-        try:
-            return list(
-                await db.fetch(re.sub(r"\?", lambda _: f"${next(numbers)}", query), *params)
-            )
-        finally:
-            await db.close()
-
-    return functools.partial(PostgresOutbox.open, url, where=url, password=password), raw_pg
-
-
-@pytest.fixture
-async def backend(
-    opener: tuple[Callable[[], Awaitable[Outbox]], Raw],
-) -> AsyncIterator[tuple[Outbox, Raw]]:
-    box = await opener[0]()
-    yield box, opener[1]
-    await box.close()
-
-
-@pytest.fixture
-def outbox(backend: tuple[Outbox, Raw]) -> Outbox:
-    return backend[0]
 
 
 async def fill(box: Outbox, count: int, every_s: float) -> list[int]:
@@ -81,9 +23,9 @@ async def fill(box: Outbox, count: int, every_s: float) -> list[int]:
 
 
 async def test_first_ids_at_matches_a_full_scan_with_gaps_and_edges(
-    backend: tuple[Outbox, Raw],
+    outbox: Outbox, backend: Backend
 ) -> None:
-    outbox, raw = backend
+    raw = backend.raw
     assert await outbox.first_ids_at([NOW]) == [1]  # empty: everything starts at 1
     await fill(outbox, 60, every_s=10)
     # Pruned rows leave gaps in the ids.

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay.config.values import Secret, ServerConfig
 from relay.offline import stopped
 from relay.player import story as player_story
@@ -180,6 +182,7 @@ async def test_a_referral_behind_an_open_circuit_says_it_recovers_by_itself(
     assert verdict["sentence"].startswith("Pending: MMOLove is failing, so the circuit is open")
 
 
+@pytest.mark.unit
 async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Path) -> None:
     """Migration 4 reads referee_identity out of the stored bodies of older registrations."""
     path = tmp_path / "old.db"

@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 
 from relay.sandbox import running_sandbox
-from tests.harness import accepted_keys, eventually, ingest, key_of, registered
-from tests.support import cli
-from tests.systems import Booted, booted_systemd, copy_checkout, free_port, sh, wheelhouse
+from tests.harness import accepted_keys, ingest, key_of
+from tests.support import cli, eventually, free_port, registered
+from tests.systems import Booted, booted_systemd, copy_checkout, sh, wheelhouse
 
 SERVER = "srv-setup1"
 # Distinctive, so a leak into the journal or the output is unambiguous.
@@ -72,6 +72,7 @@ def state(booted: Booted) -> tuple[str, str]:
     return enabled.stdout.strip(), active.stdout.strip()
 
 
+@pytest.mark.serial  # boots a whole systemd, whose start-up has its own time limits
 @pytest.mark.timeout(1800)  # a cold run debootstraps the root first
 async def test_setup_and_secret_set_under_a_real_systemd(
     tmp_path: Path, http: aiohttp.ClientSession

@@ -17,18 +17,8 @@ import sys
 from pathlib import Path
 
 from relay.sandbox import running_sandbox
-from tests.harness import (
-    INGEST_TOKEN,
-    SERVER_ID,
-    Spawn,
-    accepted_keys,
-    eventually,
-    key_of,
-    registered,
-    relay_env,
-    tuning,
-)
-from tests.support import SECRET
+from tests.harness import INGEST_TOKEN, Spawn, accepted_keys, key_of, relay_env, tuning
+from tests.support import SECRET, SERVER, eventually, registered
 from tests.systems import Host, hosts, link, set_link, sh
 
 INGEST = ("10.77.1.2", 8787)
@@ -91,7 +81,7 @@ async def test_sidecar_across_three_hosts_loses_nothing_when_the_upstream_link_d
         )
         sock = sandbox_host.socket()
         sock.bind(SANDBOX)
-        async with running_sandbox({SERVER_ID: SECRET}, sock=sock) as sb:
+        async with running_sandbox({SERVER: SECRET}, sock=sock) as sb:
             env = relay_env(
                 sb.url,
                 tmp_path / "outbox.db",

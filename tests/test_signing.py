@@ -4,6 +4,8 @@ import pytest
 
 from relay import signing
 
+pytestmark = pytest.mark.unit
+
 VECTORS = [
     (
         "test-secret",

@@ -12,17 +12,8 @@ import aiohttp
 from relay.config.settings import Settings
 from relay.config.values import Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.harness import (
-    Spawn,
-    eventually,
-    get_json,
-    ingest,
-    registered,
-    relay_env,
-    tuning,
-    wait_delivered,
-)
-from tests.support import SECRET, SERVER, Relay, StartRelay, cli
+from tests.harness import Spawn, get_json, ingest, relay_env, tuning, wait_delivered
+from tests.support import SECRET, SERVER, Relay, StartRelay, cli, eventually, registered
 
 SECRET_2 = "secret-2-for-the-removal-test"
 

@@ -20,9 +20,9 @@ from relay.config.values import CREDENTIAL_NAME
 from relay.guard import FD_RESERVE
 from relay.packaged import SYSTEMD_UNIT
 from relay.sandbox import running_sandbox
-from tests.harness import accepted_keys, eventually, in_progress, ingest, key_of, registered, tuning
-from tests.support import require_tools
-from tests.systems import ROOT, Booted, booted_systemd, copy_checkout, free_port, wheelhouse
+from tests.harness import accepted_keys, in_progress, ingest, key_of, tuning
+from tests.support import eventually, free_port, registered, require_tools
+from tests.systems import ROOT, Booted, booted_systemd, copy_checkout, wheelhouse
 
 UNIT = ROOT / "relay" / SYSTEMD_UNIT
 INSTALL_MD = ROOT / "systemd" / "INSTALL.md"
@@ -135,6 +135,7 @@ def exposure(booted: Booted) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.serial  # boots a whole systemd, whose start-up has its own time limits
 @pytest.mark.timeout(1800)  # a cold run debootstraps the root first (about a minute)
 async def test_installed_as_install_md_says_it_runs_under_a_real_systemd(
     tmp_path: Path, http: aiohttp.ClientSession

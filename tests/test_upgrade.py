@@ -23,22 +23,21 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.cli.client import EXIT_CONFIG
 from relay.sandbox import RunningSandbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.harness import (
-    EXIT_CONFIG,
     Spawn,
     accepted_keys,
-    eventually,
     get_json,
     in_progress,
     ingest,
     key_of,
-    registered,
     relay_env,
     tuning,
     wait_outbox_settled,
 )
+from tests.support import eventually, registered
 from tests.systems import ROOT, cache_dir, cache_lock, sh
 
 # The oldest commit whose relay runs (schema version 1, before migration 1 was edited; the

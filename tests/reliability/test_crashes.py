@@ -26,15 +26,13 @@ from tests.harness import (
     get_json,
     in_progress,
     outbox_rows,
-    poll,
     post,
-    qualified,
-    registered,
     relay_env,
     tuning,
     wait_outbox_settled,
 )
 from tests.reliability.checker import Tally
+from tests.support import poll, qualified, registered
 
 KILLS = 22
 CLIENTS = 4

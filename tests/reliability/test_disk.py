@@ -24,17 +24,15 @@ from relay.sandbox import RunningSandbox
 from tests.harness import (
     RelayProcess,
     Spawn,
-    eventually,
     get_json,
     in_progress,
     post,
-    registered,
     relay_env,
     tuning,
     wait_outbox_settled,
 )
 from tests.reliability.checker import Tally
-from tests.support import require_tools, unavailable
+from tests.support import eventually, registered, require_tools, unavailable
 
 LOCK_TIMEOUT_S = 0.5
 SQLITE_BUSY_TIMEOUT_S = 5.0  # the outbox connections' busy_timeout, which ingest undercuts
@@ -98,6 +96,7 @@ async def post_counted(
     return status, answer, headers
 
 
+@pytest.mark.serial  # which check sees the full disk first depends on timing
 @pytest.mark.timeout(120)
 async def test_a_full_disk_answers_503_keeps_what_was_acknowledged_and_recovers(
     spawn: Spawn,
@@ -267,6 +266,7 @@ db.execute("COMMIT")
 """
 
 
+@pytest.mark.serial  # the lock wait is timed in wall-clock seconds
 @pytest.mark.timeout(90)
 async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path

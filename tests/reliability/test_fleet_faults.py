@@ -28,19 +28,16 @@ from tests.harness import (
     CONCURRENCY,
     RelayProcess,
     Spawn,
-    eventually,
     get_json,
     in_progress,
-    poll,
     post,
-    qualified,
-    registered,
     relay_env,
     tuning,
     wait_outbox_settled,
 )
 from tests.postgres import PG_PASSWORD, Cluster, PgServer
 from tests.reliability.checker import Tally
+from tests.support import eventually, poll, qualified, registered
 
 # Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s), so a killed replica's claims come
 # back within the test; each attempt stays at MMOLove 20 ms, so kills land mid-flight.

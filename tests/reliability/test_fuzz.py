@@ -18,9 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.events import KNOWN_FIELDS, MAX_FIELD_CHARS
-from tests.harness import registered
 from tests.reliability.checker import record
-from tests.support import Relay, StartRelay
+from tests.support import Relay, StartRelay, registered
 
 MAX_BODY_BYTES = 16 * 1024
 EXAMPLES = 300  # per strategy

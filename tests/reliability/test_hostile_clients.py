@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.sandbox import RunningSandbox
-from tests.harness import RelayProcess, Spawn, eventually, ingest, post, registered, relay_env
+from tests.harness import RelayProcess, Spawn, ingest, post, relay_env
+from tests.support import eventually, registered
 
 MIB = 1024 * 1024
 # What the attack run used: just over the 1,024 descriptors a service usually starts with.
@@ -186,6 +188,7 @@ async def stall_a_body(host: str, port: int, size: int, hold_s: float) -> None:
             writer.close()
 
 
+@pytest.mark.serial  # stalled clients are timed against the relay's read timeouts
 async def test_stalled_large_bodies_keep_memory_bounded(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

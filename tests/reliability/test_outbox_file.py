@@ -13,19 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from relay.cli.client import EXIT_CONFIG
 from relay.sandbox import RunningSandbox
-from tests.harness import (
-    EXIT_CONFIG,
-    Spawn,
-    eventually,
-    get_json,
-    ingest,
-    post,
-    registered,
-    relay_env,
-    tuning,
-    wait_delivered,
-)
+from tests.harness import Spawn, get_json, ingest, post, relay_env, tuning, wait_delivered
+from tests.support import eventually, registered
 
 pytestmark = pytest.mark.timeout(60)
 

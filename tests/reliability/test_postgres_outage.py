@@ -17,10 +17,11 @@ import aiohttp
 import pytest
 
 from relay.sandbox import RunningSandbox
-from tests.harness import Spawn, eventually, ingest, post, registered, wait_delivered
+from tests.harness import Spawn, ingest, post, wait_delivered
 from tests.postgres import PG_PASSWORD, Cluster
 from tests.reliability import test_fleet_faults
 from tests.reliability.test_fleet_faults import FLEET_TUNING, fleet_env
+from tests.support import eventually, registered
 
 DOWN_S = 4.0
 own_cluster = test_fleet_faults.own_cluster  # the fixture: a cluster this test stops

@@ -11,21 +11,9 @@ from pathlib import Path
 import aiohttp
 
 from relay.sandbox import RunningSandbox
-from tests.harness import (
-    INGEST_TOKEN,
-    SECRET,
-    Spawn,
-    get_json,
-    ingest,
-    poll,
-    post,
-    qualified,
-    registered,
-    relay_env,
-    tuning,
-)
+from tests.harness import INGEST_TOKEN, Spawn, get_json, ingest, post, relay_env, tuning
 from tests.reliability.checker import record
-from tests.support import cli
+from tests.support import SECRET, cli, poll, qualified, registered
 
 
 def private(path: Path, *, group_ok: bool = False) -> bool:

@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 
 from relay.sandbox import RunningSandbox
-from tests.harness import Spawn, post, qualified, registered, relay_env, tuning, wait_outbox_settled
+from tests.harness import Spawn, post, relay_env, tuning, wait_outbox_settled
 from tests.reliability.checker import Tally
+from tests.support import qualified, registered
 
 SOAK_S = float(os.environ.get("RELIABILITY_SOAK_S", "600"))
 WARM_UP_S = min(60.0, SOAK_S / 5)  # caches, pools and SQLite's page cache fill first

@@ -23,9 +23,18 @@ import pytest
 
 from relay.config.settings import Settings
 from relay.sandbox import RunningSandbox, running_sandbox
-from tests.harness import eventually, qualified, registered
 from tests.reliability.checker import Tally
-from tests.support import SECRET, SERVER, Relay, StartRelay, require_tools, running_relay
+from tests.support import (
+    SECRET,
+    SERVER,
+    Relay,
+    StartRelay,
+    eventually,
+    qualified,
+    registered,
+    require_tools,
+    running_relay,
+)
 
 
 def referrals(prefix: str, n: int) -> list[dict[str, Any]]:
@@ -204,6 +213,7 @@ async def test_connection_resets_are_retried_until_delivered(
     assert len(resets) == sandbox.sandbox.snapshot()["dropped"] >= 1
 
 
+@pytest.mark.serial  # its resend bound depends on timing
 async def test_slow_bodies_past_the_timeout_are_resent_and_deduplicated(
     start_relay: StartRelay, sandbox: RunningSandbox, settings: Settings
 ) -> None:

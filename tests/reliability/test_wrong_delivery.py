@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from relay.sandbox import IMPOSTORS, RunningSandbox
-from tests.harness import eventually
-from tests.support import StartRelay, cli, qualified, registered
+from tests.support import StartRelay, cli, eventually, qualified, registered
 
 pytestmark = pytest.mark.timeout(40)
 
