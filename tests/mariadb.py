@@ -28,7 +28,7 @@ import aiomysql
 import pymysql
 import pytest
 
-from tests.postgres import _free_port
+from tests.support import free_port as _free_port
 
 INSTALL_DB = "mariadb-install-db"
 SERVER = "mariadbd"

@@ -397,3 +397,24 @@ async def test_a_database_locked_marks_the_source_failing_then_it_resumes_missin
     assert state["state"] == "ok"
     await eventually(lambda: len(delivered_keys(sandbox)) == 5, what="all five delivered")
     assert delivered_keys(sandbox) == Counter({("registered", f"reg-{a}"): 1 for a in range(1, 6)})
+
+
+async def test_the_console_overview_names_each_source_and_its_state(
+    tmp_path: Path, start_relay: StartRelay
+) -> None:
+    game = tmp_path / "game.db"
+    make_game(game, accounts=3)
+    refer(game, [1])
+    broken = replace(level20(f"sqlite:///{tmp_path / 'missing.db'}"), name="level20-broken")
+    relay = await start_relay(game_sources=(registrations(f"sqlite:///{game}"), broken))
+    await eventually(lambda: _stored_cursor(relay, 1), what="the registration stored")
+    await eventually(lambda: _failing(relay, "level20-broken"), what="the broken one failing")
+    async with relay.http.get(relay.url + "/ui/") as resp:
+        assert resp.status == 200
+        page = await resp.text()
+    table = page[page.index('<table id="sources">') :]
+    table = table[: table.index("</table>")]
+    assert "registrations <small>sqlite:///" in table
+    assert '<span class="state ok">ok</span>' in table
+    assert '<span class="state failing">failing</span>' in table
+    assert "cannot be reached" in table

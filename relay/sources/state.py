@@ -72,15 +72,18 @@ class SourceState:
         self.reason = reason
         self.last_error = message
 
+    @property
+    def condition(self) -> str:
+        """failing, standby (another replica polls it), ok, or starting (no poll yet)."""
+        if self.failing:
+            return "failing"
+        if self.standby:
+            return "standby"
+        return "ok" if self.last_ok else "starting"
+
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["state"] = (
-            "failing"
-            if self.failing
-            else "standby"
-            if self.standby
-            else ("ok" if self.last_ok else "starting")
-        )
+        out["state"] = self.condition
         return out
 
 
