@@ -26,7 +26,7 @@ from relay.store.contract import EventFilter
 from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
 from tests.postgres import PgServer, admin, with_database
-from tests.support import SERVER, StartRelay, eventually
+from tests.support import SERVER, StartRelay, cli, eventually
 
 REGISTRATIONS = (
     "SELECT id AS cursor, account AS referee_identity, token FROM mmolove_referrals"
@@ -208,6 +208,18 @@ async def test_a_player_posted_by_the_web_page_and_seen_by_the_watcher_is_stored
         {("registered", "reg-7"): 1, ("registered", "reg-8"): 1}
     )
     assert sandbox.sandbox.snapshot()["duplicates"] == 0
+    # Each event says who reported it: the page's POST, or the watcher.
+    [seven] = await relay.handle.outbox.select(EventFilter(token=token_of(7)))
+    [eight] = await relay.handle.outbox.select(EventFilter(token=token_of(8)))
+    assert (seven.reported_by, eight.reported_by) == (None, "registrations")
+    _, story = await relay.get("/v1/players/8")
+    assert [e["reported_by"] for e in story["events"]] == ["registrations"]
+    code, out, err = await cli("player", "8", "--url", relay.url)
+    assert code == 0, out + err
+    assert "registered (source registrations)" in out
+    async with relay.http.get(relay.url + f"/ui/events/{eight.id}") as resp:
+        page = await resp.text()
+    assert 'id="reported-by">source registrations <small>' in page
 
 
 async def _stored_cursor(relay: Any, cursor: int) -> dict[str, Any] | None:

@@ -237,7 +237,9 @@ def player(args: argparse.Namespace, environ: Environ) -> int:
     rows = [
         [
             e["id"],
-            e["event"] + (" (test)" if e["test"] else ""),
+            e["event"]
+            + (" (test)" if e["test"] else "")
+            + (f" (source {e['reported_by']})" if e.get("reported_by") else ""),
             e["server_event_id"],
             e["status"],
             e["outcome"] or "-",

@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -257,7 +257,8 @@ class Watcher:
         data = {k: v for k, v in data.items() if v is not None}
         data["server_id"] = self.config.server_id
         try:
-            return validate(data, server_ids=self._server_ids, allow_extra_fields=False, now=now)
+            event = validate(data, server_ids=self._server_ids, allow_extra_fields=False, now=now)
+            return replace(event, reported_by=self.config.name)
         except InvalidEvent as exc:
             body = json.dumps({k: text(v) for k, v in row.items()}, ensure_ascii=False)
             return Rejection(

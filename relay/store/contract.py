@@ -63,6 +63,7 @@ class EventRecord:
     replayed_at: float | None  # the last operator retry of this event, if any
     body: bytes
     referee_identity: str | None = None  # on registered events: the player
+    reported_by: str | None = None  # the source that read it from the game's database
     # The fencing token of the claim that leased this row (PostgreSQL; 0 on SQLite, where
     # one process holds the file): an outcome is written only under the lease it was sent on.
     lease: int = 0
@@ -89,7 +90,7 @@ class EventRecord:
 # What ingest stores of one event, in this column order, on either backend.
 INGEST_COLUMNS = (
     "server_id, token, event, server_event_id, rank, test, body, fingerprint, created_at,"
-    " next_attempt_at, referee_identity"
+    " next_attempt_at, referee_identity, reported_by"
 )
 
 
@@ -97,7 +98,7 @@ def ingest_values(ev: Event, now: float) -> tuple[Any, ...]:
     """The values of ``INGEST_COLUMNS`` for one event received at ``now``."""
     referee = ev.referee_identity if ev.event == "registered" else None
     return (ev.server_id, ev.token, ev.event, ev.server_event_id, ev.rank, ev.test, ev.body,
-            ev.fingerprint, now, now, referee)  # fmt: skip
+            ev.fingerprint, now, now, referee, ev.reported_by)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,8 +47,10 @@ LEASES_TABLE = """
     );
 """
 
-# The schema both backends add for it (SQLite's migration 5, PostgreSQL's 4).
+# The schema both backends add for it (SQLite's migration 5, PostgreSQL's 4): which source
+# reported each event (the player view and the console say it), and the cursors.
 CURSORS_TABLE = """
+    ALTER TABLE events ADD COLUMN reported_by TEXT;
     CREATE TABLE source_cursors (
         name        TEXT PRIMARY KEY,  -- the source's name in [[sources]]
         cursor      TEXT NOT NULL,     -- JSON: the last row's cursor the outbox holds events of
