@@ -6,18 +6,27 @@ referred players' rows, through the account index."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from relay.config.loading import load_settings
+from relay.config.settings import Settings
+from relay.config.sources import SourceConfig
+from relay.config.values import Secret
 from relay.sandbox import RunningSandbox
 from relay.store.contract import EventFilter
-from tests.mariadb import GameDatabase
+from tests.mariadb import GameDatabase, MariaDb
 from tests.support import SECRET, SERVER, StartRelay, eventually
+from tests.test_alerts import alerting, receiving, until
+from tests.test_sources import _failing, source_status
 
 RECIPE = Path(__file__).parent.parent / "examples" / "sources" / "azerothcore.toml"
 REFERRALS = Path(__file__).parent.parent / "examples" / "sources" / "referrals.sql"
@@ -88,3 +97,61 @@ async def test_the_azerothcore_recipe_in_a_relay(
     examined = await game_db.examined("FROM characters")
     assert examined, "the statement log holds no milestone poll"
     assert max(examined) <= 2 * len(referred), examined
+
+
+@pytest.fixture
+def private_mariadb() -> Iterator[MariaDb]:
+    """A server of this test's own, to stop and restart."""
+    server = MariaDb.create()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.mark.timeout(120)
+async def test_a_database_stopped_10_s_fails_alerts_and_resumes_missing_nothing(
+    private_mariadb: MariaDb, start_relay: StartRelay, settings: Settings, sandbox: RunningSandbox
+) -> None:
+    game = await private_mariadb.create_database()
+    statements = [s for s in REFERRALS.read_text().split(";") if "CREATE TABLE" in s]
+    await game.run(*statements)
+    insert = "INSERT INTO mmolove_referral (referee_identity, token) VALUES (%s, %s)"
+    await game.load(insert, [(str(n), f"tok-{n:05d}-restart") for n in range(1, 6)])
+    source = SourceConfig(
+        name="registrations",
+        produces="registered",
+        url=game.url,
+        password=Secret(game.password),
+        query="SELECT id AS `cursor`, referee_identity, token FROM mmolove_referral"
+        " WHERE id > :cursor ORDER BY id LIMIT :limit",
+        server_id=SERVER,
+        interval_s=0.2,
+        statement_timeout_s=1.0,
+    )
+
+    def delivered() -> set[str]:
+        return {r["server_event_id"] for r in sandbox.sandbox.snapshot()["accepted"]}
+
+    async with receiving() as receiver:
+        relay = await start_relay(
+            alerting(settings, receiver, alert_after_s=2.0), game_sources=(source,)
+        )
+        await eventually(lambda: len(delivered()) == 5, what="the first five")
+        hooks = receiver.got.setdefault("webhook", [])
+        private_mariadb.stop()
+        stopped = time.monotonic()
+        state = await eventually(lambda: _failing(relay, "registrations"), what="failing")
+        assert state["reason"] == "unavailable"
+        assert (
+            "MySQL server" in state["last_error"]
+        )  # the driver's own words: lost, or can't connect
+        assert game.password not in json.dumps(state)
+        await until(lambda: any(h["alert"] == "source:registrations" for h in hooks), 10, "alert")
+        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
+        private_mariadb.start()
+        await game.load(insert, [(str(n), f"tok-{n:05d}-restart") for n in range(6, 11)])
+        await eventually(lambda: len(delivered()) == 10, timeout_s=30, what="all ten")
+        assert delivered() == {f"reg-{n}" for n in range(1, 11)}
+        await until(lambda: any(h["status"] == "resolved" for h in hooks), 10, "the alert resolved")
+    assert (await source_status(relay, "registrations"))["state"] == "ok"
