@@ -3,7 +3,7 @@ database and a user granted SELECT only on it, per test).
 
 The server is Debian's ``mariadb-server``: ``mariadb-install-db`` into a temporary directory,
 then ``mariadbd`` on a private socket and a free loopback port, stopped when the session ends.
-A test that stops or restarts the database starts a server of its own: ``MariaDb.create()``.
+A test that stops or restarts the database takes a server of its own: ``private_mariadb``.
 Its statement log (``mysql.slow_log``, every statement) shows the rows each statement examined.
 Loaded as a pytest plugin by ``tests/conftest.py``; nothing is skipped for want of MariaDB.
 """
@@ -203,3 +203,13 @@ async def game_db(mariadb_server: MariaDb) -> AsyncIterator[GameDatabase]:
     game = await mariadb_server.create_database()
     yield game
     await mariadb_server.drop_database(game)
+
+
+@pytest.fixture
+def private_mariadb() -> Iterator[MariaDb]:
+    """A server of the test's own, to stop, freeze and restart."""
+    server = MariaDb.create()
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -9,7 +9,7 @@ import secrets
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,16 +249,6 @@ async def _grant_update(backend: Backend) -> None:
     user = _user(backend.url)
     database = backend.url.rsplit("/", 1)[1]
     await backend.admin(f"GRANT UPDATE ON `{database}`.* TO '{user}'@'%'")
-
-
-@pytest.fixture
-def private_mariadb() -> Iterator[MariaDb]:
-    """A server of this test's own, to stop, freeze and restart."""
-    server = MariaDb.create()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 async def test_a_stopped_or_frozen_mariadb_fails_the_poll_and_the_next_poll_after_it_is_back_reads(

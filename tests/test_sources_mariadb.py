@@ -11,7 +11,6 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,16 +96,6 @@ async def test_the_azerothcore_recipe_in_a_relay(
     examined = await game_db.examined("FROM characters")
     assert examined, "the statement log holds no milestone poll"
     assert max(examined) <= 2 * len(referred), examined
-
-
-@pytest.fixture
-def private_mariadb() -> Iterator[MariaDb]:
-    """A server of this test's own, to stop and restart."""
-    server = MariaDb.create()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.mark.timeout(120)
