@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 from collections import Counter
 from dataclasses import replace
@@ -23,7 +24,7 @@ from relay.config.values import Secret
 from relay.sandbox import RunningSandbox
 from relay.store.contract import EventFilter
 from tests.mariadb import GameDatabase, MariaDb
-from tests.support import SECRET, SERVER, StartRelay, eventually
+from tests.support import SECRET, SERVER, StartRelay, eventually, registered
 from tests.test_alerts import alerting, receiving, until
 from tests.test_sources import _failing, source_status
 
@@ -144,3 +145,42 @@ async def test_a_database_stopped_10_s_fails_alerts_and_resumes_missing_nothing(
         assert delivered() == {f"reg-{n}" for n in range(1, 11)}
         await until(lambda: any(h["status"] == "resolved" for h in hooks), 10, "the alert resolved")
     assert (await source_status(relay, "registrations"))["state"] == "ok"
+
+
+@pytest.mark.timeout(120)
+async def test_a_frozen_database_holds_up_neither_ingest_nor_delivery(
+    private_mariadb: MariaDb, start_relay: StartRelay, sandbox: RunningSandbox
+) -> None:
+    game = await private_mariadb.create_database()
+    await game.run(*[s for s in REFERRALS.read_text().split(";") if "CREATE TABLE" in s])
+    source = SourceConfig(
+        name="registrations",
+        produces="registered",
+        url=game.url,
+        password=Secret(game.password),
+        query="SELECT id AS `cursor`, referee_identity, token FROM mmolove_referral"
+        " WHERE id > :cursor ORDER BY id LIMIT :limit",
+        server_id=SERVER,
+        interval_s=0.1,
+        statement_timeout_s=20.0,  # the poll waits this long on a frozen server
+    )
+    relay = await start_relay(game_sources=(source,))
+    await eventually(lambda: _polled(relay), what="a first poll")
+    assert private_mariadb.process is not None
+    private_mariadb.process.send_signal(signal.SIGSTOP)  # it takes connections, never answers
+    try:
+        await asyncio.sleep(0.5)  # the next poll has started and hangs
+        polls = (await source_status(relay, "registrations"))["polls"]
+        ids = []
+        for n in range(20):
+            status, answer = await relay.post(registered(f"tok-frozen-{n:02d}", f"http-{n}"))
+            assert status == 202, answer
+            ids.append(answer["id"])
+        await relay.wait_finished(ids)  # delivered while the poll still hangs
+        assert (await source_status(relay, "registrations"))["polls"] == polls
+    finally:
+        private_mariadb.process.send_signal(signal.SIGCONT)
+
+
+async def _polled(relay: object) -> bool:
+    return bool((await source_status(relay, "registrations"))["polls"] > 0)
