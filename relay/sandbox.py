@@ -1,6 +1,11 @@
 """A local stand-in for MMOLove's ``POST /api/referral/events``, with faults switchable at run time.
 
 The test suite uses it as the real upstream over loopback; the CLI serves it for demos.
+
+Over STYLE.md's 400 lines on purpose: it is one stand-in for one API, read against
+mmolove-api.md from top to bottom (the signature, the replay window, idempotency, the state
+machine, and the faults that bend each answer); split, each half would lean on the other's
+private types.
 """
 
 from __future__ import annotations

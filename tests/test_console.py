@@ -271,6 +271,29 @@ async def test_off_loopback_the_console_needs_a_login_and_refuses_a_wrong_token(
     await shot(page, tmp_path, "logged-in")
 
 
+async def test_the_sixth_wrong_login_from_one_address_within_a_minute_gets_429(
+    start_relay: StartRelay, context: BrowserContext, tmp_path: Path
+) -> None:
+    """What a browser off the machine sees of the login's lockout (issue 24)."""
+    relay = await start_relay(listen=Listen(host_address(), 0), ingest_token=Secret(TOKEN))
+    page = await context.new_page()
+    await page.goto(relay.url + "/ui/login")
+    statuses = []
+    for n in range(6):
+        await page.get_by_label("Ingest token").fill(f"guess-{n}")
+        async with page.expect_response(lambda r: r.url.endswith("/ui/login")) as answer:
+            await page.get_by_role("button", name="Log in").click()
+        statuses.append((await answer.value).status)
+    assert statuses == [401] * 5 + [429]
+    await expect(page.get_by_role("alert")).to_contain_text("too many wrong tokens")
+    await shot(page, tmp_path, "login-locked")
+    # Locked out, even the right token gets no answer but the lockout's.
+    await page.get_by_label("Ingest token").fill(TOKEN)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("try again in")
+    assert await context.cookies() == []
+
+
 async def dead_referral_with_token(
     relay: Relay, sandbox: RunningSandbox, headers: dict[str, str]
 ) -> tuple[int, int]:
