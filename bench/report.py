@@ -155,6 +155,19 @@ def table(results: dict[str, Any]) -> str:
             f"({c['help']['max_s']:.3f} s), `status` {c['status']['median_s']:.3f} s "
             f"({c['status']['max_s']:.3f} s).",
         ]
+    if "sources" in results:
+        s = results["sources"]
+        lines += [
+            "",
+            f"Sources, on MariaDB with {s['characters']:,} characters and "
+            f"{s['watched_players']:,} watched players: a milestone poll "
+            f"({s['statements_per_poll']} statements) took {s['poll_ms_p50']:g} ms (median; "
+            f"slowest {s['poll_ms_max']:g} ms, goal <= 50 ms), {s['statement_ms_p50']:g} ms a "
+            f"statement, examining {s['rows_examined_per_poll']:,} rows. A registration was "
+            f"stored {s['detection_s_p50']:g} s after its row committed (median; slowest "
+            f"{s['detection_s_max']:g} s) polling every {s['interval_s']:g} s (goal: "
+            f"interval_s + 1 s).",
+        ]
     if "backlog" in results:
         b = results["backlog"]
         lines += [

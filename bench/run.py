@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fleet, procs, report, scenarios
+from bench import sources as game_sources
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,6 +81,9 @@ STEPS: dict[str, Callable[[scenarios.Plan, Path, Path], Any]] = {
     "end_to_end": lambda plan, workdir, shim: scenarios.end_to_end(plan, workdir),
     "cli": lambda plan, workdir, shim: scenarios.cli(plan, workdir),
     "backlog": lambda plan, workdir, shim: scenarios.backlog(plan, workdir),
+    "sources": lambda plan, workdir, shim: game_sources.sources(
+        smoke=plan is scenarios.SMOKE, workdir=workdir
+    ),
     "fleet_postgresql": lambda plan, workdir, shim: fleet.fleet(plan, workdir),
 }
 

@@ -22,6 +22,7 @@ from relay.errors import InvalidEvent
 from relay.metrics import CONTENT_TYPE
 from relay.origins import local_peer
 from relay.snapshot import HELD, PAUSED, ServerSnapshot
+from relay.sources.state import SOURCES
 from relay.store.contract import FINISHED, STATUSES, WAITING_FOR_REGISTERED, EventFilter, Outbox
 
 MAX_CHUNK = 5000  # events one retry or purge call may touch: keeps each transaction short
@@ -83,6 +84,7 @@ async def status(request: web.Request) -> web.Response:
         "outbox": {"path": outbox.location, "bytes": summary["outbox_bytes"]},
         "rejected": await lookup.rejected_summary(outbox, now),
         "alerts": _alerts(request),
+        "sources": [state.as_json() for state in request.app.get(SOURCES, [])],
     }
     return web.json_response(body)
 

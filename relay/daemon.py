@@ -31,6 +31,8 @@ from relay.metrics import Metrics
 from relay.rejected import REJECTIONS, Rejections
 from relay.sender import Sender
 from relay.snapshot import Live
+from relay.sources.state import SOURCES
+from relay.sources.watch import Watcher
 from relay.store.backends import open_outbox
 from relay.store.contract import Outbox
 
@@ -146,10 +148,27 @@ async def run(
         # Cancelled before the outbox closes; what it still holds is written on the way out.
         stack.push_async_callback(rejections.flush)
         stack.push_async_callback(_cancel, recorder)
+        # Each source its own task and database connection: a slow or failing game database
+        # waits alone, and ingest and delivery never wait for a poll.
+        watchers = [
+            Watcher(
+                source,
+                outbox,
+                metrics,
+                note=rejections.note,
+                server_ids=[s.server_id for s in settings.servers],
+            )
+            for source in settings.game_sources
+        ]
+        states = [watcher.state for watcher in watchers]
+        app[SOURCES] = states
+        for watcher in watchers:
+            task = asyncio.create_task(watcher.run(), name=f"source-{watcher.config.name}")
+            stack.push_async_callback(_cancel, task)
         if settings.alerts:
             # Their own tasks and HTTP client: a slow or failing target never touches delivery.
             app[TARGETS] = Targets(settings.alerts, metrics)
-            app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send)
+            app[RULES] = Rules(outbox, dispatcher.snapshot, live, app[TARGETS].send, sources=states)
             for name, job in (("alert-targets", app[TARGETS].run), ("alert-rules", app[RULES].run)):
                 stack.push_async_callback(_cancel, asyncio.create_task(job(), name=name))
         add_console(app)

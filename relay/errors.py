@@ -8,17 +8,24 @@
     │       └── OutboxDown     its database is unreachable: the store logs the outage once
     │                          (outbox.lost, outbox.back), so callers retry without a word
     ├── InvalidEvent           bad input from a client: answer 4xx, store nothing
+    ├── SourceError            a game database a source watches failed or refused its query:
+    │                          mark the source failing (``reason`` says how), back off, poll again
     └── DeliveryError          one attempt to reach MMOLove did not deliver
         ├── RetryableDelivery  network, timeout, 5xx, 408, 429: back off and try again
         ├── PermanentDelivery  400, 404, 422: dead-letter with MMOLove's answer
         └── SenderPaused       401 or a redirect: the whole server is misconfigured, so pause
                                it instead of burning each event's retries
 
-Foreign exceptions (``aiohttp.ClientError``, ``TimeoutError``, ``sqlite3.Error``) are
-translated where they enter, always with ``raise ... from exc``.
+Foreign exceptions (``aiohttp.ClientError``, ``TimeoutError``, ``sqlite3.Error``, the game
+databases' drivers' errors) are translated where they enter, always with ``raise ... from exc``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
+
+# How a source's poll failed, for its status and its metric's label.
+SourceFailure = Literal["unavailable", "credentials", "timeout", "write", "query"]
 
 
 class RelayError(Exception):
@@ -61,6 +68,15 @@ class InvalidEvent(RelayError):
 
     def as_json(self) -> dict[str, object]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class SourceError(RelayError):
+    """A source's database could not be read: the message names the source, its masked URL
+    and the database's own error, never a password; ``reason`` is one ``SourceFailure``."""
+
+    def __init__(self, message: str, reason: SourceFailure) -> None:
+        super().__init__(message)
+        self.reason: SourceFailure = reason
 
 
 class DeliveryError(RelayError):

@@ -40,6 +40,7 @@ class Event:
     body: bytes
     fingerprint: str  # digest of what the client sent: tells an exact repeat from a conflict
     referee_identity: str | None = None  # the player, the anchor the player view finds
+    reported_by: str | None = None  # the [[sources]] entry that read it; None: HTTP ingest
 
     @property
     def rank(self) -> int:

@@ -59,6 +59,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.source_polls = Counter(
+            f"{_PREFIX}_source_polls",
+            "Polls of each [[sources]] game database, by result (ok, or how it failed).",
+            ["source", "result"],
+            registry=r,
+        )
         self.delivered = Counter(
             f"{_PREFIX}_delivered",
             "Attempts MMOLove took, by outcome (accepted, duplicate, ignored, test).",

@@ -36,6 +36,7 @@ class StoryEntry:
     error: str | None  # why it died, or the last failure of a pending event
     source: str  # "outbox", or "ledger" once the body was pruned
     note: str = ""  # for a waiting event: what it waits for
+    reported_by: str | None = None  # the source that read it from the game's database
 
     @classmethod
     def of_record(cls, r: EventRecord) -> StoryEntry:
@@ -54,6 +55,7 @@ class StoryEntry:
             r.next_attempt_at if waiting else None,
             r.last_error,
             "outbox",
+            reported_by=r.reported_by,
         )
 
     @classmethod

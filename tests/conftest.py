@@ -26,8 +26,9 @@ from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
 from tests.support import SECRET, SERVER, Backend, Relay, StartRelay, running_relay
 
-# The subprocess harness (`spawn`, `http`) and a real PostgreSQL (`pg_server`, `pg_url`).
-pytest_plugins = ("tests.harness", "tests.postgres")
+# The subprocess harness (`spawn`, `http`), a real PostgreSQL (`pg_server`, `pg_url`) and a
+# real MariaDB (`mariadb_server`, `game_db`).
+pytest_plugins = ("tests.harness", "tests.postgres", "tests.mariadb")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -370,3 +370,28 @@ async def test_a_disk_near_full_fires(
     await start_relay(alerting(settings, receiver, min_free_bytes=free))  # half of 2x: near
     await until(lambda: receiver.got.get("webhook"), 5.0, "a disk alert")
     assert receiver.got["webhook"][0]["alert"] == "disk"
+
+
+async def test_a_failing_source_alerts_after_alert_after_s_and_resolves_once_it_reads(
+    start_relay: StartRelay, settings: Settings, receiver: Receiver, tmp_path: Any
+) -> None:
+    from tests.test_sources import game_db, make_game, registrations
+
+    game = tmp_path / "game.db"
+    make_game(game, accounts=3)
+    source = registrations(f"sqlite:///{game}", statement_timeout_s=0.2)
+    hooks = receiver.got.setdefault("webhook", [])
+    with game_db(game) as holder:
+        holder.execute("BEGIN EXCLUSIVE")  # the game's database cannot be read
+        await start_relay(alerting(settings, receiver, alert_after_s=0.5), game_sources=(source,))
+        await until(lambda: any(h["alert"] == "source:registrations" for h in hooks), 10, "fired")
+        holder.execute("COMMIT")
+    fired = next(h for h in hooks if h["alert"] == "source:registrations")
+    assert fired["status"] == "firing"
+    assert "source registrations has failed to poll" in fired["text"]
+    assert "database is locked" in fired["text"]
+    await until(
+        lambda: any(h["status"] == "resolved" for h in hooks if h["alert"] == fired["alert"]),
+        10,
+        "resolved",
+    )

@@ -54,6 +54,8 @@ def refusing_url() -> Iterator[str]:
         (["events", "list", "--url", "{url}"], 4),
         (["player", "p1", "--url", "{url}"], 4),
         (["rejected", "--url", "{url}"], 4),
+        (["sources", "--url", "{url}"], 4),
+        (["sources", "try", "--help"], 0),
         (["check-config"], 0),
     ],
 )

@@ -184,10 +184,11 @@ async def test_an_older_releases_outbox_is_migrated_and_loses_nothing(
         assert new["body"] == old["body"]
         assert new["logged"] >= old["logged"], f"{key}: the attempts logged before are gone"
         if old["status"] in ("delivered", "dead"):
-            # Columns added since (replayed_at, referee_identity) are the only difference;
-            # the backfill of referee_identity is tested with the player view.
-            added = {c: new.get(c) for c in ("replayed_at", "referee_identity")}
+            # Columns added since (replayed_at, referee_identity, reported_by) are the only
+            # difference; the backfill of referee_identity is tested with the player view.
+            added = {c: new.get(c) for c in ("replayed_at", "referee_identity", "reported_by")}
             assert new == {**old, **added}, key
+            assert new.get("reported_by") is None, "an event posted before sources existed"
         else:
             assert new["status"] == "delivered", new
             assert new["attempts"] == old["attempts"] + 1, (old, new)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
@@ -22,6 +22,7 @@ from relay.alerts.targets import Message, quoted
 from relay.config.settings import Settings
 from relay.errors import OutboxDown, OutboxError
 from relay.snapshot import DeliverySnapshot, Live
+from relay.sources.state import SourceState
 from relay.store.contract import Outbox
 from relay.store.contract_records import AlertState
 
@@ -57,8 +58,10 @@ class Rules:
         send: Callable[[Message], None],
         *,
         clock: Callable[[], float] = time.time,
+        sources: Sequence[SourceState] = (),
     ) -> None:
         self._outbox = outbox
+        self._sources = sources  # the watchers' live states: read, never changed
         self._state = delivery_state
         self._live = live
         self._send = send
@@ -114,6 +117,17 @@ class Rules:
                 "mmolove-relay status; fix the secret, then: systemctl reload mmolove-relay",
             )
             for server in (s.server_id for s in view.servers)
+        ]
+        found += [
+            Observation(
+                f"source:{source.name}",
+                source.failing,
+                f"source {source.name} has failed to poll for over {_span(s.alert_after_s)}: "
+                f"{quoted(source.last_error or '')}",
+                "mmolove-relay sources",
+                after_s=s.alert_after_s,
+            )
+            for source in self._sources
         ]
         found.append(
             Observation(

@@ -48,6 +48,11 @@ def check_config(args: argparse.Namespace, environ: Environ) -> int:
                 print(
                     f"  server {server['id']}: secret *** from {server['secret_from']}{path}{kid}"
                 )
+        elif name == "game_sources":
+            print(f"  game_sources = {', '.join(s['name'] for s in value)}   [{where}]")
+            for s in value:
+                what = s["produces"] + (f" ({s['milestone']})" if s["milestone"] else "")
+                print(f"  source {s['name']}: {what} from {s['url']} every {s['interval_s']:g} s")
         elif name == "alerts":
             labels = ", ".join(f"{a['kind']} {a['name'] or a['url']}" for a in value)
             print(f"  alerts = {labels or 'none'}   [{where}]")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from relay.cli import client, tables
+from relay.cli import client, sources, tables
 from relay.cli.client import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -101,6 +101,9 @@ def _status_visibility(data: Mapping[str, Any]) -> None:
             f"{tables.when(latest['at'])}: {latest['http_status']} {latest['code']}: "
             f"{latest['message']} (see: mmolove-relay rejected)"
         )
+    if data.get("sources"):
+        print("\nsources (mmolove-relay sources)")
+        sources.table(data["sources"])
     alerts = data.get("alerts") or {}
     for firing in alerts.get("firing", []):
         print(f"\nALERT {firing['key']} since {tables.when(firing['since'])}")
@@ -234,7 +237,9 @@ def player(args: argparse.Namespace, environ: Environ) -> int:
     rows = [
         [
             e["id"],
-            e["event"] + (" (test)" if e["test"] else ""),
+            e["event"]
+            + (" (test)" if e["test"] else "")
+            + (f" (source {e['reported_by']})" if e.get("reported_by") else ""),
             e["server_event_id"],
             e["status"],
             e["outcome"] or "-",

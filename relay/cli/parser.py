@@ -233,6 +233,19 @@ def _reader_commands(command: Callable[..., argparse.ArgumentParser], sub: Any) 
     _daemon_options(player)
     _db_option(player)
 
+    what = "the game databases the relay watches: last poll, cursor, counts, last error"
+    watched: argparse.ArgumentParser = command(
+        "sources", what, _later("sources", "sources"), description=what
+    )
+    _daemon_options(watched)
+    watched_sub = watched.add_subparsers(metavar="try")
+    what = "run a source's query once, read-only, and print the events it would store"
+    trying = watched_sub.add_parser("try", help=what, description=what)
+    trying.set_defaults(handler=_later("sources", "try_source"))
+    trying.add_argument("name", metavar="NAME", help="the source's name in [[sources]]")
+    trying.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _config_option(trying, default=argparse.SUPPRESS)
+
     rejected = command("rejected", "inputs ingest refused (4xx), newest first", commands.rejected)
     rejected.add_argument("--since", type=_duration, help="within, e.g. 30m, 2h, 7d")
     rejected.add_argument("--code", help="only this error code, e.g. missing_field")

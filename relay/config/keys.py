@@ -37,7 +37,7 @@ class Row:
 
 TABLE = tuple(Row(f.name, f.default, f.metadata["key"]) for f in fields(Settings) if f.metadata)
 ROWS = {row.name: row for row in TABLE}
-ARRAYS = ("servers", "alerts")  # arrays of tables: [[servers]], [[alerts]]
+ARRAYS = ("servers", "sources", "alerts")  # arrays of tables: [[servers]], ...
 
 # Section -> the keys it allows; anything else in the file is a typo, and an error.
 SECTION_KEYS: dict[str, frozenset[str]] = {

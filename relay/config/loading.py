@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from relay.config.keys import ARRAYS, ROWS, SECTION_KEYS, TABLE, Row, unknown_variables
 from relay.config.secrets import read_secret_file, secret_from, secret_value
 from relay.config.settings import SECTIONS, Settings
+from relay.config.sources import parse_sources
 from relay.config.values import (
     ALERT_KINDS,
     CREDENTIAL_NAME,
@@ -75,6 +76,10 @@ def load(
     values.update(_database(given, sources, notes))
     values["servers"] = _servers(given, sources, require=require_servers, notes=notes)
     values["alerts"] = _alerts(given, sources, notes=notes)
+    entries = given.doc.get("sources", [])
+    sources["game_sources"] = given.in_file if entries else DEFAULT
+    server_ids = [s.server_id for s in values["servers"]]
+    values["game_sources"] = parse_sources(entries, server_ids, notes=notes)
     settings = replace(Settings(), **values, notes=tuple(notes))
     if not settings.listen.is_loopback and settings.ingest_token is None:
         raise ConfigError(

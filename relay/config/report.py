@@ -36,6 +36,8 @@ def describe(settings: Settings) -> dict[str, Any]:
                 {"kind": a.kind, "name": a.name, "url": a.masked_url, "signed": bool(a.secret)}
                 for a in value
             ]
+        elif f.name == "game_sources":
+            value = [source.describe() for source in value]
         elif f.name == "allowed_hosts":
             value = list(value)
         elif isinstance(value, Secret):

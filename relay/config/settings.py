@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.config.sources import SOURCE_KEYS, SourceConfig
 from relay.config.values import (
     CREDENTIAL_NAME,
     DEFAULT_ENDPOINT,
@@ -27,14 +28,14 @@ from relay.config.values import (
 )
 
 Parser = Callable[[object, str], Any]
-SECTIONS = ("", "servers", "ingest", "delivery", "outbox", "alerts", "alerting")
+SECTIONS = ("", "servers", "ingest", "delivery", "outbox", "sources", "alerts", "alerting")
 
 
 @dataclass(frozen=True, slots=True)
 class Key:
     """Where a setting is read from and what it means, kept in its field's metadata."""
 
-    section: str  # a SECTIONS name; "" is the top level, servers and alerts are [[arrays]]
+    section: str  # a SECTIONS name; "" is the top level; servers, sources, alerts: [[arrays]]
     keys: tuple[str, ...]  # keys in the file; () is the attribute's own name
     env: tuple[str, ...]  # environment variables, over the file
     help: str  # one sentence: serve --help and the example file
@@ -305,6 +306,36 @@ class Settings:
         more="When the disk fills up it is released, so the outcomes of attempts already sent\n"
         "and `purge` can still be written; ingest and new deliveries wait until the disk has\n"
         "room for it and a quarter more.",
+    )
+    # [[sources]]: game databases watched for registrations and milestones
+    game_sources: tuple[SourceConfig, ...] = setting(
+        (),
+        "sources",
+        "game databases the relay watches, so the game server needs no code: each entry "
+        "polls one read-only query and stores the registered or qualified events it finds",
+        keys=SOURCE_KEYS,
+        more="Each poll runs read-only under statement_timeout_s; grant the user SELECT only.\n"
+        "A registered query takes :cursor and :limit and returns referee_identity, token,\n"
+        "cursor (and ts); a qualified one takes :players (IN (:players)) and returns\n"
+        "referee_identity. Keys: reg-<player> and qual-<player>-<milestone>, as the examples'.\n"
+        "`mmolove-relay sources try NAME` runs one poll and stores nothing.",
+        default_text="none",
+        example="# [[sources]]\n"
+        '# name = "registrations"             # shown in status, metrics, alerts\n'
+        '# produces = "registered"             # registered or qualified\n'
+        '# url = "mysql://relay@127.0.0.1:3306/acore_auth"   # postgresql://, sqlite:////path\n'
+        '# password_file = "/etc/mmolove-relay/game-db.password"\n'
+        '# query = "SELECT id AS cursor, account AS referee_identity, token FROM mmolove_referrals'
+        ' WHERE id > :cursor ORDER BY id LIMIT :limit"\n'
+        "# interval_s = 10\n# statement_timeout_s = 5\n"
+        '# server_id = "srv-1"                 # when several servers are configured\n'
+        "# start_cursor = 0                    # the first poll's :cursor\n"
+        '#\n# [[sources]]\n# name = "level20"\n# produces = "qualified"\n'
+        '# milestone = "level20"               # the key: qual-<player>-level20\n'
+        '# url = "mysql://relay@127.0.0.1:3306/acore_characters"\n'
+        '# query = "SELECT DISTINCT account AS referee_identity FROM characters'
+        ' WHERE account IN (:players) AND level >= 20"',
+        composite=True,
     )
     # [[alerts]], then [alerting]: when each condition fires
     alerts: tuple[AlertTarget, ...] = setting(

@@ -17,6 +17,7 @@ from relay.alerts.rules import RULES
 from relay.appkeys import DELIVERY_STATE, INGEST, OUTBOX
 from relay.config.settings import Settings
 from relay.snapshot import CIRCUIT_OPEN, DELIVERING, HELD, PAUSED, DeliverySnapshot
+from relay.sources.state import SOURCES, SourceState
 from relay.store.contract import STATUSES
 from relay.store.contract_records import AlertState
 
@@ -44,6 +45,7 @@ class Overview:
     circuit: str
     servers: tuple[ServerView, ...]
     totals: Mapping[str, int]
+    sources: tuple[SourceState, ...] = ()  # the game databases watched, as they fare now
 
 
 def settings(request: web.Request) -> Settings:
@@ -104,7 +106,9 @@ async def overview(request: web.Request) -> Overview:
                 ServerView(server_id, "not configured", None, by_status, age, None, None)
             )
     totals: dict[str, int] = {status: sum(s.counts[status] for s in servers) for status in STATUSES}
-    return Overview(snapshot.in_flight, snapshot.circuit, tuple(servers), totals)
+    watched: list[SourceState] = request.config_dict.get(SOURCES, [])
+    sources = tuple(watched)
+    return Overview(snapshot.in_flight, snapshot.circuit, tuple(servers), totals, sources)
 
 
 # How each delivery state reads on the overview.

@@ -7,6 +7,7 @@ from relay.config.values import mask_url
 from relay.store.contract import Outbox
 from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
+from relay.store.sqlite_readonly import ReadOnlyOutbox
 
 
 async def open_outbox(settings: Settings) -> Outbox:
@@ -23,3 +24,13 @@ async def open_outbox(settings: Settings) -> Outbox:
     return await PostgresOutbox.open(
         settings.db_url, where=mask_url(settings.db_url), password=password
     )
+
+
+async def open_reader(settings: Settings) -> Outbox | None:
+    """The outbox for a command that only reads it beside a running daemon: the SQLite file
+    read-only (None before serve first made it), or the PostgreSQL database."""
+    if settings.db_url is not None:
+        return await open_outbox(settings)
+    if not settings.db_path.is_file():
+        return None
+    return await ReadOnlyOutbox.open_file(settings.db_path.absolute(), immutable=False)

@@ -48,6 +48,10 @@ class OutboxBase(OutboxReads, ABC):
 
     # -- the shared part ---------------------------------------------------------------------
 
+    async def claim_source(self, source: str, lease_s: float, now: float) -> bool:
+        """One process holds a SQLite file (its lock), so its watchers always poll."""
+        return True
+
     async def claim(
         self, now: float, limit: int, *, servers: Sequence[str], lease_s: float, max_age_s: float
     ) -> list[EventRecord]:

@@ -63,6 +63,7 @@ class EventRecord:
     replayed_at: float | None  # the last operator retry of this event, if any
     body: bytes
     referee_identity: str | None = None  # on registered events: the player
+    reported_by: str | None = None  # the source that read it from the game's database
     # The fencing token of the claim that leased this row (PostgreSQL; 0 on SQLite, where
     # one process holds the file): an outcome is written only under the lease it was sent on.
     lease: int = 0
@@ -89,7 +90,7 @@ class EventRecord:
 # What ingest stores of one event, in this column order, on either backend.
 INGEST_COLUMNS = (
     "server_id, token, event, server_event_id, rank, test, body, fingerprint, created_at,"
-    " next_attempt_at, referee_identity"
+    " next_attempt_at, referee_identity, reported_by"
 )
 
 
@@ -97,7 +98,7 @@ def ingest_values(ev: Event, now: float) -> tuple[Any, ...]:
     """The values of ``INGEST_COLUMNS`` for one event received at ``now``."""
     referee = ev.referee_identity if ev.event == "registered" else None
     return (ev.server_id, ev.token, ev.event, ev.server_event_id, ev.rank, ev.test, ev.body,
-            ev.fingerprint, now, now, referee)  # fmt: skip
+            ev.fingerprint, now, now, referee, ev.reported_by)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +292,21 @@ class Outbox(Protocol):
         """The outbox's size on disk, as last measured."""
 
     async def add(self, events: Sequence[Event], now: float) -> list[Added]: ...
+
+    async def add_polled(
+        self, events: Sequence[Event], now: float, *, source: str, cursor: str
+    ) -> list[Added]:
+        """``add``, and the source's cursor (JSON text) in the same transaction."""
+
+    async def claim_source(self, source: str, lease_s: float, now: float) -> bool:
+        """Take or renew the lease to poll a source for ``lease_s``; False while another
+        replica of a fleet holds it (it hands over when its lease runs out)."""
+
+    async def source_cursor(self, source: str) -> str | None:
+        """The cursor a source's last stored poll reached (JSON text); None before its first."""
+
+    async def watched_players(self, server_id: str, since: float) -> list[tuple[str, str]]:
+        """(referee_identity, token) of players registered since ``since``, not yet qualified."""
 
     async def requeue_in_flight(self, now: float) -> int:
         """Start-up: hand back what this relay held when it stopped; how many."""

@@ -28,9 +28,11 @@ import structlog
 
 from relay.errors import OutboxDown, OutboxError, OutboxUnavailable
 from relay.events import Event
+from relay.store import polled
 from relay.store import postgres_sql as sql
 from relay.store.base import OutboxBase
 from relay.store.contract import Added, EventRecord, FleetState, Health
+from relay.store.dialect import POSTGRES
 from relay.store.outage import Outage
 from relay.store.postgres_records import PostgresRecords
 from relay.store.postgres_schema import migrate
@@ -175,6 +177,33 @@ class PostgresOutbox(OutboxBase):
         if any(r.created for r in results):
             self._announce()
         return results
+
+    async def add_polled(
+        self, events: Sequence[Event], now: float, *, source: str, cursor: str
+    ) -> list[Added]:
+        """``add`` and the source's cursor in one transaction: a crash keeps both or neither."""
+        if self.closing:
+            raise OutboxUnavailable("the relay is shutting down; the source polls again later.")
+
+        async def job(db: sql.Db) -> list[Added]:
+            added = await sql.insert(db, events, now)
+            await db.execute(POSTGRES.sql(polled.SET_CURSOR), source, cursor, now)
+            return added
+
+        results: list[Added] = await self._tx(job)
+        if any(r.created for r in results):
+            self._announce()
+        return results
+
+    async def claim_source(self, source: str, lease_s: float, now: float) -> bool:
+        """The fleet's lease on a source: one replica polls it at a time."""
+        owner = await self._tx(
+            lambda db: db.fetchval(
+                POSTGRES.sql(polled.CLAIM), source, self.owner, now + lease_s, now
+            ),
+            single=True,
+        )
+        return owner is not None
 
     async def requeue_in_flight(self, now: float) -> int:
         """Nothing to hand back: a new process owns no lease, and what an earlier one held

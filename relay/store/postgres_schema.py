@@ -8,6 +8,7 @@ never edit one that has shipped.
 from __future__ import annotations
 
 from relay.errors import OutboxError
+from relay.store.polled import CURSORS_TABLE, LEASES_TABLE
 from relay.store.postgres_sql import Db
 
 # Replicas starting together migrate one at a time under this transaction-scoped lock.
@@ -119,6 +120,9 @@ MIGRATIONS: tuple[str, ...] = (
         value  DOUBLE PRECISION NOT NULL
     );
     """,
+    # 4: each registration watcher's cursor, as SQLite's migration 5; and which replica
+    # polls each source.
+    CURSORS_TABLE.format(real="DOUBLE PRECISION") + LEASES_TABLE,
 )
 
 

@@ -38,7 +38,7 @@ async def insert(db: Db, events: Sequence[Event], now: float) -> list[Added]:
     for ev in events:
         new_id = await db.fetchval(
             f"INSERT INTO events ({INGEST_COLUMNS})"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             " ON CONFLICT DO NOTHING RETURNING id",
             *ingest_values(ev, now),
         )

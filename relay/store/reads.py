@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
+from relay.store import polled
 from relay.store.contract import (
     DELIVERED_OUTCOMES,
     STATUSES,
@@ -144,6 +145,14 @@ class OutboxReads:
             token,
             server_id,
         )
+
+    async def source_cursor(self, source: str) -> str | None:
+        rows = await self._rows(polled.GET_CURSOR, source)
+        return str(rows[0][0]) if rows else None
+
+    async def watched_players(self, server_id: str, since: float) -> list[tuple[str, str]]:
+        rows = await self._rows(polled.WATCHED, server_id, since, server_id, since)
+        return [(str(row[0]), str(row[1])) for row in rows]
 
     async def oldest_pending_created(self) -> float | None:
         """When the oldest undelivered event was ingested (ids grow with ingest time)."""

@@ -26,6 +26,7 @@ from relay.errors import OutboxError, OutboxUnavailable
 from relay.events import Event
 from relay.fileguard import identities, vanished
 from relay.reserve import DiskReserve, short_of_space
+from relay.store import polled
 from relay.store.base import OutboxBase
 from relay.store.contract import Added, EventRecord, FleetState, Health
 from relay.store.dialect import SQLITE
@@ -147,6 +148,24 @@ class SqliteOutbox(OutboxBase):
             raise refused
 
         results: list[Added] = await self.writer.run(Batched(insert_events, (events, now)))
+        if any(r.created for r in results):
+            self.new_events.set()
+        return results
+
+    async def add_polled(
+        self, events: Sequence[Event], now: float, *, source: str, cursor: str
+    ) -> list[Added]:
+        """``add`` and the source's cursor in one transaction: a crash keeps both or neither."""
+        await self._check_disk()
+        if (refused := self._refusal()) is not None:
+            raise refused
+
+        def job(db: sqlite3.Connection) -> list[Added]:
+            added = insert_events(db, [(events, now)])[0] if events else []
+            db.execute(polled.SET_CURSOR, (source, cursor, now))
+            return added
+
+        results: list[Added] = await self._write(job)
         if any(r.created for r in results):
             self.new_events.set()
         return results

@@ -21,8 +21,8 @@ from relay.store.contract import INGEST_COLUMNS, Added, ingest_values
 Adds = tuple[Sequence[Event], float]  # one ``add`` call: its events and its ``now``
 Key = tuple[str, str, str, str]  # token, server_id, event, server_event_id: unique
 
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_PER_STATEMENT = 1000  # rows: 11,000 parameters, well under SQLite's 32,766
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_PER_STATEMENT = 1000  # rows: 12,000 parameters, well under SQLite's 32,766
 # The rows just added (ids only grow: INTEGER PRIMARY KEY takes the largest plus one).
 _ADDED = (
     "SELECT json_group_array(json_array(id, token, server_id, event, server_event_id))"

@@ -123,6 +123,11 @@ class ReadOnlyOutbox(OutboxBase):
     async def add(self, events: Sequence[Event], now: float) -> list[Added]:
         raise OutboxError(_READ_ONLY)
 
+    async def add_polled(
+        self, events: Sequence[Event], now: float, *, source: str, cursor: str
+    ) -> list[Added]:
+        raise OutboxError(_READ_ONLY)
+
     async def requeue_in_flight(self, now: float) -> int:
         raise OutboxError(_READ_ONLY)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import aiosqlite
 
 from relay.errors import OutboxError
+from relay.store.polled import CURSORS_TABLE
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events with their canonical body bytes, and the delivery log of attempts.
@@ -113,6 +114,8 @@ MIGRATIONS: tuple[str, ...] = (
         value  REAL NOT NULL
     );
     """,
+    # 5: each registration watcher's cursor, written with the events of its poll.
+    CURSORS_TABLE.format(real="REAL"),
 )
 
 

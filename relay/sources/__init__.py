@@ -1,0 +1,1 @@
+"""Sources: the relay watching a game's own database for registrations and milestones."""
