@@ -399,7 +399,9 @@ async def test_a_player_search_tells_a_referral_held_by_a_401_pause_and_a_counte
     _, reg = await relay.post(registered("tok-happy", "happy-1"))
     _, qual = await relay.post(qualified("tok-happy", "happy-1"))
     await relay.wait_finished([reg["id"], qual["id"]])
-    relay.handle.reload(replace(settings, servers=(ServerConfig(SERVER, Secret("wrong!")),)))
+    # No probe while the pages are read: a probe in flight shows its event in_flight.
+    wrong = (ServerConfig(SERVER, Secret("wrong!")),)
+    relay.handle.reload(replace(settings, servers=wrong, pause_probe_s=60.0))
     _, held = await relay.post(registered("tok-held", "held-1"))
     deadline = time.monotonic() + 10
     while not (await relay.get("/v1/status"))[1]["servers"][0]["paused"]:

@@ -261,6 +261,7 @@ async def test_two_servers_one_paused_is_reported_per_server(
                 ServerConfig(SERVER, Secret(SECRET)),
                 ServerConfig("srv-2", Secret("not-secret-2")),
             ),
+            pause_probe_s=60.0,  # no probe in flight while the counts are read
         )
         _, one = await relay.post(registered("tok-a", "p", server_id=SERVER))
         await relay.post(registered("tok-b", "q", server_id="srv-2"))

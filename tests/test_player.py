@@ -63,7 +63,10 @@ async def test_a_counted_referral_tells_every_event_and_mmoloves_state(
 async def test_a_referral_held_behind_a_401_pause_says_so_and_how_to_fix_it(
     start_relay: StartRelay,
 ) -> None:
-    relay = await start_relay(servers=(ServerConfig(SERVER, Secret("not-the-secret")),))
+    # No probe while the story is read: a probe in flight shows its event in_flight.
+    relay = await start_relay(
+        servers=(ServerConfig(SERVER, Secret("not-the-secret")),), pause_probe_s=60.0
+    )
     _, reg = await relay.post(registered("tok-held", "held-1"))
     deadline = time.monotonic() + 10
     while not (await relay.get("/v1/status"))[1]["servers"][0]["paused"]:

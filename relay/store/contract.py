@@ -6,6 +6,9 @@ on one database). Callers hold an ``Outbox`` and never learn which one they have
 records beside the events (rejected inputs, the ledger, alert state) are ``outbox.records``
 (``contract_records``).
 
+Just over STYLE.md's 400 lines on purpose: the Protocol's docstrings carry the claim, finish,
+retry and purge rules both backends keep, and they read best in one place.
+
 What is a file's concern only is trivial on PostgreSQL, whose server minds its own disk and
 whose data no relay holds as a file:
 
