@@ -9,15 +9,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import structlog
 
-log = structlog.get_logger("relay.dispatcher")
+from relay.snapshot import BreakerState
 
-# closed: send freely; open: send nothing until the cool-down ends; half_open: one probe is out.
-BreakerState = Literal["closed", "open", "half_open"]
-TRIPPED: tuple[BreakerState, ...] = ("open", "half_open")  # MMOLove is failing
+log = structlog.get_logger("relay.dispatcher")
 
 
 def full_jitter(ceiling_s: float) -> float:

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import structlog
 
 from relay import policy
-from relay.breaker import BreakerState
 from relay.config.secrets import reread_secret
 from relay.config.values import ServerConfig
 from relay.errors import ConfigError
 from relay.policy import Pause, ServerFacts, Verdict
-from relay.snapshot import CIRCUIT_OPEN, DELIVERING, PAUSED, Sending, ServerSnapshot
+from relay.snapshot import CIRCUIT_OPEN, DELIVERING, PAUSED, BreakerState, Sending, ServerSnapshot
 
 log = structlog.get_logger("relay.dispatcher")
 

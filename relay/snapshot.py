@@ -9,9 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from relay.breaker import TRIPPED, BreakerState
 from relay.config.settings import Settings
 from relay.errors import OutboxUnavailable
+
+# The breaker's states (relay.breaker), here so the CLI can name them without importing the
+# breaker and, with it, asyncio and structlog (they doubled `--help`'s start-up).
+# closed: send freely; open: send nothing until the cool-down ends; half_open: one probe is out.
+BreakerState = Literal["closed", "open", "half_open"]
+TRIPPED: tuple[BreakerState, ...] = ("open", "half_open")  # MMOLove is failing
 
 # A server's delivery state as an operator needs to know it.
 Sending = Literal["delivering", "circuit_open", "paused", "held", "stopped"]
