@@ -113,6 +113,10 @@ class DeliverySnapshot:
         sending servers' events: not before the circuit reopens, or a paused server's probe.
         """
         moments = [s.next_attempt_at for s in self.servers if s.state == PAUSED]
+        if due is None and self.in_flight:
+            # The attempt that opened the circuit is still being written back: it comes
+            # due again, and nothing is sent before the circuit reopens.
+            due = self.circuit_reopens_at
         if due is not None:
             if self.circuit_reopens_at is not None:
                 due = max(due, self.circuit_reopens_at)  # nothing but a probe starts before

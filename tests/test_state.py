@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.config.settings import Settings
 from relay.config.values import Secret, ServerConfig
 from relay.sandbox import RunningSandbox, running_sandbox
+from relay.snapshot import (
+    CIRCUIT_OPEN,
+    DELIVERING,
+    BreakerState,
+    DeliverySnapshot,
+    ServerSnapshot,
+)
 from tests.harness import Spawn, get_json, ingest, relay_env, tuning, wait_delivered
 from tests.support import SECRET, SERVER, Relay, StartRelay, cli, eventually, registered
 
@@ -137,3 +145,32 @@ async def test_sighup_removing_a_server_holds_its_events_and_adding_it_back_send
         config.write_text(two_servers(SERVER, "srv-2"), encoding="utf-8")
         relay.send(signal.SIGHUP)
         await wait_delivered(http, relay.url, held)
+
+
+def _snapshot(
+    *, circuit: BreakerState, in_flight: int, reopens_at: float | None
+) -> DeliverySnapshot:
+    server = ServerSnapshot(SERVER, CIRCUIT_OPEN if circuit == "open" else DELIVERING)
+    return DeliverySnapshot(circuit, reopens_at, in_flight, False, (server,))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("circuit", "in_flight", "due", "expected"),
+    [
+        ("closed", 0, None, None),  # nothing waits
+        ("closed", 1, None, None),  # only an attempt in flight: no next one is known
+        ("closed", 0, 100.0, 100.0),
+        ("open", 0, 100.0, 140.0),  # due, but the circuit holds it until it reopens
+        ("open", 0, 150.0, 150.0),
+        # The attempt that opened the circuit is not written back yet: it is retried when
+        # the circuit reopens (status once said "no next attempt" in this window).
+        ("open", 1, None, 140.0),
+    ],
+)
+def test_next_attempt_is_never_before_the_circuit_reopens(
+    circuit: BreakerState, in_flight: int, due: float | None, expected: float | None
+) -> None:
+    reopens_at = 140.0 if circuit == "open" else None
+    snapshot = _snapshot(circuit=circuit, in_flight=in_flight, reopens_at=reopens_at)
+    assert snapshot.next_attempt_at(due) == expected
