@@ -160,10 +160,13 @@ def table(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Sources, on MariaDB with {s['characters']:,} characters and "
-            f"{s['watched_players']:,} watched players: a milestone poll "
-            f"({s['statements_per_poll']} statements) took {s['poll_ms_p50']:g} ms (median; "
-            f"slowest {s['poll_ms_max']:g} ms, goal <= 50 ms), {s['statement_ms_p50']:g} ms a "
-            f"statement, examining {s['rows_examined_per_poll']:,} rows. A registration was "
+            f"{s['watched_players']:,} watched players: a milestone poll asks about "
+            f"{s['players_per_poll']:,} of them ({s['statements_per_poll']} statements) in "
+            f"{s['poll_ms_p50']:g} ms (median; slowest {s['poll_ms_max']:g} ms, goal <= 50 ms), "
+            f"{s['statement_ms_p50']:g} ms a statement, examining "
+            f"{s['rows_examined_per_poll']:,} rows; a round of all {s['polls_per_round']} polls "
+            f"takes {s['round_ms_p50']:g} ms of database time, and asks about each player every "
+            f"{s['round_s_at_interval']:g} s at the default interval. A registration was "
             f"stored {s['detection_s_p50']:g} s after its row committed (median; slowest "
             f"{s['detection_s_max']:g} s) polling every {s['interval_s']:g} s (goal: "
             f"interval_s + 1 s).",

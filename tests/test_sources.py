@@ -20,8 +20,9 @@ import pytest
 from relay.config.settings import Settings
 from relay.config.sources import SourceConfig
 from relay.config.values import Secret
+from relay.metrics import Metrics
 from relay.sandbox import RunningSandbox
-from relay.sources.watch import PLAYERS_PER_QUERY, try_once
+from relay.sources.watch import PLAYERS_PER_QUERY, Watcher, try_once
 from relay.store.contract import EventFilter
 from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
@@ -182,6 +183,46 @@ async def test_the_milestone_watcher_asks_about_referred_players_only(
 async def _watched_none(relay: Any) -> dict[str, Any] | None:
     state = await source_status(relay, "level20")
     return state if state["players_watched"] == 0 else None
+
+
+@pytest.mark.unit
+async def test_each_milestone_poll_asks_about_the_next_players_in_turn(tmp_path: Path) -> None:
+    """players_per_poll = 2 over five watched players: the polls ask about 1-2, 3-4, 5, then
+    1-2 again. Only player 5 is at level 20 at first, so it is found on the third poll, and
+    player 1, levelled up meanwhile, when the turn comes back to it."""
+    game = tmp_path / "game.db"
+    make_game(game, accounts=5)
+    refer(game, range(1, 6))
+    with game_db(game) as db:
+        db.executemany(
+            "INSERT INTO characters (guid, account, level) VALUES (?, ?, ?)",
+            [(a, a, 20 if a == 5 else 10) for a in range(1, 6)],
+        )
+    url = f"sqlite:///{game}"
+    outbox = await SqliteOutbox.open(tmp_path / "outbox.db")
+    watchers = [
+        Watcher(config, outbox, Metrics(), note=lambda _: None, server_ids=[SERVER])
+        for config in (registrations(url), level20(url, players_per_poll=2))
+    ]
+    try:
+        await watchers[0].poll()
+        milestones = watchers[1]
+
+        async def qualified_after_a_poll() -> list[str]:
+            await milestones.poll()
+            stored = await outbox.select(EventFilter(event="qualified"), 10)
+            return sorted(r.server_event_id for r in stored)
+
+        assert [await qualified_after_a_poll() for _ in range(3)] == [[], [], ["qual-5-level20"]]
+        assert milestones.state.players_watched == 5  # counted before its poll stored 5
+        with game_db(game) as db:
+            db.execute("UPDATE characters SET level = 20 WHERE account = 1")
+        assert await qualified_after_a_poll() == ["qual-1-level20", "qual-5-level20"]
+        assert milestones.state.players_watched == 4
+    finally:
+        for watcher in watchers:
+            await watcher.close()
+        await outbox.close()
 
 
 async def test_a_player_posted_by_the_web_page_and_seen_by_the_watcher_is_stored_once(

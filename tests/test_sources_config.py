@@ -70,6 +70,7 @@ def test_both_kinds_load_with_their_defaults(tmp_path: Path) -> None:
     assert reg.password is not None
     assert reg.password.reveal() == PASSWORD
     assert (lvl.milestone, lvl.interval_s, lvl.start_cursor) == ("level20", 30.0, 0)
+    assert lvl.players_per_poll == 2000
     shown = json.dumps(describe(settings))
     assert PASSWORD not in shown
     assert "registrations" in shown
@@ -106,6 +107,20 @@ def test_a_password_in_the_url_is_masked(tmp_path: Path) -> None:
         (
             {"name": "lvl", "produces": "qualified", "query": LEVEL20},
             "source lvl produces qualified but has milestone None",
+        ),
+        (
+            {
+                "name": "lvl",
+                "produces": "qualified",
+                "query": LEVEL20,
+                "milestone": "l20",
+                "players_per_poll": 0,
+            },
+            "source lvl has players_per_poll = 0; give a whole number of players above 0",
+        ),  # fmt: skip
+        (
+            {"name": "reg", "produces": "registered", "players_per_poll": 100},
+            "source reg: only a qualified source takes players_per_poll",
         ),
         (
             {"name": "reg", "produces": "registered", "interval_s": 0},

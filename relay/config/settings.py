@@ -334,7 +334,8 @@ class Settings:
         '# milestone = "level20"               # the key: qual-<player>-level20\n'
         '# url = "mysql://relay@127.0.0.1:3306/acore_characters"\n'
         '# query = "SELECT DISTINCT account AS referee_identity FROM characters'
-        ' WHERE account IN (:players) AND level >= 20"',
+        ' WHERE account IN (:players) AND level >= 20"\n'
+        "# players_per_poll = 2000            # watched players asked about a poll, in turn",
         composite=True,
     )
     # [[alerts]], then [alerting]: when each condition fires

@@ -28,12 +28,16 @@ SOURCE_KEYS = (
     "milestone",
     "statement_timeout_s",
     "start_cursor",
+    "players_per_poll",
 )
 # The parameters each kind of query must use: what the watcher binds.
 NEEDS: dict[Produces, frozenset[str]] = {
     "registered": frozenset({"cursor", "limit"}),
     "qualified": frozenset({"players"}),
 }
+# A milestone poll's share of the watched players: 4 statements of 500, about 30 ms on
+# MariaDB (docs/sources.md, "The load on the game's database").
+PLAYERS_PER_POLL = 2000
 # A name goes into metric labels, alert keys and the command line; a milestone into keys.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MILESTONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
@@ -54,6 +58,9 @@ class SourceConfig:
     statement_timeout_s: float = 5.0
     milestone: str | None = None  # qualified only: the key's last part
     start_cursor: int | str = 0  # registered only: the cursor of the very first poll
+    # qualified only: how many watched players one poll asks about; the next poll asks about
+    # the next ones, so each is asked about once every ceil(watched / this) polls.
+    players_per_poll: int = PLAYERS_PER_POLL
 
     @property
     def masked_url(self) -> str:
@@ -71,6 +78,7 @@ class SourceConfig:
             "milestone": self.milestone,
             "interval_s": self.interval_s,
             "statement_timeout_s": self.statement_timeout_s,
+            "players_per_poll": self.players_per_poll if self.produces == "qualified" else None,
         }
 
 
@@ -141,8 +149,20 @@ def _source(
                 f"{where} produces qualified but has milestone {milestone!r}; give a short "
                 'name for the key qual-<player>-<milestone>, e.g. milestone = "level20".'
             )
-    elif milestone is not None:
-        raise ConfigError(f"{where}: only a qualified source takes a milestone.")
+    else:
+        for key in ("milestone", "players_per_poll"):
+            if key in entry:
+                raise ConfigError(f"{where}: only a qualified source takes {key}; remove it.")
+    players_per_poll = entry.get("players_per_poll", PLAYERS_PER_POLL)
+    if (
+        isinstance(players_per_poll, bool)
+        or not isinstance(players_per_poll, int)
+        or players_per_poll < 1
+    ):
+        raise ConfigError(
+            f"{where} has players_per_poll = {players_per_poll!r}; give a whole number of "
+            "players above 0 (default 2000)."
+        )
     server_id = _server_id(entry.get("server_id"), server_ids, where)
     password_file = entry.get("password_file")
     password = None
@@ -164,6 +184,7 @@ def _source(
         statement_timeout_s=_positive(entry, "statement_timeout_s", 5.0, where),
         milestone=milestone,
         start_cursor=start,
+        players_per_poll=players_per_poll,
     )
 
 

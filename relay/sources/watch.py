@@ -13,6 +13,7 @@ stored once. A bad row is a rejected input that names its source, and the rows a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -102,6 +103,7 @@ class Watcher:
         self._server_ids = tuple(server_ids)
         self._connect = connect
         self._db: SourceDatabase | None = None
+        self._asked_up_to: str | None = None  # the last watched player the last poll asked about
         for result in POLL_RESULTS:  # every series exists from the start, at 0
             metrics.source_polls.labels(config.name, result)
 
@@ -167,8 +169,11 @@ class Watcher:
         self._metrics.source_polls.labels(self.config.name, "ok").inc()
         return found.full
 
-    async def read(self, now: float) -> Found:
-        """Run the query once, read-only, and turn its rows into events; stores nothing."""
+    async def read(self, now: float, *, every_player: bool = False) -> Found:
+        """Run the query once, read-only, and turn its rows into events; stores nothing.
+
+        A milestone watcher asks about its next ``players_per_poll`` watched players, or
+        about all of them with ``every_player``."""
         db = await self._database()
         if self.config.produces == "registered":
             # Read each time: in a fleet, another replica may have polled it last.
@@ -179,8 +184,8 @@ class Watcher:
         since = now - TOKEN_LIFE_S
         players = dict(await self._outbox.watched_players(self.config.server_id, since))
         self.state.players_watched = len(players)
+        names = sorted(players) if every_player else self._turn(sorted(players))
         found = Found()
-        names = list(players)
         for start in range(0, len(names), PLAYERS_PER_QUERY):
             chunk = names[start : start + PLAYERS_PER_QUERY]
             rows = await db.fetch(self.config.query, {"players": chunk})
@@ -191,6 +196,19 @@ class Watcher:
                 rows=found.rows + len(rows),
             )
         return found
+
+    def _turn(self, names: list[str]) -> list[str]:
+        """This poll's share of the watched players (sorted): the next ``players_per_poll``
+        after the last one asked about, back at the start once the end is reached. The
+        database's work per poll stays bounded however many players are watched; each is
+        asked about once every ceil(watched / players_per_poll) polls. The place is kept in
+        memory: a restart, or a fleet replica taking over, starts again at the first player."""
+        start = bisect.bisect_right(names, self._asked_up_to) if self._asked_up_to else 0
+        if start >= len(names):
+            start = 0
+        turn = names[start : start + self.config.players_per_poll]
+        self._asked_up_to = turn[-1] if start + len(turn) < len(names) else None
+        return turn
 
     async def _stored_cursor(self) -> str:
         stored = await self._outbox.source_cursor(self.config.name)
@@ -301,6 +319,6 @@ async def try_once(
     """``mmolove-relay sources try``: one read of the source, nothing stored."""
     watcher = Watcher(config, outbox, Metrics(), note=lambda _: None, server_ids=server_ids)
     try:
-        return watcher, await watcher.read(time.time())
+        return watcher, await watcher.read(time.time(), every_player=True)
     finally:
         await watcher.close()
