@@ -214,11 +214,11 @@ async def test_each_milestone_poll_asks_about_the_next_players_in_turn(tmp_path:
             return sorted(r.server_event_id for r in stored)
 
         assert [await qualified_after_a_poll() for _ in range(3)] == [[], [], ["qual-5-level20"]]
-        assert milestones.state.players_watched == 5  # counted before its poll stored 5
+        assert milestones.state.players_watched == 4  # 5 qualified: watched no more
         with game_db(game) as db:
             db.execute("UPDATE characters SET level = 20 WHERE account = 1")
         assert await qualified_after_a_poll() == ["qual-1-level20", "qual-5-level20"]
-        assert milestones.state.players_watched == 4
+        assert milestones.state.players_watched == 3
     finally:
         for watcher in watchers:
             await watcher.close()

@@ -117,7 +117,7 @@ def test_a_password_in_the_url_is_masked(tmp_path: Path) -> None:
                 "players_per_poll": 0,
             },
             "source lvl has players_per_poll = 0; give a whole number of players above 0",
-        ),  # fmt: skip
+        ),
         (
             {"name": "reg", "produces": "registered", "players_per_poll": 100},
             "source reg: only a qualified source takes players_per_poll",

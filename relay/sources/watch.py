@@ -158,6 +158,8 @@ class Watcher:
             self.state.cursor = found.cursor
         else:
             added = await self._outbox.add(found.events, now) if found.events else []
+            if self.state.players_watched is not None:  # the qualified are watched no more
+                self.state.players_watched -= sum(a.created for a in added)
         for rejection in found.rejected:
             self._note(rejection)
         self.state.rows_read += found.rows
