@@ -28,7 +28,7 @@ from tests.support import SECRET, SERVER, Backend, Relay, StartRelay, running_re
 
 # The subprocess harness (`spawn`, `http`), a real PostgreSQL (`pg_server`, `pg_url`) and a
 # real MariaDB (`mariadb_server`, `game_db`).
-pytest_plugins = ("tests.harness", "tests.postgres", "tests.mariadb")
+pytest_plugins = ("tests.harness", "tests.postgres", "tests.mariadb", "tests.alert_receiver")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -364,3 +365,50 @@ def outbox_rows(db: Path) -> dict[Key, tuple[int, str, int]]:
             "SELECT token, event, server_event_id, id, status, attempts FROM events"
         ).fetchall()
     return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
+
+
+_WRITE_LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("COMMIT")
+"""
+
+
+@contextlib.asynccontextmanager
+async def another_writer(db: Path) -> AsyncIterator[None]:
+    """Another process holds ``db``'s SQLite write lock (``BEGIN IMMEDIATE``) from when the
+    block starts until it ends."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WRITE_LOCK_HOLDER, str(db),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert await holder.stdout.readline() == b"locked\n"
+        yield
+    finally:
+        holder.stdin.close()
+        await holder.wait()
+
+
+# The reliability scenarios' small disk (their small_disk fixture): larger than SQLite's 4 MB
+# auto-checkpoint, so the WAL can be reset once space returns.
+SMALL_DISK_SIZE = "16m"
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until the file system is full; returns the bytes written."""
+    written = 0
+    chunk = b"\0" * 4096
+    with path.open("wb", buffering=0) as sink:
+        while True:
+            try:
+                written += sink.write(chunk) or 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return written

@@ -19,8 +19,8 @@ from relay.alerts.targets import Message, TargetFailed, post
 from relay.config.settings import Settings
 from relay.config.values import AlertTarget, Secret
 from relay.sandbox import RunningSandbox
+from tests.alert_receiver import URL_TOKEN, Receiver, alerting
 from tests.support import SECRET, SERVER, StartRelay, cli, eventually, registered
-from tests.test_alerts import URL_TOKEN, Receiver, alerting, receiving
 
 # What a captive portal in front of MMOLove could answer a 401 with: mentions, a Slack link
 # with its own label, and backticks that would close the code quote around it.
@@ -60,12 +60,6 @@ async def serving(handler: Any) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as rx:
-        yield rx
 
 
 @pytest.fixture

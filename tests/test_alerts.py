@@ -1,6 +1,5 @@
-"""Alerts against a real daemon, the sandbox and a real local receiver on loopback that
-checks each payload the way the real service documents it (Discord: ``content`` of at most
-2,000 characters or ``embeds``; Slack: ``text``; ours: JSON, optionally HMAC-signed)."""
+"""Alerts against a real daemon, the sandbox and a real local receiver on loopback
+(``tests.alert_receiver``), which checks each payload the way the real service documents it."""
 
 from __future__ import annotations
 
@@ -8,128 +7,15 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from relay.config.settings import Settings
-from relay.config.values import AlertTarget, Secret, ServerConfig
+from relay.config.values import AlertTarget, Secret
 from relay.sandbox import RunningSandbox
-from relay.signing import parse_header, verify
-from tests.support import SECRET, SERVER, StartRelay, cli, registered, running_relay
-
-HOOK_SECRET = "hook-secret-5d1c"
-URL_TOKEN = "tok3n-in-the-url-8f2a"  # what a real webhook URL hides; must never be shown
-
-
-@dataclass
-class Receiver:
-    """Discord, Slack and webhook endpoints; each can be slow or answer 429 first."""
-
-    url: str = ""
-    got: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    arrivals: dict[str, list[float]] = field(default_factory=dict)
-    throttle: dict[str, int] = field(default_factory=dict)  # kind -> 429s still to answer
-    delay_s: dict[str, float] = field(default_factory=dict)
-    bad: list[str] = field(default_factory=list)  # payloads the real service would refuse
-
-    async def handle(self, request: web.Request) -> web.Response:
-        kind = request.match_info["kind"]
-        assert request.match_info["token"] == URL_TOKEN
-        self.arrivals.setdefault(kind, []).append(time.monotonic())
-        await asyncio.sleep(self.delay_s.get(kind, 0.0))
-        if self.throttle.get(kind, 0) > 0:
-            self.throttle[kind] -= 1
-            # Discord's shape: the wait in seconds in the JSON body.
-            return web.json_response({"retry_after": 0.5, "global": False}, status=429)
-        raw = await request.read()
-        body = json.loads(raw)
-        problem = _shape_problem(kind, body, raw, request.headers)
-        if problem:
-            self.bad.append(problem)
-            return web.json_response({"message": problem}, status=400)
-        self.got.setdefault(kind, []).append(body)
-        return web.Response(status=204 if kind == "discord" else 200, text="ok")
-
-    def texts(self, kind: str) -> list[str]:
-        key = {"discord": "content", "slack": "text", "webhook": "text"}[kind]
-        return [str(b[key]) for b in self.got.get(kind, [])]
-
-    def target(self, kind: str, **extra: Any) -> AlertTarget:
-        return AlertTarget(kind, Secret(f"{self.url}/{kind}/{URL_TOKEN}"), **extra)
-
-
-def _shape_problem(kind: str, body: Any, raw: bytes, headers: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "not an object"
-    if kind == "discord":
-        content = body.get("content")
-        if not (isinstance(content, str) and 0 < len(content) <= 2000) and not body.get("embeds"):
-            return "discord needs content of 1-2000 characters or embeds"
-    elif kind == "slack":
-        if not isinstance(body.get("text"), str) or not body["text"]:
-            return "slack needs text"
-    else:
-        if not {"alert", "status", "text", "since", "at"} <= body.keys():
-            return f"webhook fields missing: {sorted(body)}"
-        signature = headers.get("X-MMOLove-Relay-Signature")
-        if signature is None or not verify(raw, HOOK_SECRET, parse_header(signature)):
-            return "webhook signature missing or wrong"
-    return None
-
-
-@asynccontextmanager
-async def receiving() -> AsyncIterator[Receiver]:
-    """A receiver listening on loopback for the block's duration."""
-    rx = Receiver()
-    app = web.Application()
-    app.router.add_post("/{kind}/{token}", rx.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rx.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield rx
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with receiving() as rx:
-        yield rx
-
-
-def alerting(settings: Settings, receiver: Receiver, **overrides: Any) -> Settings:
-    """Every kind of target, rules evaluated fast, a short hold before "resolved"."""
-    targets = (
-        receiver.target("discord"),
-        receiver.target("slack"),
-        receiver.target("webhook", secret=Secret(HOOK_SECRET)),
-    )
-    values: dict[str, Any] = {
-        "alerts": targets,
-        "alert_every_s": 0.1,
-        "alert_resolve_after_s": 0.5,
-        **overrides,
-    }
-    return replace(settings, **values)
-
-
-async def until(check: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        await asyncio.sleep(0.02)
-
-
-def wrong_secret(settings: Settings) -> Settings:
-    return replace(settings, servers=(ServerConfig(SERVER, Secret("not-the-secret")),))
+from tests.alert_receiver import HOOK_SECRET, URL_TOKEN, Receiver, alerting, wrong_secret
+from tests.support import SECRET, SERVER, StartRelay, cli, eventually, registered, running_relay
 
 
 async def test_a_pause_fires_within_5_s_on_every_target_and_resolves_once_fixed(
@@ -137,8 +23,12 @@ async def test_a_pause_fires_within_5_s_on_every_target_and_resolves_once_fixed(
 ) -> None:
     relay = await start_relay(alerting(wrong_secret(settings), receiver))
     await relay.post(registered("tok-a", "p-a"))
-    await until(lambda: len(receiver.got.get("webhook", [])) == 1, 5.0, "a pause alert")
-    await until(lambda: all(receiver.got.get(k) for k in ("discord", "slack")), 5.0, "all")
+    await eventually(
+        lambda: len(receiver.got.get("webhook", [])) == 1, timeout_s=5.0, what="a pause alert"
+    )
+    await eventually(
+        lambda: all(receiver.got.get(k) for k in ("discord", "slack")), timeout_s=5.0, what="all"
+    )
     for kind in ("discord", "slack", "webhook"):
         [text] = receiver.texts(kind)
         assert f"deliveries for MMOLove server {SERVER} are paused" in text
@@ -149,7 +39,9 @@ async def test_a_pause_fires_within_5_s_on_every_target_and_resolves_once_fixed(
     assert (hook["alert"], hook["status"]) == (f"paused:{SERVER}", "firing")
 
     relay.handle.reload(settings)  # the right secret: the probe resumes the server
-    await until(lambda: len(receiver.got.get("webhook", [])) == 2, 10.0, "a resolved message")
+    await eventually(
+        lambda: len(receiver.got.get("webhook", [])) == 2, timeout_s=10.0, what="a resolved message"
+    )
     assert receiver.got["webhook"][1]["status"] == "resolved"
     assert receiver.texts("slack")[1].startswith("\u2705 mmolove-relay on")
     assert "resolved after" in receiver.texts("discord")[1]
@@ -181,10 +73,16 @@ async def test_a_restart_mid_incident_sends_no_duplicate(
     paused = alerting(wrong_secret(settings), receiver)
     async with running_relay(paused) as relay:
         await relay.post(registered("tok-r", "p-r"))
-        await until(lambda: len(receiver.got.get("webhook", [])) == 1, 5.0, "a pause alert")
+        await eventually(
+            lambda: len(receiver.got.get("webhook", [])) == 1, timeout_s=5.0, what="a pause alert"
+        )
     # The same outbox, still the wrong secret: the server pauses again on the first attempt.
     async with running_relay(paused) as relay:
-        await until(lambda: relay.handle.dispatcher.servers[SERVER].paused_reason, 5.0, "pause")
+        await eventually(
+            lambda: relay.handle.dispatcher.servers[SERVER].paused_reason,
+            timeout_s=5.0,
+            what="pause",
+        )
         await asyncio.sleep(1.0)
     assert [h["status"] for h in receiver.got["webhook"]] == ["firing"]
 
@@ -199,7 +97,7 @@ async def test_dead_events_are_told_in_one_batched_message(
         _, event = await relay.post(registered(token, f"p-{token}"))
         await relay.wait_finished([event["id"]])
         await asyncio.sleep(0.3)
-    await until(lambda: receiver.texts("slack"), 5.0, "a dead alert")
+    await eventually(lambda: receiver.texts("slack"), timeout_s=5.0, what="a dead alert")
     await asyncio.sleep(0.5)
     [text] = receiver.texts("slack")
     assert "3 events died, not_found \u00d73: `mmolove-relay events list --status dead`" in text
@@ -211,7 +109,7 @@ async def test_a_burst_of_rejected_inputs_fires(
     relay = await start_relay(alerting(settings, receiver, alert_rejected_count=5))
     for i in range(5):
         await relay.post({"event": "registered", "token": f"t{i}"})
-    await until(lambda: receiver.texts("webhook"), 5.0, "a rejected alert")
+    await eventually(lambda: receiver.texts("webhook"), timeout_s=5.0, what="a rejected alert")
     [hook] = receiver.got["webhook"]
     assert hook["alert"] == "rejected"
     assert "ingest rejected 5 inputs" in hook["text"]
@@ -234,7 +132,9 @@ async def test_a_target_down_slow_or_throttling_never_holds_up_delivery(
     )
     relay = await start_relay(alerting(settings, receiver, alerts=targets, alert_rejected_count=1))
     await relay.post({"event": "registered", "token": "bad"})  # fires "rejected"
-    await until(lambda: receiver.arrivals.get("discord"), 5.0, "the slow target reached")
+    await eventually(
+        lambda: receiver.arrivals.get("discord"), timeout_s=5.0, what="the slow target reached"
+    )
 
     # Meanwhile referrals flow as ever.
     started = time.monotonic()
@@ -242,7 +142,9 @@ async def test_a_target_down_slow_or_throttling_never_holds_up_delivery(
     await relay.wait_finished([event["id"]], timeout_s=2.0)
     assert time.monotonic() - started < 2.0
 
-    await until(lambda: receiver.got.get("webhook"), 10.0, "the throttled webhook")
+    await eventually(
+        lambda: receiver.got.get("webhook"), timeout_s=10.0, what="the throttled webhook"
+    )
     gaps = [
         b - a
         for a, b in zip(
@@ -251,7 +153,7 @@ async def test_a_target_down_slow_or_throttling_never_holds_up_delivery(
     ]
     assert len(gaps) == 2
     assert min(gaps) >= 0.45  # Discord-style retry_after (0.5 s) honoured
-    await until(lambda: receiver.got.get("discord"), 10.0, "the slow target")
+    await eventually(lambda: receiver.got.get("discord"), timeout_s=10.0, what="the slow target")
 
     async def down_reported() -> bool:
         _, status = await relay.get("/v1/status")
@@ -308,7 +210,7 @@ async def test_a_discord_message_never_exceeds_2000_characters(
     relay = await start_relay(alerting(settings, receiver, alert_rejected_count=1))
     long_reason = "x" * 3000
     relay.handle.dispatcher.servers[SERVER].paused_reason = long_reason
-    await until(lambda: receiver.texts("discord"), 5.0, "a discord alert")
+    await eventually(lambda: receiver.texts("discord"), timeout_s=5.0, what="a discord alert")
     assert receiver.bad == []
     assert len(receiver.texts("discord")[0]) == 2000
     assert len(receiver.texts("slack")[0]) > 3000
@@ -328,7 +230,9 @@ async def test_over_max_outbox_bytes_ingest_answers_503_and_the_alert_fires(
     status_code, ready = await relay.get("/readyz")
     assert status_code == 503
     assert any(p.startswith("outbox full") for p in ready["problems"])
-    await until(lambda: receiver.got.get("webhook"), 5.0, "an outbox-full alert")
+    await eventually(
+        lambda: receiver.got.get("webhook"), timeout_s=5.0, what="an outbox-full alert"
+    )
     assert receiver.got["webhook"][0]["alert"] == "outbox_full"
 
 
@@ -343,7 +247,9 @@ async def test_an_outage_fires_the_circuit_and_backlog_alerts_and_reminds_at_mos
     )
     await relay.post(registered("tok-out", "p-out"))
     hooks = receiver.got.setdefault("webhook", [])
-    await until(lambda: {"circuit", "backlog"} <= {h["alert"] for h in hooks}, 5.0, "both")
+    await eventually(
+        lambda: {"circuit", "backlog"} <= {h["alert"] for h in hooks}, timeout_s=5.0, what="both"
+    )
     await asyncio.sleep(2.3)
     circuit = [h["status"] for h in hooks if h["alert"] == "circuit"]
     assert circuit[0] == "firing"
@@ -354,10 +260,10 @@ async def test_an_outage_fires_the_circuit_and_backlog_alerts_and_reminds_at_mos
     )
 
     sandbox.sandbox.faults.outage = False
-    await until(
+    await eventually(
         lambda: {h["alert"] for h in hooks if h["status"] == "resolved"} >= {"circuit", "backlog"},
-        10.0,
-        "both resolved",
+        timeout_s=10.0,
+        what="both resolved",
     )
 
 
@@ -368,7 +274,7 @@ async def test_a_disk_near_full_fires(
 
     free = shutil.disk_usage(tmp_path).free
     await start_relay(alerting(settings, receiver, min_free_bytes=free))  # half of 2x: near
-    await until(lambda: receiver.got.get("webhook"), 5.0, "a disk alert")
+    await eventually(lambda: receiver.got.get("webhook"), timeout_s=5.0, what="a disk alert")
     assert receiver.got["webhook"][0]["alert"] == "disk"
 
 
@@ -384,14 +290,18 @@ async def test_a_failing_source_alerts_after_alert_after_s_and_resolves_once_it_
     with game_db(game) as holder:
         holder.execute("BEGIN EXCLUSIVE")  # the game's database cannot be read
         await start_relay(alerting(settings, receiver, alert_after_s=0.5), game_sources=(source,))
-        await until(lambda: any(h["alert"] == "source:registrations" for h in hooks), 10, "fired")
+        await eventually(
+            lambda: any(h["alert"] == "source:registrations" for h in hooks),
+            timeout_s=10,
+            what="fired",
+        )
         holder.execute("COMMIT")
     fired = next(h for h in hooks if h["alert"] == "source:registrations")
     assert fired["status"] == "firing"
     assert "source registrations has failed to poll" in fired["text"]
     assert "database is locked" in fired["text"]
-    await until(
+    await eventually(
         lambda: any(h["status"] == "resolved" for h in hooks if h["alert"] == fired["alert"]),
-        10,
-        "resolved",
+        timeout_s=10,
+        what="resolved",
     )

@@ -28,17 +28,18 @@ from relay.config.settings import Settings
 from relay.config.values import Listen, Secret, ServerConfig
 from relay.console.views import PAGE
 from relay.sandbox import RunningSandbox, running_sandbox
+from tests.alert_receiver import Receiver, alerting, receiving, wrong_secret
 from tests.support import (
     SECRET,
     SERVER,
     Relay,
     StartRelay,
+    eventually,
     qualified,
     registered,
     running_relay,
     unavailable,
 )
-from tests.test_alerts import Receiver, alerting, receiving, until, wrong_secret
 from tests.test_operate import dead_referral
 from tests.test_rejected import rejected
 
@@ -447,7 +448,7 @@ async def test_the_overview_lists_a_firing_alert_with_its_since_time(
 ) -> None:
     relay = await start_relay(alerting(wrong_secret(settings), receiver))
     await relay.post(registered("tok-alert", "alert-1"))
-    await until(lambda: receiver.got.get("webhook"), 5.0, "a pause alert")
+    await eventually(lambda: receiver.got.get("webhook"), timeout_s=5.0, what="a pause alert")
 
     page = await context.new_page()
     await page.goto(relay.url + "/ui/")

@@ -19,8 +19,8 @@ from relay.config.values import Secret, ServerConfig
 from relay.console import security
 from relay.sandbox import RunningSandbox, running_sandbox
 from tests import test_console
-from tests.support import SECRET, SERVER, StartRelay, qualified, registered
-from tests.test_alerts import Receiver, alerting, until, wrong_secret
+from tests.alert_receiver import Receiver, alerting, wrong_secret
+from tests.support import SECRET, SERVER, StartRelay, eventually, qualified, registered
 from tests.test_console import shot
 from tests.test_console_login import remote_relay, session_from_login
 
@@ -101,7 +101,7 @@ async def test_the_checklist_ticks_as_events_land_and_goes_when_all_are_done(
     # The alert first: the events' step then completes the list on a page we load ourselves.
     await page.get_by_role("button", name="Send test alert").click()
     await expect(page.get_by_role("status")).to_contain_text("A test alert was queued")
-    await until(lambda: receiver.got.get("webhook"), 5.0, "the test alert")
+    await eventually(lambda: receiver.got.get("webhook"), timeout_s=5.0, what="the test alert")
     for _ in range(100):  # the target records that it took it once its answer is read
         _, status = await relay.get("/v1/status")
         if any(t["last_ok_at"] for t in status["alerts"]["targets"]):

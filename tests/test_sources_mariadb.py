@@ -23,9 +23,9 @@ from relay.config.sources import SourceConfig
 from relay.config.values import Secret
 from relay.sandbox import RunningSandbox
 from relay.store.contract import EventFilter
+from tests.alert_receiver import alerting, receiving
 from tests.mariadb import GameDatabase, MariaDb
 from tests.support import SECRET, SERVER, StartRelay, eventually, registered
-from tests.test_alerts import alerting, receiving, until
 from tests.test_sources import _failing, source_status
 
 RECIPE = Path(__file__).parent.parent / "examples" / "sources" / "azerothcore.toml"
@@ -47,6 +47,23 @@ FILL = (
 
 def _referred(n: int) -> bool:
     return n % 10 in (0, 3, 7)  # 300 of accounts 1..1000
+
+
+def _registrations(
+    game: GameDatabase, *, interval_s: float, statement_timeout_s: float
+) -> SourceConfig:
+    """A registration watcher over the referral table of referrals.sql."""
+    return SourceConfig(
+        name="registrations",
+        produces="registered",
+        url=game.url,
+        password=Secret(game.password),
+        query="SELECT id AS `cursor`, referee_identity, token FROM mmolove_referral"
+        " WHERE id > :cursor ORDER BY id LIMIT :limit",
+        server_id=SERVER,
+        interval_s=interval_s,
+        statement_timeout_s=statement_timeout_s,
+    )
 
 
 def _recipe(tmp_path: Path, game: GameDatabase) -> Path:
@@ -108,17 +125,7 @@ async def test_a_database_stopped_10_s_fails_alerts_and_resumes_missing_nothing(
     await game.run(*statements)
     insert = "INSERT INTO mmolove_referral (referee_identity, token) VALUES (%s, %s)"
     await game.load(insert, [(str(n), f"tok-{n:05d}-restart") for n in range(1, 6)])
-    source = SourceConfig(
-        name="registrations",
-        produces="registered",
-        url=game.url,
-        password=Secret(game.password),
-        query="SELECT id AS `cursor`, referee_identity, token FROM mmolove_referral"
-        " WHERE id > :cursor ORDER BY id LIMIT :limit",
-        server_id=SERVER,
-        interval_s=0.2,
-        statement_timeout_s=1.0,
-    )
+    source = _registrations(game, interval_s=0.2, statement_timeout_s=1.0)
 
     def delivered() -> set[str]:
         return {r["server_event_id"] for r in sandbox.sandbox.snapshot()["accepted"]}
@@ -137,13 +144,21 @@ async def test_a_database_stopped_10_s_fails_alerts_and_resumes_missing_nothing(
             "MySQL server" in state["last_error"]
         )  # the driver's own words: lost, or can't connect
         assert game.password not in json.dumps(state)
-        await until(lambda: any(h["alert"] == "source:registrations" for h in hooks), 10, "alert")
+        await eventually(
+            lambda: any(h["alert"] == "source:registrations" for h in hooks),
+            timeout_s=10,
+            what="alert",
+        )
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - stopped)))
         private_mariadb.start()
         await game.load(insert, [(str(n), f"tok-{n:05d}-restart") for n in range(6, 11)])
         await eventually(lambda: len(delivered()) == 10, timeout_s=30, what="all ten")
         assert delivered() == {f"reg-{n}" for n in range(1, 11)}
-        await until(lambda: any(h["status"] == "resolved" for h in hooks), 10, "the alert resolved")
+        await eventually(
+            lambda: any(h["status"] == "resolved" for h in hooks),
+            timeout_s=10,
+            what="the alert resolved",
+        )
     assert (await source_status(relay, "registrations"))["state"] == "ok"
 
 
@@ -153,17 +168,8 @@ async def test_a_frozen_database_holds_up_neither_ingest_nor_delivery(
 ) -> None:
     game = await private_mariadb.create_database()
     await game.run(*[s for s in REFERRALS.read_text().split(";") if "CREATE TABLE" in s])
-    source = SourceConfig(
-        name="registrations",
-        produces="registered",
-        url=game.url,
-        password=Secret(game.password),
-        query="SELECT id AS `cursor`, referee_identity, token FROM mmolove_referral"
-        " WHERE id > :cursor ORDER BY id LIMIT :limit",
-        server_id=SERVER,
-        interval_s=0.1,
-        statement_timeout_s=20.0,  # the poll waits this long on a frozen server
-    )
+    # The poll waits statement_timeout_s on a frozen server.
+    source = _registrations(game, interval_s=0.1, statement_timeout_s=20.0)
     relay = await start_relay(game_sources=(source,))
     await eventually(lambda: _polled(relay), what="a first poll")
     assert private_mariadb.process is not None

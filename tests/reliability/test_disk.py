@@ -7,13 +7,9 @@ up, nothing acknowledged before may be lost, and ingest must recover once the ca
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +18,11 @@ import pytest
 
 from relay.sandbox import RunningSandbox
 from tests.harness import (
+    SMALL_DISK_SIZE,
     RelayProcess,
     Spawn,
+    another_writer,
+    fill,
     get_json,
     in_progress,
     post,
@@ -32,7 +31,7 @@ from tests.harness import (
     wait_outbox_settled,
 )
 from tests.reliability.checker import Tally
-from tests.support import eventually, registered, require_tools, unavailable
+from tests.support import eventually, registered
 
 LOCK_TIMEOUT_S = 0.5
 SQLITE_BUSY_TIMEOUT_S = 5.0  # the outbox connections' busy_timeout, which ingest undercuts
@@ -47,40 +46,6 @@ def full_disk_config(**tuning_args: Any) -> str:
 
 
 FULL_DISK_CONFIG = full_disk_config()
-# Larger than SQLite's 4 MB auto-checkpoint, so the WAL can be reset once space returns.
-TMPFS_SIZE = "16m"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs mounted under tmp_path (needs root), always unmounted after."""
-    require_tools("mount", "umount", why="the disk-full scenario mounts a small tmpfs")
-    if os.geteuid() != 0:
-        unavailable("the disk-full scenario mounts a tmpfs and must run as root (CI does)")
-    mountpoint = tmp_path / "small-disk"
-    mountpoint.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mountpoint)],
-        check=True,
-    )
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
-
-
-def fill(path: Path) -> int:
-    """Write zeros to ``path`` until the file system is full; returns the bytes written."""
-    written = 0
-    chunk = b"\0" * 4096
-    with path.open("wb", buffering=0) as sink:
-        while True:
-            try:
-                written += sink.write(chunk) or 0
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                return written
 
 
 async def _ready(http: aiohttp.ClientSession, relay: RelayProcess) -> bool:
@@ -146,7 +111,7 @@ async def test_a_full_disk_answers_503_keeps_what_was_acknowledged_and_recovers(
     counts = await wait_outbox_settled(http, relay.url, timeout_s=30)
     tally.check(
         sandbox,
-        tmpfs_size=TMPFS_SIZE,
+        tmpfs_size=SMALL_DISK_SIZE,
         filler_bytes=filled,
         refused_503=len(refused),
         acknowledged_before_full=acked_while_full,
@@ -256,16 +221,6 @@ async def test_a_disk_filled_during_delivery_sends_nothing_twice_and_purge_still
     assert await relay.exited() == 0
 
 
-LOCK_HOLDER = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.read()
-db.execute("COMMIT")
-"""
-
-
 @pytest.mark.serial  # the lock wait is timed in wall-clock seconds
 @pytest.mark.timeout(90)
 async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
@@ -282,14 +237,7 @@ async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
         assert (await post_counted(http, relay, tally, registered(f"lock-{i}")))[0] == 202
     await wait_outbox_settled(http, relay.url)
 
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", LOCK_HOLDER, str(db),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert holder.stdout is not None
-    assert holder.stdin is not None
-    try:
-        assert await holder.stdout.readline() == b"locked\n"
+    async with another_writer(db):
         started = time.monotonic()
         results = await asyncio.gather(
             *(post_counted(http, relay, tally, registered(f"locked-{i}")) for i in range(4))
@@ -297,9 +245,6 @@ async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
         waited_s = time.monotonic() - started
         assert relay.proc.poll() is None
         assert (await get_json(http, f"{relay.url}/healthz"))["ok"] is True
-    finally:
-        holder.stdin.close()
-        await holder.wait()
     statuses = [status for status, _, _ in results]
     assert statuses == [503] * 4, results
     assert all(int(headers["Retry-After"]) > 0 for _, _, headers in results)

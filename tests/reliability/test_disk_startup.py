@@ -11,19 +11,15 @@ import hashlib
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 from relay.sandbox import RunningSandbox
-from tests.harness import RelayProcess, Spawn, relay_env, tuning
-from tests.reliability import test_disk
-from tests.reliability.test_disk import LOCK_HOLDER, fill
+from tests.harness import RelayProcess, Spawn, another_writer, fill, relay_env, tuning
 from tests.support import eventually
 
 RESERVE_BYTES = 8 * 1024 * 1024  # the default reserve_bytes; the tmpfs is 16 MiB
-small_disk = test_disk.small_disk  # the fixture
 LOCKED_FOR_S = 5  # how long start-up waits for the write lock before it gives up (exit 3)
 
 
@@ -107,22 +103,12 @@ async def test_sigterm_while_starting_ends_the_start(
     first = await spawn(env, config=tuning()).ready()
     first.send(signal.SIGTERM)
     assert await first.exited() == 0
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", LOCK_HOLDER, str(db),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert holder.stdout is not None
-    assert holder.stdin is not None
-    try:
-        assert await holder.stdout.readline() == b"locked\n"
+    async with another_writer(db):
         config = tuning() + f"[ingest]\nlock_timeout_s = {LOCKED_FOR_S}\n"
         relay = spawn(env, config=config)
         await eventually(lambda: sigterm_caught(relay), timeout_s=20, what="signal handlers")
         relay.send(signal.SIGTERM)
         code = await relay.exited(timeout_s=20)
-    finally:
-        holder.stdin.close()
-        await holder.wait()
     assert code == 0, relay.output()
     assert not relay.find_logs("relay.ready")
     assert relay.find_logs("relay.stopped")
