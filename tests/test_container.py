@@ -44,10 +44,10 @@ SERVER_ID = "srv-c1"
 SECRET = "s3cret-container-5e1d"
 INGEST_TOKEN = "ingest-tok-container-93ab"
 
-# Serial: the module builds its image once (a module fixture), a build that takes both cores;
-# spread over parallel workers, each would build its own. A cold run debootstraps a Debian
-# root first, hence the timeout.
-pytestmark = [pytest.mark.serial, pytest.mark.timeout(1800)]
+# In the system step (-m system), alone: the module builds its image once (a module
+# fixture), a build that takes both cores. A cold run debootstraps a Debian root first,
+# hence the timeout.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 
 
 # -- the base image and the build --------------------------------------------------------

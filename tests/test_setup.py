@@ -72,7 +72,7 @@ def state(booted: Booted) -> tuple[str, str]:
     return enabled.stdout.strip(), active.stdout.strip()
 
 
-@pytest.mark.serial  # boots a whole systemd, whose start-up has its own time limits
+@pytest.mark.system  # boots a whole systemd, whose start-up has its own time limits
 @pytest.mark.timeout(1800)  # a cold run debootstraps the root first
 async def test_setup_and_secret_set_under_a_real_systemd(
     tmp_path: Path, http: aiohttp.ClientSession

@@ -135,7 +135,7 @@ def exposure(booted: Booted) -> float:
     return float(found.group(1))
 
 
-@pytest.mark.serial  # boots a whole systemd, whose start-up has its own time limits
+@pytest.mark.system  # boots a whole systemd, whose start-up has its own time limits
 @pytest.mark.timeout(1800)  # a cold run debootstraps the root first (about a minute)
 async def test_installed_as_install_md_says_it_runs_under_a_real_systemd(
     tmp_path: Path, http: aiohttp.ClientSession
