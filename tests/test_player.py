@@ -7,15 +7,18 @@ import asyncio
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.config.values import Secret, ServerConfig
+from relay.events import validate
 from relay.offline import stopped
 from relay.player import story as player_story
 from relay.sandbox import RunningSandbox
+from relay.store.contract import Attempt, Outbox, Outcome
 from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, Relay, StartRelay, cli, qualified, registered
@@ -143,6 +146,26 @@ async def test_the_ledger_answers_after_the_bodies_are_pruned(start_relay: Start
     # Past ledger_retention_s the ledger entry goes too.
     await outbox.prune(now + 1, now + 1)
     assert (await story(relay, "old-1"))["events"] == []
+
+
+async def test_a_pruned_event_still_names_the_source_that_reported_it(outbox: Outbox) -> None:
+    """On both backends: the story names the source that read an event from the game's
+    database while the event is in the outbox, and still once it is pruned to the ledger."""
+    now = time.time()
+    body = registered("tok-src", "src-1")
+    read = validate(body, server_ids=[SERVER], allow_extra_fields=False, now=now)
+    [added] = await outbox.add([replace(read, reported_by="registrations")], now)
+    [record] = await outbox.claim(now, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
+    attempt = Attempt(record.id, now, 1.0, 200, "accepted", None)
+    await outbox.finish(record, Outcome(status="delivered", outcome="accepted"), attempt)
+
+    async def told() -> list[tuple[int, str, str | None]]:
+        found = await player_story(outbox, stopped([SERVER]), "src-1")
+        return [(e.id, e.source, e.reported_by) for e in found.events]
+
+    assert await told() == [(added.id, "outbox", "registrations")]
+    assert await outbox.prune(now + 1, ledger_before=now - 1) == (1, 1)
+    assert await told() == [(added.id, "ledger", "registrations")]
 
 
 async def test_a_referral_backing_off_says_until_when_and_its_follower_waits(
