@@ -231,3 +231,29 @@ async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Pat
         await box.close()
     assert told.token == "tok-v2"
     assert [e.server_event_id for e in told.events] == ["reg-v2-player"]
+
+
+@pytest.mark.unit
+async def test_ledger_entries_from_before_it_kept_sources_are_still_told(tmp_path: Path) -> None:
+    """Migration 6 adds reported_by to a ledger that holds entries: they are still read, and
+    name no source (their events, which knew it, are gone)."""
+    path = tmp_path / "v5.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:5], start=1):
+        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    db.execute(
+        "INSERT INTO ledger (event_id, server_id, token, event, server_event_id,"
+        " referee_identity, test, outcome, referral_id, state, attempts, created_at,"
+        " finished_at) VALUES (7, ?, 'tok-v5', 'registered', 'reg-v5-player', 'v5-player', 0,"
+        " 'accepted', 'ref-v5', 'registered', 1, 1, 2)",
+        (SERVER,),
+    )
+    db.close()
+
+    box = await SqliteOutbox.open(path)
+    try:
+        told = await player_story(box, stopped(()), "v5-player")
+    finally:
+        await box.close()
+    assert [(e.id, e.source, e.reported_by) for e in told.events] == [(7, "ledger", None)]
+    assert told.verdict.counted is True
