@@ -74,6 +74,7 @@ class StoryEntry:
             None,
             None,
             "ledger",
+            reported_by=e.reported_by,
         )
 
 

@@ -289,7 +289,11 @@ async def test_migrate_outbox_copies_every_state_and_can_run_again(
 ) -> None:
     source = tmp_path / "outbox.db"
     box = await SqliteOutbox.open(source)
-    added = await box.add([event(support.registered(f"t{i}", f"p{i}")) for i in range(5)], NOW)
+    # Read by a source from the game's database: the copied ledger entry still names it.
+    polled = [
+        replace(event(support.registered(f"t{i}", f"p{i}")), reported_by="game") for i in range(5)
+    ]
+    added = await box.add(polled, NOW)
     ids = [a.id for a in added]
     claimed = await box.claim(NOW, 3, servers=[support.SERVER], lease_s=30, max_age_s=1e6)
     # Delivered long ago and pruned: the event lives on as its ledger entry.
@@ -316,7 +320,12 @@ async def test_migrate_outbox_copies_every_state_and_can_run_again(
         after = {r.id: r for r in await target.select(EventFilter(), limit=10)}
         assert sorted(after) == sorted(before) == sorted(set(ids) - {claimed[0].id})
         [entry] = await target.records.ledger(token=claimed[0].token)
-        assert (entry.event_id, entry.outcome, entry.test) == (claimed[0].id, "accepted", False)
+        assert (entry.event_id, entry.outcome, entry.test, entry.reported_by) == (
+            claimed[0].id,
+            "accepted",
+            False,
+            "game",
+        )
         [copied] = await target.records.rejections(RejectedFilter(), 10)
         assert copied == replace(rejection, id=copied.id)
         assert copied.id > 0

@@ -447,10 +447,10 @@ async def test_a_waiting_event_is_woken_by_its_registered_or_orphaned_at_max_age
 
 async def test_player_lookup_and_the_ledger_outlive_pruning(outbox: Outbox) -> None:
     """The registered names the player; the referral's events are found by it, and once
-    pruned, the ledger still tells by token and by player."""
+    pruned, the ledger still tells by token and by player, and which source reported it."""
+    polled = replace(event(registered("t", "alice")), reported_by="registrations")
     reg, qual, _ = await outbox.add(
-        [event(registered("t", "alice")), event(qualified("t", "alice")), event(registered("u"))],
-        NOW,
+        [polled, event(qualified("t", "alice")), event(registered("u"))], NOW
     )
     stored = await outbox.get(reg.id)
     assert stored is not None
@@ -464,11 +464,12 @@ async def test_player_lookup_and_the_ledger_outlive_pruning(outbox: Outbox) -> N
     assert await outbox.prune(NOW + 1, ledger_before=NOW - 1) == (1, 1)
     assert await outbox.get(reg.id) is None
     [entry] = await outbox.records.ledger(referee_identity="alice")
-    assert (entry.event_id, entry.token, entry.outcome, entry.test) == (
+    assert (entry.event_id, entry.token, entry.outcome, entry.test, entry.reported_by) == (
         reg.id,
         "t",
         "accepted",
         False,
+        "registrations",
     )
     assert await outbox.records.ledger(token="t") == [entry]
     await outbox.prune(NOW + 1, ledger_before=NOW + 1)  # the ledger's own retention

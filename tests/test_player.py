@@ -7,15 +7,18 @@ import asyncio
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.config.values import Secret, ServerConfig
+from relay.events import validate
 from relay.offline import stopped
 from relay.player import story as player_story
 from relay.sandbox import RunningSandbox
+from relay.store.contract import Attempt, Outbox, Outcome
 from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.support import SERVER, Relay, StartRelay, cli, qualified, registered
@@ -145,6 +148,26 @@ async def test_the_ledger_answers_after_the_bodies_are_pruned(start_relay: Start
     assert (await story(relay, "old-1"))["events"] == []
 
 
+async def test_a_pruned_event_still_names_the_source_that_reported_it(outbox: Outbox) -> None:
+    """On both backends: the story names the source that read an event from the game's
+    database while the event is in the outbox, and still once it is pruned to the ledger."""
+    now = time.time()
+    body = registered("tok-src", "src-1")
+    read = validate(body, server_ids=[SERVER], allow_extra_fields=False, now=now)
+    [added] = await outbox.add([replace(read, reported_by="registrations")], now)
+    [record] = await outbox.claim(now, 1, servers=[SERVER], lease_s=30, max_age_s=3600)
+    attempt = Attempt(record.id, now, 1.0, 200, "accepted", None)
+    await outbox.finish(record, Outcome(status="delivered", outcome="accepted"), attempt)
+
+    async def told() -> list[tuple[int, str, str | None]]:
+        found = await player_story(outbox, stopped([SERVER]), "src-1")
+        return [(e.id, e.source, e.reported_by) for e in found.events]
+
+    assert await told() == [(added.id, "outbox", "registrations")]
+    assert await outbox.prune(now + 1, ledger_before=now - 1) == (1, 1)
+    assert await told() == [(added.id, "ledger", "registrations")]
+
+
 async def test_a_referral_backing_off_says_until_when_and_its_follower_waits(
     start_relay: StartRelay, sandbox: RunningSandbox
 ) -> None:
@@ -208,3 +231,29 @@ async def test_an_outbox_from_before_the_player_view_is_backfilled(tmp_path: Pat
         await box.close()
     assert told.token == "tok-v2"
     assert [e.server_event_id for e in told.events] == ["reg-v2-player"]
+
+
+@pytest.mark.unit
+async def test_ledger_entries_from_before_it_kept_sources_are_still_told(tmp_path: Path) -> None:
+    """Migration 6 adds reported_by to a ledger that holds entries: they are still read, and
+    name no source (their events, which knew it, are gone)."""
+    path = tmp_path / "v5.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:5], start=1):
+        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    db.execute(
+        "INSERT INTO ledger (event_id, server_id, token, event, server_event_id,"
+        " referee_identity, test, outcome, referral_id, state, attempts, created_at,"
+        " finished_at) VALUES (7, ?, 'tok-v5', 'registered', 'reg-v5-player', 'v5-player', 0,"
+        " 'accepted', 'ref-v5', 'registered', 1, 1, 2)",
+        (SERVER,),
+    )
+    db.close()
+
+    box = await SqliteOutbox.open(path)
+    try:
+        told = await player_story(box, stopped(()), "v5-player")
+    finally:
+        await box.close()
+    assert [(e.id, e.source, e.reported_by) for e in told.events] == [(7, "ledger", None)]
+    assert told.verdict.counted is True

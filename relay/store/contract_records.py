@@ -21,9 +21,10 @@ REJECTED_COLUMNS = (
 REJECTED_STORED = REJECTED_COLUMNS.removesuffix(", id")
 LEDGER_COLUMNS = (
     "event_id, server_id, token, event, server_event_id, referee_identity, test, outcome, "
-    "referral_id, state, attempts, created_at, finished_at"
+    "referral_id, state, attempts, created_at, finished_at, reported_by"
 )
-# The events table's columns read as a ledger entry: a delivered event not yet pruned.
+# The events table's columns as a ledger entry: what the prune copies, and how a delivered
+# event not yet pruned is read as one.
 EVENT_AS_LEDGER = LEDGER_COLUMNS.replace("event_id", "id", 1)
 
 
@@ -96,6 +97,7 @@ class LedgerEntry:
     attempts: int
     created_at: float
     finished_at: float
+    reported_by: str | None  # the source that read it from the game's database
 
     @classmethod
     def from_row(cls, row: Any) -> LedgerEntry:

@@ -57,3 +57,6 @@ CURSORS_TABLE = """
         updated_at  {real} NOT NULL
     );
 """
+# The ledger names it too (SQLite's migration 6, PostgreSQL's 5), so an event's story says
+# who reported it after the prune; entries pruned before stay without (their events are gone).
+LEDGER_REPORTED_BY = "ALTER TABLE ledger ADD COLUMN reported_by TEXT;"

@@ -8,7 +8,7 @@ never edit one that has shipped.
 from __future__ import annotations
 
 from relay.errors import OutboxError
-from relay.store.polled import CURSORS_TABLE, LEASES_TABLE
+from relay.store.polled import CURSORS_TABLE, LEASES_TABLE, LEDGER_REPORTED_BY
 from relay.store.postgres_sql import Db
 
 # Replicas starting together migrate one at a time under this transaction-scoped lock.
@@ -123,6 +123,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 4: each registration watcher's cursor, as SQLite's migration 5; and which replica
     # polls each source.
     CURSORS_TABLE.format(real="DOUBLE PRECISION") + LEASES_TABLE,
+    # 5: the ledger keeps which source reported each event, as SQLite's migration 6.
+    LEDGER_REPORTED_BY,
 )
 
 

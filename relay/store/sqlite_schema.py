@@ -8,7 +8,7 @@ from __future__ import annotations
 import aiosqlite
 
 from relay.errors import OutboxError
-from relay.store.polled import CURSORS_TABLE
+from relay.store.polled import CURSORS_TABLE, LEDGER_REPORTED_BY
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events with their canonical body bytes, and the delivery log of attempts.
@@ -116,6 +116,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 5: each registration watcher's cursor, written with the events of its poll.
     CURSORS_TABLE.format(real="REAL"),
+    # 6: the ledger keeps which source reported each event, as the events table does.
+    LEDGER_REPORTED_BY,
 )
 
 

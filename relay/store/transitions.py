@@ -24,7 +24,7 @@ from relay.store.contract import (
     Retried,
     claim_rule,
 )
-from relay.store.contract_records import LEDGER_COLUMNS
+from relay.store.contract_records import EVENT_AS_LEDGER, LEDGER_COLUMNS
 from relay.store.dialect import Dialect
 
 T = TypeVar("T")
@@ -93,9 +93,7 @@ class Transitions:
             " AND outcome = 'predecessor_dead' AND rank > ? AND NOT test RETURNING id"
         )
         self._to_ledger = sql(
-            f"INSERT INTO ledger ({LEDGER_COLUMNS})"
-            " SELECT id, server_id, token, event, server_event_id, referee_identity, test,"
-            " outcome, referral_id, state, attempts, created_at, finished_at FROM events"
+            f"INSERT INTO ledger ({LEDGER_COLUMNS}) SELECT {EVENT_AS_LEDGER} FROM events"
             f" WHERE finished_at < ? AND {hint('status')} = 'delivered'"
             f" ON CONFLICT (event_id) DO UPDATE SET {_LEDGER_KEEPS}"
         )
