@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,8 +32,9 @@ from relay.store import postgres_sql as sql
 from relay.store.contract import Attempt, EventFilter, Outcome
 from relay.store.contract_records import RejectedFilter, Rejection
 from relay.store.postgres import PostgresOutbox
-from relay.store.postgres_schema import MIGRATIONS
+from relay.store.postgres_schema import MIGRATIONS as PG_MIGRATIONS
 from relay.store.sqlite import SqliteOutbox
+from relay.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from tests import support
 from tests.harness import (
     CONCURRENCY,
@@ -154,7 +156,7 @@ async def test_newer_schema_is_refused(pg_url: str, pg_password: str | None) -> 
     await box.close()
     db = await asyncpg.connect(pg_url, password=pg_password)
     try:
-        await db.execute("INSERT INTO relay_schema (version) VALUES ($1)", len(MIGRATIONS) + 1)
+        await db.execute("INSERT INTO relay_schema (version) VALUES ($1)", len(PG_MIGRATIONS) + 1)
     finally:
         await db.close()
     with pytest.raises(OutboxError, match="newer than this relay knows"):
@@ -356,6 +358,21 @@ async def test_migrate_outbox_refuses_a_file_a_relay_holds(tmp_path: Path, pg_ur
         await box.close()
     assert code == 3
     assert "another relay is already using" in err
+
+
+async def test_migrate_outbox_refuses_an_older_schema_and_says_to_start_the_relay_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    box = await SqliteOutbox.open(tmp_path / "outbox.db")
+    await box.close()
+    with sqlite3.connect(tmp_path / "outbox.db") as db:  # as the release before the last wrote it
+        db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) - 1}")
+    code, _, err = await support.cli(
+        "migrate-outbox", "--from", str(tmp_path / "outbox.db"), "--to", pg_url
+    )
+    assert code != 0
+    assert f"has schema version {len(SQLITE_MIGRATIONS) - 1}" in err
+    assert "Start this relay's daemon on the file once" in err
 
 
 # -- one breaker, one pause, one rate ------------------------------------------------------
