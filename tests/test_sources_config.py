@@ -70,7 +70,7 @@ def test_both_kinds_load_with_their_defaults(tmp_path: Path) -> None:
     assert reg.password is not None
     assert reg.password.reveal() == PASSWORD
     assert (lvl.milestone, lvl.interval_s, lvl.start_cursor) == ("level20", 30.0, 0)
-    assert lvl.players_per_poll == 2000
+    assert lvl.players_per_poll == 1000
     shown = json.dumps(describe(settings))
     assert PASSWORD not in shown
     assert "registrations" in shown

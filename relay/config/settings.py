@@ -335,7 +335,7 @@ class Settings:
         '# url = "mysql://relay@127.0.0.1:3306/acore_characters"\n'
         '# query = "SELECT DISTINCT account AS referee_identity FROM characters'
         ' WHERE account IN (:players) AND level >= 20"\n'
-        "# players_per_poll = 2000            # watched players asked about a poll, in turn",
+        "# players_per_poll = 1000            # watched players asked about a poll, in turn",
         composite=True,
     )
     # [[alerts]], then [alerting]: when each condition fires
