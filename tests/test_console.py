@@ -394,15 +394,16 @@ async def test_rejected_inputs_are_listed_as_inert_text_paged_filtered_and_chart
 
 
 async def test_a_player_search_tells_a_referral_held_by_a_401_pause_and_a_counted_one(
-    start_relay: StartRelay, settings: Settings, context: BrowserContext, tmp_path: Path
+    start_relay: StartRelay, context: BrowserContext, tmp_path: Path
 ) -> None:
-    relay = await start_relay()
+    # No probe while the pages are read: a probe in flight shows its event in_flight. The
+    # probe interval is set at start: a reload changes servers, not pause_probe_s.
+    relay = await start_relay(pause_probe_s=60.0)
     _, reg = await relay.post(registered("tok-happy", "happy-1"))
     _, qual = await relay.post(qualified("tok-happy", "happy-1"))
     await relay.wait_finished([reg["id"], qual["id"]])
-    # No probe while the pages are read: a probe in flight shows its event in_flight.
     wrong = (ServerConfig(SERVER, Secret("wrong!")),)
-    relay.handle.reload(replace(settings, servers=wrong, pause_probe_s=60.0))
+    relay.handle.reload(replace(relay.handle.settings, servers=wrong))
     _, held = await relay.post(registered("tok-held", "held-1"))
     deadline = time.monotonic() + 10
     while not (await relay.get("/v1/status"))[1]["servers"][0]["paused"]:
