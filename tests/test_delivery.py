@@ -257,7 +257,9 @@ async def test_redirect_is_not_followed_and_pauses_the_server(
     start_relay: StartRelay, sandbox: RunningSandbox
 ) -> None:
     sandbox.sandbox.faults.redirect_to = sandbox.url + "-moved"
-    relay = await start_relay()
+    # No probe while the event is read (a probe in flight shows it in_flight); the reload
+    # below probes at once.
+    relay = await start_relay(pause_probe_s=60.0)
     [event_id] = await post_ids(relay, [registered("tok-307", "p1")])
     await eventually(lambda: _attempts_at_least(relay, event_id, 1))
     await asyncio.sleep(0.2)
@@ -267,6 +269,7 @@ async def test_redirect_is_not_followed_and_pauses_the_server(
     _, record = await relay.get(f"/v1/events/{event_id}")
     assert record["status"] == "pending"
     sandbox.sandbox.faults.redirect_to = None
+    relay.handle.reload(relay.handle.settings)
     assert (await relay.wait_finished([event_id]))[event_id]["status"] == "delivered"
 
 
