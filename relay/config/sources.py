@@ -161,7 +161,7 @@ def _source(
     ):
         raise ConfigError(
             f"{where} has players_per_poll = {players_per_poll!r}; give a whole number of "
-            "players above 0 (default 1000)."
+            f"players above 0 (default {PLAYERS_PER_POLL})."
         )
     server_id = _server_id(entry.get("server_id"), server_ids, where)
     password_file = entry.get("password_file")
