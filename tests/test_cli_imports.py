@@ -82,3 +82,24 @@ def test_command_imports_nothing_heavy(
     assert result["code"] == code
     imported = [name for name in HEAVY if name in result["modules"]]
     assert not imported, f"mmolove-relay {' '.join(argv)} imported {imported}"
+
+
+def test_the_daemon_loads_no_database_driver_or_template_engine_before_it_needs_one() -> None:
+    """``serve`` on a SQLite file with no game-database source imports neither asyncpg nor
+    aiomysql, and the console imports Jinja2 on its first page: together they were a quarter
+    of the CPU a relay spent before it was ready, and the tests start hundreds of relays."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, relay.cli.run; print(json.dumps(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    modules = json.loads(done.stdout)
+    assert "relay.daemon" in modules  # what serve runs is loaded, so the check means something
+    loaded = [name for name in ("asyncpg", "aiomysql", "jinja2") if name in modules]
+    assert not loaded, f"serve imported {loaded} before needing them"

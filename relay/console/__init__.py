@@ -7,14 +7,12 @@ in this package; it reads the same store and delivery snapshot as the admin API.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import jinja2
 from aiohttp import web
 
 from relay.appkeys import OUTBOX
-from relay.console import login, lookup, overview, security, views
+from relay.console import login, lookup, security, views
 from relay.console.jobs import JOBS, RetryJobs
 
 _HERE = Path(__file__).parent
@@ -23,7 +21,6 @@ _HERE = Path(__file__).parent
 def add_console(app: web.Application) -> None:
     """Mount the console on the daemon's app, under ``/ui/``."""
     console = web.Application(middlewares=[security.guard, views.missing])
-    console[views.TEMPLATES] = _templates()
     console[security.CSRF_SECRET] = security.new_secret()
     console[security.SESSION_KEY] = security.SessionKey(app[OUTBOX].records)
     console[login.THROTTLE] = login.Throttle()
@@ -58,29 +55,6 @@ async def _to_console(request: web.Request) -> web.Response:
     """``/ui`` as an operator types it: the console is at ``/ui/``."""
     query = f"?{request.query_string}" if request.query_string else ""
     raise web.HTTPPermanentRedirect(f"{security.PREFIX}/{query}")
-
-
-def _templates() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_HERE / "templates"),
-        autoescape=True,  # every value is HTML-escaped unless a template says otherwise
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["when"] = lambda t: (
-        "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
-    )
-    env.filters["age"] = _age
-    env.filters["count"] = overview.count
-    return env
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 async def _close_jobs(app: web.Application) -> None:

