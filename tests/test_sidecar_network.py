@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from relay.sandbox import running_sandbox
 from tests.harness import INGEST_TOKEN, Spawn, accepted_keys, key_of, relay_env, tuning
 from tests.support import SECRET, SERVER, eventually, registered
@@ -66,6 +68,7 @@ async def post_from(
     return statuses
 
 
+@pytest.mark.long
 async def test_sidecar_across_three_hosts_loses_nothing_when_the_upstream_link_drops(
     spawn: Spawn, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ class Game:
             await asyncio.sleep(0.005)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(120)  # ten relay starts on a shared two-core machine
 async def test_kill_9_during_polls_misses_and_doubles_nothing(
     tmp_path: Path, spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession

@@ -38,6 +38,7 @@ async def _source(http: aiohttp.ClientSession, relay: RelayProcess) -> dict[str,
     return dict(source)
 
 
+@pytest.mark.long
 @pytest.mark.timeout(120)
 async def test_one_replica_polls_a_source_and_hands_it_over_when_killed(
     spawn: Spawn,

@@ -116,6 +116,7 @@ async def test_the_azerothcore_recipe_in_a_relay(
     assert max(examined) <= 2 * len(referred), examined
 
 
+@pytest.mark.long
 @pytest.mark.timeout(120)
 async def test_a_database_stopped_10_s_fails_alerts_and_resumes_missing_nothing(
     private_mariadb: MariaDb, start_relay: StartRelay, settings: Settings, sandbox: RunningSandbox

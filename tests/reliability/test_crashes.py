@@ -40,6 +40,7 @@ THINK_S = 0.05  # a game server's pause between referrals: ingest stays below de
 RUN_BEFORE_KILL_S = (0.15, 0.6)  # how long each relay lives before its kill -9, at random
 
 
+@pytest.mark.long
 @pytest.mark.timeout(240)
 async def test_kill_9_cycles_under_ingest_and_delivery_lose_nothing_and_resend_little(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path

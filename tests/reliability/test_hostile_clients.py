@@ -194,7 +194,7 @@ async def stall_a_body(host: str, port: int, size: int, hold_s: float) -> None:
             writer.close()
 
 
-@pytest.mark.serial  # stalled clients are timed against the relay's read timeouts
+@pytest.mark.long  # run alone: stalled clients are timed against the relay's read timeouts
 async def test_stalled_large_bodies_keep_memory_bounded(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
