@@ -2,7 +2,8 @@
 venv outside the repository it runs ``demo`` on its own.
 
 The other tests run an editable install, which reads ``relay/`` in place and so hides a
-module, sub-package or data file the wheel leaves out.
+module, sub-package or data file the wheel leaves out. Building the wheel is a pip run of
+its own (9 s of a default-run worker), so all of this is a CI step: ``pytest -m wheel``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def left_out(wheel: Path, checkout: Path) -> dict[str, set[str]]:
     return {"missing": source - packaged, "extra": packaged - source}
 
 
+@pytest.mark.wheel
 @pytest.mark.timeout(900)
 def test_the_wheel_holds_every_file_of_the_package(wheel: Path) -> None:
     """Modules, sub-packages and data (the unit, the example configuration, the console's
@@ -67,6 +69,7 @@ def test_the_wheel_holds_every_file_of_the_package(wheel: Path) -> None:
     )
 
 
+@pytest.mark.wheel
 @pytest.mark.timeout(900)
 def test_a_file_the_wheel_lacks_is_named(wheel: Path, tmp_path: Path) -> None:
     """The comparison can fail: a file added to the package after the build (as a file no
