@@ -115,7 +115,7 @@ async def test_a_burst_of_rejected_inputs_fires(
     assert "ingest rejected 5 inputs" in hook["text"]
 
 
-@pytest.mark.serial  # delivery is timed in wall-clock seconds
+@pytest.mark.timed  # delivery is timed in wall-clock seconds
 async def test_a_target_down_slow_or_throttling_never_holds_up_delivery(
     start_relay: StartRelay, settings: Settings, receiver: Receiver, capsys: Any
 ) -> None:

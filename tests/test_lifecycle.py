@@ -173,7 +173,7 @@ async def test_sigkill_during_an_ingest_burst_keeps_every_acknowledged_event(
 # -- graceful shutdown ---------------------------------------------------------------------
 
 
-@pytest.mark.serial  # the drain is timed in wall-clock seconds
+@pytest.mark.timed  # the drain is timed in wall-clock seconds
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_stop_signal_drains_in_flight_deliveries_and_exits_0(
     sig: signal.Signals,
@@ -222,7 +222,7 @@ async def test_stop_signal_drains_in_flight_deliveries_and_exits_0(
     assert sandbox.sandbox.snapshot()["duplicates"] == 0  # drained answers were recorded
 
 
-@pytest.mark.serial  # the drain is timed in wall-clock seconds
+@pytest.mark.timed  # the drain is timed in wall-clock seconds
 async def test_sigterm_with_a_half_received_post_stops_claiming_and_keeps_the_drain_budget(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -282,7 +282,7 @@ async def test_sigterm_with_a_half_received_post_stops_claiming_and_keeps_the_dr
     assert len(pending) == 2
 
 
-@pytest.mark.serial  # the drain is timed in wall-clock seconds
+@pytest.mark.timed  # the drain is timed in wall-clock seconds
 async def test_sigterm_with_a_hung_upstream_exits_0_at_the_drain_budget_and_keeps_events(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -312,7 +312,7 @@ async def test_sigterm_with_a_hung_upstream_exits_0_at_the_drain_budget_and_keep
     assert accepted_keys(sandbox) == Counter(dict.fromkeys(map(key_of, bodies), 1))
 
 
-@pytest.mark.serial  # the forced exit is timed in wall-clock seconds
+@pytest.mark.timed  # the forced exit is timed in wall-clock seconds
 async def test_a_second_sigterm_during_the_drain_forces_exit_1_and_nothing_is_lost(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -468,7 +468,7 @@ async def test_sighup_rereads_the_secret_file_and_resumes_a_paused_server(
     assert relay.proc.poll() is None, "SIGHUP must not stop the daemon"
 
 
-@pytest.mark.serial  # measures the daemon's CPU time
+@pytest.mark.timed  # measures the daemon's CPU time
 async def test_sighup_with_nothing_left_to_probe_leaves_the_daemon_idle(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -133,7 +133,7 @@ async def test_an_unreachable_manager_is_logged_not_raised(tmp_path: Path) -> No
     assert [(e["event"], e["states"]) for e in logs] == [("notify.failed", ["READY=1"])]
 
 
-@pytest.mark.serial  # watchdog pings are timed in wall-clock seconds
+@pytest.mark.timed  # watchdog pings are timed in wall-clock seconds
 async def test_serve_is_ready_once_bound_feeds_the_watchdog_and_says_stopping(
     listener: Callable[[bool], Listener], tmp_path: Path
 ) -> None:

@@ -425,7 +425,7 @@ async def test_hang_never_answers_and_lets_go_when_the_client_leaves(
     assert upstream.sandbox.snapshot()["by_status"] == {}
 
 
-@pytest.mark.serial  # shutdown is timed in wall-clock seconds
+@pytest.mark.timed  # shutdown is timed in wall-clock seconds
 async def test_hung_request_does_not_hold_up_shutdown(http: aiohttp.ClientSession) -> None:
     async with running_sandbox({SERVER: SECRET}) as upstream:
         upstream.sandbox.faults.hang = True

@@ -61,7 +61,7 @@ async def post_counted(
     return status, answer, headers
 
 
-@pytest.mark.serial  # which check sees the full disk first depends on timing
+@pytest.mark.timed  # which check sees the full disk first depends on timing
 @pytest.mark.timeout(120)
 async def test_a_full_disk_answers_503_keeps_what_was_acknowledged_and_recovers(
     spawn: Spawn,
@@ -123,6 +123,7 @@ async def test_a_full_disk_answers_503_keeps_what_was_acknowledged_and_recovers(
     assert await relay.exited() == 0
 
 
+@pytest.mark.long
 @pytest.mark.timeout(120)  # up to thousands of posts until the disk is full, on a busy machine
 async def test_a_full_disk_truncates_the_wal_so_the_space_comes_back(
     spawn: Spawn,
@@ -221,7 +222,7 @@ async def test_a_disk_filled_during_delivery_sends_nothing_twice_and_purge_still
     assert await relay.exited() == 0
 
 
-@pytest.mark.serial  # the lock wait is timed in wall-clock seconds
+@pytest.mark.timed  # the lock wait is timed in wall-clock seconds
 @pytest.mark.timeout(90)
 async def test_another_process_holding_the_write_lock_gets_503_then_recovery(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path

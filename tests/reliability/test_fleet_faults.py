@@ -106,6 +106,7 @@ def own_cluster() -> Iterator[Cluster]:
         cluster.destroy()
 
 
+@pytest.mark.long
 @pytest.mark.timeout(180)
 async def test_postgresql_restarted_under_load_loses_nothing(
     spawn: Spawn,

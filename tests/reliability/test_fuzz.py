@@ -14,6 +14,7 @@ import socket
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,6 +179,7 @@ async def stored(relay: Relay) -> int:
     return sum(status["counts"].values())
 
 
+@pytest.mark.long
 async def test_fuzzed_ingest_gets_only_4xx_stores_nothing_and_leaves_the_daemon_healthy(
     start_relay: StartRelay,
 ) -> None:

@@ -27,6 +27,7 @@ DOWN_S = 4.0
 own_cluster = test_fleet_faults.own_cluster  # the fixture: a cluster this test stops
 
 
+@pytest.mark.long
 @pytest.mark.timeout(120)
 async def test_a_postgresql_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
     spawn: Spawn,

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.sandbox import RunningSandbox
 from tests.harness import INGEST_TOKEN, Spawn, get_json, ingest, post, relay_env, tuning
@@ -22,6 +23,7 @@ def private(path: Path, *, group_ok: bool = False) -> bool:
     return mode & (0o007 if group_ok else 0o077) == 0
 
 
+@pytest.mark.long
 async def test_a_full_run_never_writes_the_secret_or_token_and_keeps_files_private(
     spawn: Spawn, sandbox: RunningSandbox, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -80,6 +80,7 @@ def breaker_bound(settings: Settings, fault_s: float) -> int:
     return settings.breaker_failures + settings.concurrency - 1 + probes
 
 
+@pytest.mark.long
 async def test_long_outage_costs_probes_and_the_backlog_drains_at_the_paced_rate(
     start_relay: StartRelay, sandbox: RunningSandbox, settings: Settings
 ) -> None:
@@ -213,7 +214,7 @@ async def test_connection_resets_are_retried_until_delivered(
     assert len(resets) == sandbox.sandbox.snapshot()["dropped"] >= 1
 
 
-@pytest.mark.serial  # its resend bound depends on timing
+@pytest.mark.timed  # its resend bound depends on timing
 async def test_slow_bodies_past_the_timeout_are_resent_and_deduplicated(
     start_relay: StartRelay, sandbox: RunningSandbox, settings: Settings
 ) -> None:
