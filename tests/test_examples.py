@@ -88,11 +88,7 @@ def _build(name: str, build_dir: Path) -> tuple[str, ...]:
     if name == "csharp":
         exe = build_dir / "Referral.exe"
         _check(["mcs", "-r:System.Net.Http", f"-out:{exe}", str(EXAMPLES / SOURCES[name])])
-        # Mono 6.8 suspends every other thread at exit, cooperatively by default, and that
-        # can hang while a thread-pool thread sits in a system call (mono/mono#17317): one C#
-        # run in twenty hung after its events were delivered, in the parallel run. Signals
-        # suspend a thread wherever it is. A game server never exits after each referral.
-        return ("env", "MONO_THREADS_SUSPEND=preemptive", "mono", str(exe))
+        return ("mono", str(exe))
     if name == "java":
         _check(["javac", "-d", str(build_dir), str(EXAMPLES / SOURCES[name])])
         return ("java", "-cp", str(build_dir), "Referral")
