@@ -85,8 +85,9 @@ def test_command_imports_nothing_heavy(
 
 
 def test_the_daemon_loads_no_database_driver_or_template_engine_before_it_needs_one() -> None:
-    """``serve`` on a SQLite file with no game-database source imports neither asyncpg nor
-    aiomysql, and the console imports Jinja2 on its first page: together they were a quarter
+    """Loading what ``serve`` runs (the command module, and with it the daemon, the console
+    and the store) imports neither asyncpg nor aiomysql nor Jinja2: those load where a source,
+    a PostgreSQL outbox or the console's first page needs them. Together they were a quarter
     of the CPU a relay spent before it was ready, and the tests start hundreds of relays."""
     done = subprocess.run(
         [
