@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -139,18 +140,34 @@ class Game:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
+        assert proc.stdout is not None
+        stdout, output = proc.stdout, bytearray()
+
+        async def drain() -> None:
+            # Into ``output`` as it comes, so a run cut short still shows what it printed.
+            while chunk := await stdout.read(65536):
+                output.extend(chunk)
+            await proc.wait()
+
         try:
             async with asyncio.timeout(RUN_TIMEOUT_S):
-                out, _ = await proc.communicate()
+                await drain()
         except TimeoutError:
-            proc.kill()
-            out, _ = await proc.communicate()
+            # SIGQUIT first: Mono and the JVM print every thread's stack on it, so a stall
+            # names where it is stuck. Anything still running a moment later is killed.
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                async with asyncio.timeout(3):
+                    await drain()
+            except TimeoutError:
+                proc.kill()
+                await drain()
             raise AssertionError(
                 f"the {self.client.name} example did not exit within {RUN_TIMEOUT_S} s; "
-                f"it printed:\n{out.decode(errors='replace')}"
+                f"it printed:\n{output.decode(errors='replace')}"
             ) from None
         assert proc.returncode is not None
-        return Run(proc.returncode, out.decode(errors="replace"))
+        return Run(proc.returncode, output.decode(errors="replace"))
 
 
 @pytest.fixture
