@@ -26,7 +26,7 @@ from relay.store.contract_records import LEDGER_COLUMNS, REJECTED_COLUMNS
 from relay.store.postgres import PostgresOutbox
 from relay.store.reads import EVENT_COLUMNS
 from relay.store.sqlite_file import lock
-from relay.store.sqlite_schema import MIGRATIONS
+from relay.store.sqlite_schema import require_current
 
 CHUNK = 1000
 # Every stored column of an event: what operators see, and what ordering and duplicates need.
@@ -59,17 +59,6 @@ class Copied:
     records: int  # ledger entries and rejected inputs newly written
 
 
-def _check_schema(db: sqlite3.Connection, source: Path) -> None:
-    """The copy reads the columns of this relay's schema: an older file is migrated first."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version != len(MIGRATIONS):
-        raise OutboxError(
-            f"the outbox {source} has schema version {version} and this relay copies version "
-            f"{len(MIGRATIONS)}. Start this relay's daemon on the file once (it migrates the "
-            "schema as it starts), stop it, then run migrate-outbox again."
-        )
-
-
 async def copy_outbox(
     source: Path,
     url: str,
@@ -84,7 +73,14 @@ async def copy_outbox(
     held = lock(source)  # refuses while a relay holds the file
     try:
         with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as db:
-            _check_schema(db, source)
+            # The copy reads the columns of this relay's schema: an older file is migrated first.
+            require_current(
+                int(db.execute("PRAGMA user_version").fetchone()[0]),
+                source,
+                doing="copies",
+                remedy="Start this relay's daemon on the file once (it migrates the schema as "
+                "it starts), stop it, then run migrate-outbox again.",
+            )
             return await _copy(db, url, where=where, password=password, progress=progress)
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read the outbox {source}: {exc}.") from exc

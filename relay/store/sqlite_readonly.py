@@ -23,7 +23,7 @@ from relay.store.contract import Added, EventRecord, FleetState, Health
 from relay.store.dialect import SQLITE
 from relay.store.sqlite_file import file_bytes
 from relay.store.sqlite_records import SqliteRecords
-from relay.store.sqlite_schema import MIGRATIONS
+from relay.store.sqlite_schema import require_current
 from relay.store.transitions import Steps, Transitions
 
 T = TypeVar("T")
@@ -55,14 +55,13 @@ class ReadOnlyOutbox(OutboxBase):
             try:
                 await reader.execute("PRAGMA query_only = 1")
                 rows = list(await reader.execute_fetchall("PRAGMA user_version"))
-                version = int(rows[0][0]) if rows else 0
-                if version != len(MIGRATIONS):
-                    raise OutboxError(
-                        f"the outbox {path} has schema version {version} and this relay reads "
-                        f"version {len(MIGRATIONS)}; a read-only reader cannot migrate it. "
-                        "Start this relay's daemon once (it migrates), or read the file with "
-                        "the relay version that wrote it."
-                    )
+                require_current(
+                    int(rows[0][0]) if rows else 0,
+                    path,
+                    doing="reads",
+                    remedy="A read-only reader cannot migrate it: start this relay's daemon "
+                    "once (it migrates), or read the file with the relay version that wrote it.",
+                )
             except BaseException:
                 await reader.close()
                 raise

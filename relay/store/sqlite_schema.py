@@ -121,6 +121,16 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+def require_current(version: int, path: object, *, doing: str, remedy: str) -> None:
+    """Refuse a file of another schema version where this relay reads it without migrating:
+    ``doing`` is what it would do with the file, ``remedy`` what the operator does instead."""
+    if version != len(MIGRATIONS):
+        raise OutboxError(
+            f"the outbox {path} has schema version {version} and this relay {doing} version "
+            f"{len(MIGRATIONS)}. {remedy}"
+        )
+
+
 async def migrate(db: aiosqlite.Connection) -> int:
     """Apply pending migrations in one transaction each; returns the schema version."""
     async with db.execute("PRAGMA user_version") as cursor:
