@@ -6,12 +6,14 @@ import asyncio
 import inspect
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -170,6 +172,27 @@ async def eventually(
     if not result:
         pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
     return result
+
+
+async def freeze(pid: int) -> None:
+    """Stop a process with SIGSTOP, and return once every one of its threads has stopped.
+
+    The kernel hands the signal to one thread, which then stops the others: until it gets
+    a CPU, another thread can still read a query and answer it (seen on a loaded machine).
+    """
+    os.kill(pid, signal.SIGSTOP)
+    await eventually(lambda: _all_stopped(pid), what=f"every thread of process {pid} to stop")
+
+
+def _all_stopped(pid: int) -> bool:
+    states = []
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (thread / "stat").read_text()
+        except FileNotFoundError:
+            continue  # a thread that has just ended
+        states.append(stat[stat.rindex(")") + 2])  # the field after "(name)"
+    return bool(states) and all(state in "tT" for state in states)
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from relay.errors import ConfigError, SourceError
 from relay.sources.database import SourceDatabase, connect
 from tests.mariadb import GameDatabase, MariaDb
 from tests.postgres import PG_PASSWORD, Cluster, PgServer, admin, with_database
+from tests.support import freeze
 
 CREATE = (
     "CREATE TABLE characters (guid INTEGER PRIMARY KEY, account INTEGER NOT NULL, "
@@ -271,7 +272,7 @@ async def test_a_stopped_or_frozen_mariadb_fails_the_poll_and_the_next_poll_afte
         assert await db.fetch(query, {}) == [{"n": 4}]
         # Frozen (SIGSTOP): it never answers, so the client's own clock ends the poll.
         assert private_mariadb.process is not None
-        private_mariadb.process.send_signal(signal.SIGSTOP)
+        await freeze(private_mariadb.process.pid)
         try:
             with pytest.raises(SourceError, match=r"no answer within 2 s") as caught:
                 await db.fetch(query, {})

@@ -25,7 +25,7 @@ from relay.sandbox import RunningSandbox
 from relay.store.contract import EventFilter
 from tests.alert_receiver import alerting, receiving
 from tests.mariadb import GameDatabase, MariaDb
-from tests.support import SECRET, SERVER, StartRelay, eventually, registered
+from tests.support import SECRET, SERVER, StartRelay, eventually, freeze, registered
 from tests.test_sources import _failing, source_status
 
 RECIPE = Path(__file__).parent.parent / "examples" / "sources" / "azerothcore.toml"
@@ -174,7 +174,7 @@ async def test_a_frozen_database_holds_up_neither_ingest_nor_delivery(
     relay = await start_relay(game_sources=(source,))
     await eventually(lambda: _polled(relay), what="a first poll")
     assert private_mariadb.process is not None
-    private_mariadb.process.send_signal(signal.SIGSTOP)  # it takes connections, never answers
+    await freeze(private_mariadb.process.pid)  # it takes connections, never answers
     try:
         await asyncio.sleep(0.5)  # the next poll has started and hangs
         polls = (await source_status(relay, "registrations"))["polls"]

@@ -37,7 +37,7 @@ from tests.harness import (
 )
 from tests.postgres import PG_PASSWORD, Cluster, PgServer
 from tests.reliability.checker import Tally
-from tests.support import eventually, poll, qualified, registered
+from tests.support import eventually, freeze, poll, qualified, registered
 
 # Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s), so a killed replica's claims come
 # back within the test; each attempt stays at MMOLove 20 ms, so kills land mid-flight.
@@ -229,7 +229,7 @@ async def test_a_stalled_replica_loses_its_leases_and_cannot_overwrite(
         status, answer, _ = await post(http, stalled.url, body)
         assert tally.ack(body, status, answer), (status, answer)
     await poll(lambda: in_progress(sandbox) > 0, bool, timeout_s=10)  # its claims in flight
-    stalled.send(signal.SIGSTOP)
+    await freeze(stalled.proc.pid)
     try:
         await other.ready()  # started only now: everything left is the stalled one's
         # 30 s more when the freeze caught a transaction: then its row locks hold until the
