@@ -56,6 +56,11 @@ def tuning(*, drain_timeout_s: float = DRAIN_TIMEOUT_S, extra: str = "") -> str:
     )
 
 
+# Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s): a killed replica's claims come back
+# quickly enough for a test.
+FLEET_TUNING = tuning(drain_timeout_s=0.5, extra="send_timeout_s = 1.0\n")
+
+
 # -- the daemon as a subprocess ----------------------------------------------------------
 
 
@@ -212,6 +217,16 @@ def relay_env(endpoint: str, db: Path, **overrides: str | None) -> dict[str, str
     }
     env.update(overrides)
     return env
+
+
+def fleet_env(sandbox: RunningSandbox, tmp_path: Path, url: str, password: str | None) -> Any:
+    """A replica's environment: the outbox at ``url`` (PostgreSQL), its password in a file."""
+    extra: dict[str, str | None] = {"MMOLOVE_RELAY_DB": url}
+    if password is not None:
+        path = tmp_path / "db-password"
+        path.write_text(password + "\n")
+        extra["MMOLOVE_RELAY_DB_PASSWORD_FILE"] = str(path)
+    return relay_env(sandbox.url, tmp_path / "unused.db", **extra)
 
 
 @pytest.fixture

@@ -38,13 +38,13 @@ from relay.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from tests import support
 from tests.harness import (
     CONCURRENCY,
+    FLEET_TUNING,
     RelayProcess,
     Spawn,
+    fleet_env,
     get_json,
     in_progress,
     post,
-    relay_env,
-    tuning,
     wait_outbox_settled,
 )
 from tests.postgres import PgServer
@@ -206,20 +206,6 @@ async def test_check_config_masks_the_database_password(sandbox: RunningSandbox)
 
 
 # -- three real relays on one database ------------------------------------------------------
-
-
-def fleet_env(sandbox: RunningSandbox, tmp_path: Path, url: str, password: str | None) -> Any:
-    extra: dict[str, str | None] = {"MMOLOVE_RELAY_DB": url}
-    if password is not None:
-        path = tmp_path / "db-password"
-        path.write_text(password + "\n")
-        extra["MMOLOVE_RELAY_DB_PASSWORD_FILE"] = str(path)
-    return relay_env(sandbox.url, tmp_path / "unused.db", **extra)
-
-
-# Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s): a killed replica's claims come back
-# quickly enough for a test.
-FLEET_TUNING = tuning(drain_timeout_s=0.5, extra="send_timeout_s = 1.0\n")
 
 
 async def test_three_relays_share_one_outbox_and_survive_a_kill(

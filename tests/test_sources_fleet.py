@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 
 from relay.sandbox import RunningSandbox
-from tests.harness import RelayProcess, Spawn, eventually, get_json
+from tests.harness import FLEET_TUNING, RelayProcess, Spawn, fleet_env, get_json
 from tests.postgres import PgServer
-from tests.test_fleet import FLEET_TUNING, fleet_env
+from tests.support import eventually
 from tests.test_sources_crash import QUERY, Game
 
 # Lease: 3 x interval_s + 2 x statement_timeout_s + 1 = 1.55 s.

@@ -26,13 +26,13 @@ from relay.sandbox import RunningSandbox
 from relay.store.postgres import STALE_TX_S
 from tests.harness import (
     CONCURRENCY,
+    FLEET_TUNING,
     RelayProcess,
     Spawn,
+    fleet_env,
     get_json,
     in_progress,
     post,
-    relay_env,
-    tuning,
     wait_outbox_settled,
 )
 from tests.postgres import PG_PASSWORD, Cluster, PgServer
@@ -41,7 +41,6 @@ from tests.support import eventually, freeze, poll, qualified, registered
 
 # Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s), so a killed replica's claims come
 # back within the test; each attempt stays at MMOLove 20 ms, so kills land mid-flight.
-FLEET_TUNING = tuning(drain_timeout_s=0.5, extra="send_timeout_s = 1.0\n")
 CLIENTS = 4
 THINK_S = 0.05
 
@@ -86,15 +85,6 @@ class Clients:
                 continue
             assert self.tally.ack(body, status, answer), (status, answer, relay.output()[-4000:])
             return
-
-
-def fleet_env(sandbox: RunningSandbox, tmp_path: Path, url: str, password: str | None) -> Any:
-    extra: dict[str, str | None] = {"MMOLOVE_RELAY_DB": url}
-    if password is not None:
-        path = tmp_path / "db-password"
-        path.write_text(password + "\n")
-        extra["MMOLOVE_RELAY_DB_PASSWORD_FILE"] = str(path)
-    return relay_env(sandbox.url, tmp_path / "unused.db", **extra)
 
 
 @pytest.fixture

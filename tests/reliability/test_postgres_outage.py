@@ -17,10 +17,9 @@ import aiohttp
 import pytest
 
 from relay.sandbox import RunningSandbox
-from tests.harness import Spawn, ingest, post, wait_delivered
+from tests.harness import FLEET_TUNING, Spawn, fleet_env, ingest, post, wait_delivered
 from tests.postgres import PG_PASSWORD, Cluster
 from tests.reliability import test_fleet_faults
-from tests.reliability.test_fleet_faults import FLEET_TUNING, fleet_env
 from tests.support import eventually, registered
 
 DOWN_S = 4.0
