@@ -5,6 +5,8 @@ To change the schema, append a migration: never edit one that has shipped.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiosqlite
 
 from relay.errors import OutboxError
@@ -121,7 +123,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-def require_current(version: int, path: object, *, doing: str, remedy: str) -> None:
+def require_current(version: int, path: Path, *, doing: str, remedy: str) -> None:
     """Refuse a file of another schema version where this relay reads it without migrating:
     ``doing`` is what it would do with the file, ``remedy`` what the operator does instead."""
     if version != len(MIGRATIONS):

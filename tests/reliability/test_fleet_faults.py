@@ -39,8 +39,8 @@ from tests.postgres import PG_PASSWORD, Cluster, PgServer
 from tests.reliability.checker import Tally
 from tests.support import eventually, freeze, poll, qualified, registered
 
-# Leases of 2.5 s (2 x send_timeout_s + drain_timeout_s), so a killed replica's claims come
-# back within the test; each attempt stays at MMOLove 20 ms, so kills land mid-flight.
+# With FLEET_TUNING's leases of 2.5 s a killed replica's claims come back within the test;
+# each attempt stays at MMOLove 20 ms, so kills land mid-flight.
 CLIENTS = 4
 THINK_S = 0.05
 
